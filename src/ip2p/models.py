@@ -1,0 +1,258 @@
+"""Load, convert and save the components of an editing model (paper section 3.2).
+
+An InstructPix2Pix model is a Stable Diffusion model whose UNet takes 8 input channels: the noisy latent (4) and
+the latent of the image to edit (4). Everything else (VAE, CLIP text encoder, tokenizer, scheduler) is unchanged,
+so we keep diffusers' formats and loaders and add only what the method needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    SchedulerMixin,
+    StableDiffusionInstructPix2PixPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTokenizer
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+# Names that resolve to models this package carries or builds itself.
+TOY_MODEL = "toy"
+TINY_MODEL = "tiny"
+_PIPELINE_KWARGS = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class EditComponents:
+    """The parts of an editing model, as diffusers objects. ``name`` records where they came from."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: SchedulerMixin
+    name: str = "unnamed"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor times the UNet's total downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+
+def to_edit_unet(unet: UNet2DConditionModel, extra_channels: int = 4) -> UNet2DConditionModel:
+    """Turn a text-to-image UNet into an editing UNet, in place (paper section 3.2).
+
+    The input convolution gains ``extra_channels`` input channels for the image condition. Their weights are zero
+    and the original weights and bias are kept, so at initialisation the output equals the text-to-image model's
+    for any value of the extra channels (the original repository does the same; diffusers' training script
+    re-initialises the bias, which changes the model).
+
+    Example:
+        >>> unet = to_edit_unet(UNet2DConditionModel.from_pretrained("path/to/sd", subfolder="unet"))
+        >>> unet.config.in_channels
+        8
+    """
+    old = unet.conv_in
+    new = torch.nn.Conv2d(
+        old.in_channels + extra_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)  # (out, in + extra, k, k)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=old.in_channels + extra_channels)
+    return unet
+
+
+def check_edit_unet(unet: UNet2DConditionModel, latent_channels: int, source: str = "the model") -> None:
+    """Refuse a UNet that cannot take the noisy latent and the image latent side by side."""
+    expected = 2 * latent_channels
+    got = unet.config.in_channels
+    if got == latent_channels:
+        raise ModelLoadError(
+            f"{source} is a text-to-image model (its UNet takes {got} input channels); an editing model's UNet "
+            f"takes {expected}. Train one from it with `ip2p train`, or pass an InstructPix2Pix model."
+        )
+    if got != expected:
+        raise ModelLoadError(
+            f"{source} has a UNet with {got} input channels; an editing model needs {expected} "
+            f"({latent_channels} noisy latent + {latent_channels} image latent)"
+        )
+
+
+def toy_model_path(kind: str = "editor") -> Path:
+    """Where the bundled toy-world weights of ``kind`` ("editor", "base", ...) live inside the package."""
+    return Path(__file__).parent / "toy" / "weights" / kind
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+def _from_pipeline(pipe: Any, name: str) -> EditComponents:
+    return EditComponents(
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=pipe.scheduler,
+        name=name,
+    )
+
+
+def load_pipeline_components(
+    source: str | os.PathLike,
+    *,
+    edit: bool = True,
+    config: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+) -> EditComponents:
+    """Load a model's components from a diffusers folder, a hub id or a single original-format checkpoint.
+
+    Args:
+        source: ``"toy"`` (the bundled toy-world model), ``"tiny"`` (a tiny random model, for trying things out),
+            a diffusers-format folder, a ``.safetensors``/``.ckpt`` file as the original repository released it,
+            or a hub id such as ``"timbrooks/instruct-pix2pix"``.
+        edit: True for an editing model (its UNet must take 8 channels), False for a text-to-image model.
+        config: for single files, a diffusers folder or hub id to take the component configs from (by default
+            diffusers infers it from the checkpoint, which needs the hub or its cache).
+        torch_dtype: dtype to load the weights in.
+
+    Raises:
+        ModelLoadError: with a one-line reason and the way out.
+    """
+    text = str(source)
+    pipe_cls = StableDiffusionInstructPix2PixPipeline if edit else StableDiffusionPipeline
+    kwargs: dict[str, Any] = dict(_PIPELINE_KWARGS)
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+
+    if text == TINY_MODEL:
+        from ip2p.tiny import tiny_components
+
+        comps = tiny_components(edit=edit)
+        comps.name = TINY_MODEL
+    elif text == TOY_MODEL:
+        path = toy_model_path("editor" if edit else "base")
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"the bundled toy {'editor' if edit else 'base model'} is not installed at {path}; "
+                "train it (see README) or pass --model PATH"
+            )
+        comps = _from_pipeline(pipe_cls.from_pretrained(path, **kwargs), TOY_MODEL)
+    else:
+        path = Path(text).expanduser()
+        if path.is_file():
+            comps = _load_single_file(path, pipe_cls, config, kwargs)
+        elif path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"{path} is not a diffusers model folder (no model_index.json); pass a folder saved by "
+                    "save_pretrained, a .safetensors/.ckpt checkpoint, or a hub id"
+                )
+            try:
+                comps = _from_pipeline(pipe_cls.from_pretrained(path, **kwargs), str(path))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ModelLoadError(f"could not load the model in {path}: {_first_line(exc)}") from exc
+        elif _looks_like_hub_id(text):
+            try:
+                comps = _from_pipeline(pipe_cls.from_pretrained(text, **kwargs), text)
+            except Exception as exc:  # the hub client raises many types when offline
+                raise ModelLoadError(
+                    f"could not load {text!r} from the model hub ({_first_line(exc)}); where the hub cannot be "
+                    "reached, pass a local model with --model PATH (a diffusers folder or a checkpoint file)"
+                ) from exc
+        else:
+            raise ModelLoadError(
+                f"model {text!r} does not exist: pass a diffusers folder, a .safetensors/.ckpt file, "
+                "a hub id (owner/name), 'toy' or 'tiny'"
+            )
+    latent_channels = comps.vae.config.latent_channels
+    if edit:
+        check_edit_unet(comps.unet, latent_channels, source=repr(text))
+    elif comps.unet.config.in_channels != latent_channels:
+        raise ModelLoadError(
+            f"{text!r} has a UNet with {comps.unet.config.in_channels} input channels; a text-to-image model "
+            f"takes {latent_channels}"
+        )
+    return comps
+
+
+def _load_single_file(
+    path: Path, pipe_cls: Any, config: str | None, kwargs: dict[str, Any]
+) -> EditComponents:
+    """Original-format checkpoints through diffusers' single-file loader (safetensors, or torch.load with
+    weights_only=True inside diffusers: no code is ever unpickled)."""
+    if path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        raise ModelLoadError(f"{path} is neither a diffusers folder nor a .safetensors/.ckpt checkpoint")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path} is empty")
+    extra = dict(kwargs)
+    if config is not None:
+        extra["config"] = config
+    try:
+        pipe = pipe_cls.from_single_file(str(path), **extra)
+    except Exception as exc:  # diffusers raises many types for unreadable or foreign checkpoints
+        hint = (
+            "" if config else "; offline, pass config= (--config) naming a diffusers folder with its configs"
+        )
+        raise ModelLoadError(f"could not load the checkpoint {path}: {_first_line(exc)}{hint}") from exc
+    return _from_pipeline(pipe, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def save_edit_model(components: EditComponents, folder: str | os.PathLike) -> Path:
+    """Save in diffusers format, readable by ``StableDiffusionInstructPix2PixPipeline.from_pretrained``.
+
+    The folder is written under a temporary name and renamed, so an interrupted save leaves nothing half-written.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        pipe = StableDiffusionInstructPix2PixPipeline(
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            tokenizer=components.tokenizer,
+            unet=components.unet,
+            scheduler=components.scheduler,
+            **_PIPELINE_KWARGS,
+        )
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,270 @@
+"""EditPipeline: edit an image by an instruction with dual classifier-free guidance (paper section 3.2.1).
+
+The model sees three conditionings per step, batched into one UNet call:
+(text + image), (image only), (neither). ``dual_guidance`` combines the three predictions.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from ip2p.devices import pick_device, pick_dtype
+from ip2p.guidance import dual_guidance
+from ip2p.imaging import (
+    Prepared,
+    ResizeMode,
+    load_image,
+    pil_to_tensor,
+    prepare_image,
+    restore_image,
+    tensor_to_pil,
+)
+from ip2p.models import DEFAULT_MODEL, EditComponents, load_pipeline_components
+from ip2p.sampling import StepCallback, denoise, make_scheduler
+
+
+@dataclass
+class EditConfig:
+    """Settings of one edit. Defaults are the paper's (original ``edit_cli.py``)."""
+
+    num_inference_steps: int = 100
+    text_guidance_scale: float = 7.5  # s_T: follow the instruction
+    image_guidance_scale: float = 1.5  # s_I: stay close to the input image
+    scheduler: str | None = None  # None keeps the model's own (Euler ancestral for the released model)
+    num_images: int = 1
+    negative_prompt: str | None = None  # replaces "" as the null text
+    resolution: int = 512  # long side; the toy model uses 64
+    resize_mode: ResizeMode = "fit"  # "fit" is the original's; "pad"/"crop" keep the exact aspect ratio
+    restore_size: bool = False  # resize the result back to the input's size
+    eta: float = 0.0  # DDIM only
+
+    def validate(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.num_inference_steps}")
+        if self.num_images < 1:
+            raise ValueError(f"the number of images must be at least 1, got {self.num_images}")
+        if self.resolution < 8:
+            raise ValueError(f"resolution must be at least 8, got {self.resolution}")
+        for name in ("text_guidance_scale", "image_guidance_scale"):
+            if not (-100.0 <= getattr(self, name) <= 100.0):
+                raise ValueError(f"{name} = {getattr(self, name)} is outside [-100, 100]")
+
+
+@dataclass
+class EditResult:
+    """Edited images, the input as the model saw it, and everything needed to reproduce them."""
+
+    images: list[Image.Image]
+    input_image: Image.Image
+    seed: int | None
+    instruction: str
+    config: EditConfig
+    model: str
+    info: dict[str, Any] = field(default_factory=dict)
+    latents: torch.Tensor | None = None  # (n, 4, h, w) final latents, before decoding
+
+    def metadata(self, index: int = 0) -> dict[str, str]:
+        """What to store beside image ``index`` (PNG text chunks): enough to reproduce it."""
+        return {
+            "ip2p:instruction": self.instruction,
+            "ip2p:seed": "" if self.seed is None else str(self.seed),
+            "ip2p:image_index": str(index),
+            "ip2p:text_guidance_scale": str(self.config.text_guidance_scale),
+            "ip2p:image_guidance_scale": str(self.config.image_guidance_scale),
+            "ip2p:steps": str(self.config.num_inference_steps),
+            "ip2p:scheduler": str(self.info.get("scheduler", self.config.scheduler)),
+            "ip2p:resolution": str(self.config.resolution),
+            "ip2p:model": self.model,
+        }
+
+
+class EditPipeline:
+    """Instruction-based image editing with an InstructPix2Pix model.
+
+    Example:
+        >>> pipe = EditPipeline.from_pretrained("toy")
+        >>> result = pipe(image, "make the circle green", seed=0)
+        >>> result.images[0].save("edited.png")
+    """
+
+    def __init__(self, components: EditComponents, device: str | torch.device | None = None, dtype=None):
+        self.components = components
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        for module in (components.unet, components.vae, components.text_encoder):
+            if module.device != self.device or module.dtype != self.dtype:
+                module.to(self.device, self.dtype)
+            module.eval().requires_grad_(False)
+        self._schedulers: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str = DEFAULT_MODEL,
+        device: str | None = None,
+        dtype: str | None = None,
+        config: str | None = None,
+    ) -> EditPipeline:
+        """Load from a diffusers folder, a hub id, an original checkpoint file, ``"toy"`` or ``"tiny"``."""
+        return cls(load_pipeline_components(source, edit=True, config=config), device=device, dtype=dtype)
+
+    # -- building blocks -------------------------------------------------------------------------------------
+    @property
+    def size_multiple(self) -> int:
+        return self.components.size_multiple
+
+    def scheduler(self, name: str | None):
+        """The model's own scheduler (``None``) or one of ``ip2p.sampling.SCHEDULERS`` on its noise schedule."""
+        if name is None:
+            return self.components.scheduler
+        if name not in self._schedulers:
+            self._schedulers[name] = make_scheduler(name, self.components.scheduler)
+        return self._schedulers[name]
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """(B,) texts -> (B, T, D) last hidden states of the text encoder, truncated to its limit with a warning."""
+        tokenizer = self.components.tokenizer
+        tokens = tokenizer(
+            texts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        for text in texts:
+            n = len(tokenizer(text, truncation=False)["input_ids"])
+            if n > tokenizer.model_max_length:
+                warnings.warn(
+                    f"the instruction has {n} tokens; the text encoder reads {tokenizer.model_max_length}, "
+                    f"so it was truncated: {text[:60]!r}...",
+                    stacklevel=3,
+                )
+        return self.components.text_encoder(tokens.input_ids.to(self.device))[0]  # (B, T, D)
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) VAE posterior mode, *unscaled* (what the released weights
+        were trained with: the original feeds ``encode_first_stage(x).mode()`` without ``scale_factor``)."""
+        vae = self.components.vae
+        return vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) scaled latents -> (B, 3, H, W) images in about [-1, 1]."""
+        vae = self.components.vae
+        return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+
+    def prepare(self, image: Image.Image | str, config: EditConfig) -> Prepared:
+        """Load (if a path) and resize the input per ``config``'s resolution and resize mode."""
+        return prepare_image(
+            load_image(image),
+            resolution=config.resolution,
+            mode=config.resize_mode,
+            multiple=self.size_multiple,
+            exact_multiple=self.components.vae_scale_factor,
+        )
+
+    # -- the edit --------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image: Image.Image | str,
+        instruction: str,
+        config: EditConfig | None = None,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
+        **overrides: Any,
+    ) -> EditResult:
+        """Edit ``image`` following ``instruction``.
+
+        Args:
+            image: a PIL image or a path.
+            instruction: the edit, e.g. "make the circle green". An empty instruction returns the (resized) input
+                unchanged, as the original does.
+            config: settings (``EditConfig``); keyword ``overrides`` replace single fields.
+            seed: makes the result reproducible; drawn at random (and recorded) when neither it nor ``generator``
+                is given.
+            generator: a torch generator to draw the noise from (instead of ``seed``).
+            callback: ``callback(step, num_steps, latents)`` after every sampler step.
+        """
+        config = EditConfig(**{**asdict(config or EditConfig()), **overrides})
+        config.validate()
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
+        prepared = self.prepare(image, config)
+        scheduler = self.scheduler(config.scheduler)
+        info = {"scheduler": type(scheduler).__name__, "device": str(self.device), "dtype": str(self.dtype)}
+
+        if not instruction.strip():
+            images = [restore_image(prepared.image, prepared, config.restore_size)] * config.num_images
+            return EditResult(
+                images,
+                prepared.image,
+                seed,
+                instruction,
+                config,
+                self.components.name,
+                {**info, "note": "empty instruction: input returned unchanged"},
+            )
+        if generator is None:
+            seed = random.randrange(2**32) if seed is None else int(seed)
+            generator = torch.Generator("cpu").manual_seed(seed)
+
+        latents = self._sample(prepared.image, instruction, config, scheduler, generator, callback)
+        pixels = self.decode(latents)
+        images = [restore_image(im, prepared, config.restore_size) for im in tensor_to_pil(pixels)]
+        return EditResult(
+            images, prepared.image, seed, instruction, config, self.components.name, info, latents
+        )
+
+    def _sample(self, image, instruction, config, scheduler, generator, callback) -> torch.Tensor:
+        n = config.num_images
+        text = self.encode_text([instruction]).repeat(n, 1, 1)  # (n, T, D)
+        null = self.encode_text([config.negative_prompt or ""]).repeat(n, 1, 1)  # (n, T, D)
+        image_latents = (
+            self.encode_image(pil_to_tensor([image])).to(self.dtype).repeat(n, 1, 1, 1)
+        )  # (n, 4, h, w)
+        text_scale, image_scale = config.text_guidance_scale, config.image_guidance_scale
+
+        latents = (
+            randn_tensor(image_latents.shape, generator=generator, device=self.device, dtype=self.dtype)
+            * scheduler.init_noise_sigma
+        )  # (n, 4, h, w)
+
+        if text_scale == 1.0 and image_scale == 1.0:
+            # Both scales 1: the guided prediction is the conditional one; one branch instead of three.
+            def model_fn(scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                x = torch.cat([scaled, image_latents], dim=1)  # (n, 8, h, w)
+                return self.components.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+        else:
+            # Branch order as the original and diffusers: (text, image), (null text, image), (null text, no image).
+            embeds = torch.cat([text, null, null])  # (3n, T, D)
+            cond_image = torch.cat(
+                [image_latents, image_latents, torch.zeros_like(image_latents)]
+            )  # (3n, 4, h, w)
+
+            def model_fn(scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                x = torch.cat([torch.cat([scaled] * 3), cond_image], dim=1)  # (3n, 8, h, w)
+                eps = self.components.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                eps_text_image, eps_image, eps_uncond = eps.chunk(3)  # 3 x (n, 4, h, w)
+                return dual_guidance(eps_text_image, eps_image, eps_uncond, text_scale, image_scale)
+
+        return denoise(
+            model_fn,
+            latents,
+            scheduler,
+            config.num_inference_steps,
+            generator=generator,
+            eta=config.eta,
+            callback=callback,
+        )

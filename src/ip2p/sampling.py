@@ -1,0 +1,95 @@
+"""One sampling loop over diffusers schedulers, shared by editing and pair generation.
+
+The loop knows nothing of conditions or guidance: it asks a ``model_fn(scaled_latents, t)`` for the (already
+guided) noise prediction at each step. Editing wraps the UNet in a dual-guidance denoiser; pair generation wraps
+it in a two-prompt one. Swapping the scheduler swaps the sampler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
+
+# Names users type -> scheduler classes (with extra config where the name implies it).
+SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),  # the paper's sampler (k-diffusion's)
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "ddim": (DDIMScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+}
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def make_scheduler(name: str, base: SchedulerMixin) -> SchedulerMixin:
+    """A scheduler of kind ``name`` with the model's noise schedule (betas, prediction type) taken from ``base``."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    cls, extra = SCHEDULERS[name]
+    return cls.from_config(base.config, **extra)
+
+
+def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None, eta: float = 0.0) -> dict:
+    """The optional arguments this scheduler's ``step`` accepts (as diffusers' pipelines pass them)."""
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict = {}
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def denoise(
+    model_fn: ModelFn,
+    latents: torch.Tensor,
+    scheduler: SchedulerMixin,
+    num_inference_steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run the reverse process from ``latents`` (already multiplied by ``scheduler.init_noise_sigma``).
+
+    Args:
+        model_fn: ``(scaled_latents (B, C, h, w), t) -> noise prediction (B, C, h, w)``, guidance included.
+        latents: (B, C, h, w) initial noisy latents.
+        scheduler: a diffusers scheduler; ``set_timesteps`` is called here.
+        num_inference_steps: number of sampler steps.
+        generator: the source of the per-step noise of stochastic samplers.
+        eta: DDIM's eta (ignored by other schedulers).
+        callback: ``callback(step_index, num_steps, latents)`` after every step, e.g. for a progress bar.
+    """
+    if num_inference_steps < 1:
+        raise ValueError(f"the number of steps must be at least 1, got {num_inference_steps}")
+    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    extra = step_kwargs(scheduler, generator, eta)
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        scaled = scheduler.scale_model_input(latents, t)
+        noise_pred = model_fn(scaled, t)
+        latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+        if callback is not None:
+            callback(i, len(timesteps), latents)
+    return latents

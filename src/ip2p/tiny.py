@@ -1,0 +1,90 @@
+"""A tiny, randomly initialised SD-family model built from configs: for tests, benchmarks and trying the CLI.
+
+Its outputs are noise-like: it exercises every code path of the real models at a fraction of their cost, and it
+is what the demo runs on where no trained model is available (it says so).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ip2p.tokenization import build_clip_tokenizer
+
+
+def tiny_unet(in_channels: int = 8, cross_attention_dim: int = 32, seed: int = 0) -> UNet2DConditionModel:
+    """A two-level UNet with cross-attention (the size of diffusers' own pipeline tests)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    """A VAE with 4 latent channels and a downsampling factor of 2."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=32,
+    )
+
+
+def tiny_text_encoder(tokenizer, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
+    """A CLIP text tower; its special-token ids are the tokenizer's (the pooled output reads the EOS position)."""
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config).eval()
+
+
+def tiny_scheduler() -> EulerAncestralDiscreteScheduler:
+    """SD's noise schedule with the paper's sampler."""
+    return EulerAncestralDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",  # SD 1.5's scheduler config
+    )
+
+
+def tiny_components(edit: bool = True, seed: int = 0):
+    """All components of a tiny editing (8-channel) or text-to-image (4-channel) model, deterministic in ``seed``."""
+    from ip2p.models import EditComponents
+
+    tokenizer = build_clip_tokenizer(model_max_length=77)
+    return EditComponents(
+        unet=tiny_unet(in_channels=8 if edit else 4, seed=seed).eval(),
+        vae=tiny_vae(seed=seed).eval(),
+        text_encoder=tiny_text_encoder(tokenizer, seed=seed),
+        tokenizer=tokenizer,
+        scheduler=tiny_scheduler(),
+        name="tiny",
+        info={"note": "tiny randomly initialised model: its edits are noise, it only exercises the code"},
+    )

@@ -1,0 +1,172 @@
+"""The `ip2p edit` command line, run in-process through `ip2p.cli.main` on a tiny model folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ip2p.cli import main
+
+FAST = ["--steps", "2", "--resolution", "32", "--seed", "5"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from ip2p.models import save_edit_model
+    from ip2p.tiny import tiny_components
+
+    folder = tmp_path_factory.mktemp("cli") / "tiny"
+    save_edit_model(tiny_components(), folder)
+    return str(folder)
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    path = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_edit_one_image_writes_png_with_metadata(model_dir, image_path, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert (
+        main(["edit", str(image_path), "make it red", "-o", str(out), "--model", model_dir, *FAST, "--json"])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["items"][0]["status"] == "ok" and summary["items"][0]["seed"] == 5
+    text = Image.open(out).text
+    assert text["ip2p:instruction"] == "make it red"
+    assert text["ip2p:seed"] == "5" and text["ip2p:steps"] == "2"
+    assert text["ip2p:text_guidance_scale"] == "7.5" and text["ip2p:image_guidance_scale"] == "1.5"
+    assert text["ip2p:model"] == model_dir
+
+
+def test_edit_with_the_tiny_builtin_model(image_path, tmp_path):
+    out = tmp_path / "o.png"
+    assert (
+        main(["edit", str(image_path), "x", "-o", str(out), "--model", "tiny", *FAST, "--num-images", "2"])
+        == 0
+    )
+    assert (tmp_path / "o_0.png").exists() and (tmp_path / "o_1.png").exists()
+
+
+def test_batch_folder_resumes_and_records_failures(model_dir, tmp_path, capsys):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (i * 100, 0, 0)).save(src / f"im{i}.png")
+    (src / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "edited"
+    code = main(["edit", str(src), "make it blue", "-o", str(out), "--model", model_dir, *FAST, "--json"])
+    assert code == 1  # one item failed, the others were written
+    summary = json.loads(capsys.readouterr().out)
+    assert [s["status"] for s in summary["items"]] == ["failed", "ok", "ok"]
+    assert sorted(p.name for p in out.iterdir()) == ["im0.png", "im1.png"]
+    (src / "broken.png").unlink()
+    assert (
+        main(["edit", str(src), "make it blue", "-o", str(out), "--model", model_dir, *FAST, "--json"]) == 0
+    )
+    assert all(s["status"].startswith("skipped") for s in json.loads(capsys.readouterr().out)["items"])
+
+
+def test_batch_jsonl(model_dir, image_path, tmp_path):
+    listing = tmp_path / "jobs.jsonl"
+    listing.write_text(
+        json.dumps({"image": image_path.name, "instruction": "a", "output": "first.png"})
+        + "\n\n"
+        + json.dumps({"image": str(image_path), "instruction": "b"})
+        + "\n"
+    )
+    out = tmp_path / "res"
+    assert main(["edit", str(listing), "-o", str(out), "--model", model_dir, *FAST]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["000003_in.png", "first.png"]
+    assert Image.open(out / "first.png").text["ip2p:instruction"] == "a"
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "no such file"),
+        ("empty", "empty"),
+        ("notimage", "not an image"),
+        ("truncated", "truncated"),
+        ("bomb", "exceeds the limit"),
+    ],
+)
+def test_bad_images_fail_in_one_line_and_write_nothing(model_dir, tmp_path, capsys, case, expected):
+    path = tmp_path / "bad.png"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "notimage":
+        path.write_text("hello")
+    elif case == "truncated":
+        Image.new("RGB", (64, 64), "red").save(path)
+        path.write_bytes(path.read_bytes()[:60])
+    elif case == "bomb":
+        Image.new("L", (2000, 2000)).save(path)
+    out = tmp_path / "out.png"
+    extra = ["--max-pixels", "1000000"] if case == "bomb" else []
+    code = main(["edit", str(path), "x", "-o", str(out), "--model", model_dir, *FAST, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("ip2p: error:") and expected in err[0]
+    assert not out.exists() and not list(tmp_path.glob(".out.png*"))
+
+
+def test_bad_model_and_bad_output_fail_before_any_work(image_path, tmp_path, capsys):
+    assert (
+        main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "nope")])
+        == 1
+    )
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    assert (
+        main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "junk")])
+        == 1
+    )
+    assert "not a diffusers model folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["edit", str(image_path), "x", "-o", str(blocker / "o.png"), "--model", "tiny"]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_bad_flags_exit_non_zero(image_path, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--scheduler", "nope"])
+    assert info.value.code == 2
+    assert (
+        main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--model", "tiny", "--steps", "0"])
+        == 1
+    )
+    assert "steps must be at least 1" in capsys.readouterr().err
+
+
+def test_empty_instruction_returns_the_input(model_dir, tmp_path):
+    path = tmp_path / "in.png"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(path)
+    out = tmp_path / "o.png"
+    assert main(["edit", str(path), "", "-o", str(out), "--model", model_dir, *FAST]) == 0
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(Image.open(path)))
+
+
+def test_help_describes_every_flag():
+    from ip2p.cli import build_parser
+
+    parser = build_parser()
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for flag in action._actions:
+            if flag.option_strings and flag.dest != "help":
+                assert flag.help, f"{action.prog} {flag.option_strings} has no help"
+
+
+def test_console_script_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "ip2p.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "edit" in result.stdout and "demo" in result.stdout
