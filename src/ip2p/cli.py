@@ -305,6 +305,471 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train ---------------------------------------------------------------------------------------------------
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import MISSING
+
+    from ip2p.train import PRESETS, config_fields
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune an editing model from a text-to-image model (paper 3.2)",
+        description="Train an InstructPix2Pix editor. Defaults are the paper's; --preset toy sets the toy world's. "
+        "Runs on several GPUs or nodes through `accelerate launch -m ip2p.cli train ...`. Running the "
+        "same command again resumes from the newest checkpoint in --output-dir.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="a named set of defaults; flags override it (default: %(default)s)",
+    )
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        text = f.metadata["help"]
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif f.name == "data":
+            p.add_argument(flag, dest=f.name, nargs="+", default=None, help=text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                default=None,
+                help=f"{text} (default: {default})" if default is not None else text,
+            )
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ip2p.datasets import DatasetError
+    from ip2p.train import apply_preset, config_fields, train
+
+    overrides = {f.name: getattr(args, f.name) for f in config_fields() if getattr(args, f.name) is not None}
+    try:
+        config = apply_preset(args.preset, overrides)
+        config.validate()
+        folder = train(config)
+    except (ValueError, DatasetError) as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"trained model written to {folder}")
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------------------------------------
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    from ip2p.imaging import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser(
+        "serve",
+        help="the web app: edit images by instruction in the browser, with an HTTP API",
+        description="Serve the interactive editor (Gradio): upload an image, type an instruction, tune the "
+        "guidance scales, chain edits. Programs can call the /edit endpoint (see the README). Listens on "
+        "127.0.0.1 only unless --host says otherwise. --model auto (the default) serves the bundled toy "
+        "editor, or a tiny random model, labelled as such, where it is missing.",
+    )
+    add_model_flags(p, "auto")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 exposes the app to the network (default: %(default)s)",
+    )
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    p.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live link (needs internet)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="edits that run at the same time (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=16,
+        help="requests that may wait; more get a 'queue is full' answer (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=10.0,
+        help="largest upload accepted, in MB (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse uploaded images with more pixels than this (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ip2p.app import ServeConfig, serve
+
+    config = ServeConfig(
+        model=args.model,
+        config=args.config,
+        device=args.device,
+        dtype=args.dtype,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        concurrency=args.concurrency,
+        max_queue=args.max_queue,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    serve(config)
+    return 0
+
+
+# -- gen-text / finetune-text (stage 1) ----------------------------------------------------------------------
+def _gen_text_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gen-text",
+        help="write (caption, instruction, edited caption) triplets with a language model",
+        description="Stage 1 of dataset synthesis (paper 3.1.1): for each caption, a language model writes an "
+        "edit instruction and the edited caption. Completions that do not parse or change nothing are retried; "
+        "duplicates, out-of-bounds lengths and blocklisted words are filtered, each counted in "
+        "OUTPUT.report.json. Rerunning with the same OUTPUT resumes.",
+    )
+    p.add_argument(
+        "captions",
+        help="captions: a .txt (one a line), .jsonl, .csv or .parquet file, a datasets name (needs the hub), "
+        "or toy[:N] (N held-out toy-world captions)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="output .jsonl of {input, edit, output, provenance} lines"
+    )
+    p.add_argument(
+        "--column",
+        default=None,
+        help="caption column of a table (default: caption, text, TEXT, input or prompt)",
+    )
+    p.add_argument("--split", default="train", help="split of a datasets name (default: %(default)s)")
+    p.add_argument(
+        "--backend",
+        default="hf",
+        help="hf (a transformers causal LM), openai (an OpenAI-compatible chat endpoint) or fake (a "
+        "deterministic stand-in for dry runs) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="hf: a folder saved by finetune-text (e.g. runs/toy-lm) or a hub id; openai: the model name",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the caption order and of sampling (default: %(default)s)"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="stop once OUTPUT holds this many triplets (default: all captions)",
+    )
+    p.add_argument(
+        "--no-shuffle", action="store_true", help="visit captions in file order, not in a seeded permutation"
+    )
+    p.add_argument(
+        "--num-partitions", type=int, default=1, help="split the captions into this many parts (default: 1)"
+    )
+    p.add_argument("--partition", type=int, default=0, help="which part this run writes, from 0 (default: 0)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="captions per model call (default: %(default)s)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="start OUTPUT over instead of resuming it")
+    s = p.add_argument_group("sampling (paper defaults)")
+    s.add_argument("--temperature", type=float, default=0.7, help="(default: %(default)s)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    s.add_argument(
+        "--frequency-penalty",
+        type=float,
+        default=0.1,
+        help="logit -= this x times the token was already generated (default: %(default)s)",
+    )
+    s.add_argument(
+        "--presence-penalty",
+        type=float,
+        default=0.0,
+        help="logit -= this once a token was generated (default: %(default)s)",
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=256,
+        help="completion length limit in tokens (default: %(default)s)",
+    )
+    s.add_argument(
+        "--num-retries",
+        type=int,
+        default=3,
+        help="further tries on unparsable or no-op output (default: %(default)s)",
+    )
+    f = p.add_argument_group("filters")
+    f.add_argument(
+        "--min-chars",
+        type=int,
+        default=2,
+        help="shortest caption, instruction or edited caption (default: %(default)s)",
+    )
+    f.add_argument(
+        "--max-chars",
+        type=int,
+        default=1000,
+        help="longest caption, instruction or edited caption (default: %(default)s)",
+    )
+    f.add_argument(
+        "--blocklist",
+        default=None,
+        help="file of words or phrases (one a line) that drop a caption or triplet",
+    )
+    h = p.add_argument_group("hf backend")
+    h.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: %(default)s)")
+    h.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="weights precision; auto = fp16 on GPU, fp32 on CPU",
+    )
+    o = p.add_argument_group("openai backend")
+    o.add_argument(
+        "--base-url",
+        default="https://api.openai.com/v1",
+        help="endpoint root; requests go to BASE/chat/completions (default: %(default)s)",
+    )
+    o.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the key; unset: no key sent (default: %(default)s)",
+    )
+    o.add_argument(
+        "--seeds",
+        default=None,
+        help="seed triplets (JSONL of input/edit/output, or 'toy') for the few-shot prompt (default: the paper's human-written file where present, else toy)",
+    )
+    o.add_argument(
+        "--num-shots", type=int, default=8, help="seed triplets shown as examples (default: %(default)s)"
+    )
+    o.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: %(default)s)")
+    o.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default: %(default)s)")
+    o.add_argument(
+        "--max-request-retries",
+        type=int,
+        default=6,
+        help="retries on 429/5xx/timeouts, with exponential backoff (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=cmd_gen_text)
+
+
+def _make_text_backend(args: argparse.Namespace):
+    from ip2p.text.backends import FakeGenerator, SamplingConfig
+
+    sampling = SamplingConfig(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
+        max_new_tokens=args.max_new_tokens,
+    )
+    sampling.validate()
+    if args.backend == "fake":
+        return FakeGenerator()
+    if not args.model:
+        raise CLIError(f"the {args.backend} backend needs --model")
+    if args.backend == "openai":
+        from ip2p.text.openai_backend import OpenAIConfig, OpenAIGenerator
+        from ip2p.text.sources import read_seed_triplets
+
+        config = OpenAIConfig(
+            base_url=args.base_url,
+            model=args.model,
+            api_key_env=args.api_key_env,
+            num_shots=args.num_shots,
+            max_concurrency=args.concurrency,
+            timeout=args.timeout,
+            max_retries=args.max_request_retries,
+            sampling=sampling,
+        )
+        return OpenAIGenerator(config, read_seed_triplets(args.seeds) if args.num_shots else [])
+    from ip2p.text.hf import HFGenerator
+
+    return HFGenerator.from_pretrained(
+        args.model, sampling=sampling, batch_size=args.batch_size, device=args.device, dtype=args.dtype
+    )
+
+
+def cmd_gen_text(args: argparse.Namespace) -> int:
+    from ip2p.text.backends import BackendError
+    from ip2p.text.filters import FilterConfig
+    from ip2p.text.generate import GenerateConfig, generate_triplets
+    from ip2p.text.sources import read_captions
+
+    if args.backend not in ("hf", "openai", "fake"):
+        raise CLIError(f"unknown backend {args.backend!r}; choose hf, openai or fake")
+    config = GenerateConfig(
+        output=args.output,
+        seed=args.seed,
+        num_samples=args.num_samples,
+        num_retries=args.num_retries,
+        shuffle=not args.no_shuffle,
+        num_partitions=args.num_partitions,
+        partition=args.partition,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        filters=FilterConfig(min_chars=args.min_chars, max_chars=args.max_chars, blocklist=args.blocklist),
+    )
+    try:
+        config.validate()
+        captions = read_captions(
+            args.captions, column=args.column, split=args.split
+        )  # before any model loads
+        if not captions:
+            raise CLIError(f"{args.captions}: no captions")
+        backend = _make_text_backend(args)
+        report = generate_triplets(captions, backend, config, progress=not args.no_progress)
+    except (
+        ValueError,
+        BackendError,
+    ) as exc:  # TextSourceError, TextModelError and config errors are ValueErrors
+        raise CLIError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"{report.summary()}; triplets in {args.output}")
+    if report.backend_errors:
+        print(
+            f"ip2p: {report.backend_errors} caption(s) failed at the backend; rerun to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _finetune_text_parser(sub: argparse._SubParsersAction) -> None:
+    from ip2p.text.finetune import PRESETS
+
+    p = sub.add_parser(
+        "finetune-text",
+        help="fine-tune a causal language model on seed triplets (or train the toy LM)",
+        description="Fine-tune a transformers causal LM to write triplets (paper 3.1.1: GPT-3 on 700 "
+        "human-written triplets, 1 epoch): prompt = caption + '\\n##\\n', completion = instruction + "
+        "'\\n%%%%\\n' + edited caption + '\\nEND', loss on the completion. Full or LoRA; CPU, GPU, or several "
+        "GPUs with `accelerate launch -m ip2p.cli finetune-text ...`. Checkpoints every --checkpoint-every "
+        "steps; rerunning with the same --output resumes. `--preset toy` trains the toy world's LM from scratch.",
+    )
+    p.add_argument(
+        "--preset", default="paper", choices=sorted(PRESETS), help="starting settings (default: %(default)s)"
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="causal LM folder or hub id to fine-tune ('toy': the toy GPT-2 from scratch)",
+    )
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="seed triplets: a JSONL of input/edit/output lines or 'toy' (default: the paper's human-written file where present, else toy)",
+    )
+    p.add_argument("-o", "--output", default=None, help="output folder (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the seed triplets (paper preset: 1)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="optimizer steps (default: epochs x steps per epoch)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (paper preset: 1e-5; LoRA wants ~2e-4)"
+    )
+    p.add_argument(
+        "--lr-schedule", choices=["constant", "linear", "cosine"], default=None, help="decay after warm-up"
+    )
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per device and step")
+    p.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps")
+    p.add_argument("--max-length", type=int, default=None, help="truncate examples to this many tokens")
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        default=None,
+        help="train a LoRA adapter (needs peft) instead of all weights",
+    )
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: 16)")
+    p.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default: 32)")
+    p.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default: 0.05)")
+    p.add_argument(
+        "--lora-targets", default=None, help="comma-separated module names, or all-linear (default)"
+    )
+    p.add_argument(
+        "--merge-lora", action="store_true", default=None, help="save the merged model, not the adapter"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints (0: none)"
+    )
+    p.add_argument("--keep-checkpoints", type=int, default=None, help="how many recent checkpoints to keep")
+    p.add_argument("--no-resume", action="store_true", help="start over, deleting the output's checkpoints")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of initialisation and data order (default: 0)"
+    )
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None, help="autocast on GPU")
+    p.add_argument(
+        "--cpu", action="store_true", default=None, help="train on the CPU even where a GPU is present"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune_text)
+
+
+def cmd_finetune_text(args: argparse.Namespace) -> int:
+    from ip2p.text.finetune import finetune, preset
+
+    try:
+        config = preset(
+            args.preset,
+            model=args.model,
+            seeds=args.seeds,
+            output=args.output,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            learning_rate=args.lr,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            gradient_accumulation_steps=args.grad_accum,
+            max_length=args.max_length,
+            lora=args.lora,
+            lora_r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            lora_target_modules=args.lora_targets,
+            merge_lora=args.merge_lora,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
+            resume=False if args.no_resume else None,
+            seed=args.seed,
+            mixed_precision=args.mixed_precision,
+            cpu=args.cpu,
+        )
+        config.validate()
+        from ip2p.text.sources import read_seed_triplets
+
+        read_seed_triplets(config.seeds)  # a missing seed file fails before any model loads
+        output = finetune(config, progress=not args.no_progress)
+    except ValueError as exc:  # TextSourceError, TextModelError and config errors are ValueErrors
+        raise CLIError(str(exc)) from exc
+    summary = json.loads((output / "train_summary.json").read_text())
+    print(
+        f"trained {summary['steps']} steps in {summary['seconds']}s (final loss {summary['final_loss']:.3f}); model in {output}"
+    )
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -316,10 +781,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _edit_parser(sub)
     _demo_parser(sub)
+    _gen_text_parser(sub)
+    _finetune_text_parser(sub)
+    _train_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
