@@ -317,23 +317,8 @@ class Trainer:
         bar = tqdm(total=c.max_train_steps, initial=self.step, desc="training", disable=not acc.is_main_process)
         timer, seen = time.perf_counter(), 0
         while self.step < c.max_train_steps:
-            losses = []
-            for micro in range(c.gradient_accumulation_steps):
-                batch = self._batch(self._positions(self.step, micro))
-                with acc.accumulate(self.unet):
-                    loss = self._loss(batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients and c.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.unet.parameters(), c.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach())
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.step(acc.unwrap_model(self.unet).parameters())
-            self.step += 1
+            mean_loss = self.train_step()
             seen += c.train_batch_size * acc.num_processes * c.gradient_accumulation_steps
-            mean_loss = acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             if self.step % c.log_every == 0 or self.step == c.max_train_steps:
@@ -349,6 +334,26 @@ class Trainer:
         if not c.validation_steps or self.step % c.validation_steps:
             self.validate()
         return self.export()
+
+    def train_step(self) -> float:
+        """One optimizer step (all micro-batches of it, on every process); returns the mean loss."""
+        c, acc = self.config, self.accelerator
+        losses = []
+        for micro in range(c.gradient_accumulation_steps):
+            batch = self._batch(self._positions(self.step, micro))
+            with acc.accumulate(self.unet):
+                loss = self._loss(batch)
+                acc.backward(loss)
+                if acc.sync_gradients and c.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.unet.parameters(), c.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(acc.unwrap_model(self.unet).parameters())
+        self.step += 1
+        return acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         noisy = self.noise_scheduler.add_noise(batch["latents"], batch["noise"], batch["timesteps"])
