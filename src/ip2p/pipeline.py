@@ -6,7 +6,9 @@ The model sees three conditionings per step, batched into one UNet call:
 
 from __future__ import annotations
 
+import copy
 import random
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +30,10 @@ from ip2p.imaging import (
 )
 from ip2p.models import DEFAULT_MODEL, EditComponents, load_pipeline_components
 from ip2p.sampling import StepCallback, denoise, make_scheduler
+
+# A fast tokenizer keeps its padding/truncation settings in shared state that each call rewrites, so two threads
+# (the web app's concurrent edits) can get each other's padding; tokenizing is cheap, so it is serialised.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -132,15 +138,16 @@ class EditPipeline:
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """(B,) texts -> (B, T, D) last hidden states of the text encoder, truncated to its limit with a warning."""
         tokenizer = self.components.tokenizer
-        tokens = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        for text in texts:
-            n = len(tokenizer(text, truncation=False)["input_ids"])
+        with _TOKENIZER_LOCK:
+            tokens = tokenizer(
+                texts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            lengths = [len(tokenizer(text, truncation=False)["input_ids"]) for text in texts]
+        for text, n in zip(texts, lengths, strict=True):
             if n > tokenizer.model_max_length:
                 warnings.warn(
                     f"the instruction has {n} tokens; the text encoder reads {tokenizer.model_max_length}, "
@@ -202,7 +209,8 @@ class EditPipeline:
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
         prepared = self.prepare(image, config)
-        scheduler = self.scheduler(config.scheduler)
+        # A copy per call: `set_timesteps` mutates a scheduler, and the web app runs edits concurrently.
+        scheduler = copy.deepcopy(self.scheduler(config.scheduler))
         info = {"scheduler": type(scheduler).__name__, "device": str(self.device), "dtype": str(self.dtype)}
 
         if not instruction.strip():
@@ -236,10 +244,7 @@ class EditPipeline:
         )  # (n, 4, h, w)
         text_scale, image_scale = config.text_guidance_scale, config.image_guidance_scale
 
-        latents = (
-            randn_tensor(image_latents.shape, generator=generator, device=self.device, dtype=self.dtype)
-            * scheduler.init_noise_sigma
-        )  # (n, 4, h, w)
+        noise = randn_tensor(image_latents.shape, generator=generator, device=self.device, dtype=self.dtype)
 
         if text_scale == 1.0 and image_scale == 1.0:
             # Both scales 1: the guided prediction is the conditional one; one branch instead of three.
@@ -261,7 +266,7 @@ class EditPipeline:
 
         return denoise(
             model_fn,
-            latents,
+            noise,
             scheduler,
             config.num_inference_steps,
             generator=generator,

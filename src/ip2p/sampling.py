@@ -62,7 +62,7 @@ def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None, et
 
 def denoise(
     model_fn: ModelFn,
-    latents: torch.Tensor,
+    noise: torch.Tensor,
     scheduler: SchedulerMixin,
     num_inference_steps: int,
     *,
@@ -70,11 +70,15 @@ def denoise(
     eta: float = 0.0,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from ``latents`` (already multiplied by ``scheduler.init_noise_sigma``).
+    """Run the reverse process from unit Gaussian ``noise``.
+
+    The noise is scaled by ``scheduler.init_noise_sigma`` *after* ``set_timesteps``: for several schedulers (Euler
+    with "leading" spacing, for one) the initial sigma depends on the chosen timesteps, and diffusers' pipelines
+    scale in this order too.
 
     Args:
         model_fn: ``(scaled_latents (B, C, h, w), t) -> noise prediction (B, C, h, w)``, guidance included.
-        latents: (B, C, h, w) initial noisy latents.
+        noise: (B, C, h, w) unit Gaussian noise: the initial latents before scaling.
         scheduler: a diffusers scheduler; ``set_timesteps`` is called here.
         num_inference_steps: number of sampler steps.
         generator: the source of the per-step noise of stochastic samplers.
@@ -83,7 +87,8 @@ def denoise(
     """
     if num_inference_steps < 1:
         raise ValueError(f"the number of steps must be at least 1, got {num_inference_steps}")
-    scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    latents = noise * scheduler.init_noise_sigma
     extra = step_kwargs(scheduler, generator, eta)
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):

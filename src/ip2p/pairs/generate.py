@@ -1,0 +1,568 @@
+"""Stage 2 of dataset synthesis (paper section 3.1.2): triplets in, CLIP-filtered image pairs out.
+
+As the original ``generate_img_dataset.py``: for each (caption, instruction, edited caption) triplet, N candidate
+pairs are generated with the Prompt-to-Prompt variant (``ip2p.pairs.sample``), each from its own seed with random
+p and guidance scale; each is scored with CLIP; those passing all thresholds are ranked by directional similarity
+and the best ``top_k`` kept.
+
+Ours on top:
+
+- Sharded and resumable. Output shard s holds the triplets [s * shard_size, (s + 1) * shard_size) of the input;
+  a shard is committed by writing its statistics file last (every file through a temporary name and a rename).
+  Every candidate's seed derives from the run seed and the triplet's position, so a rerun of the same command
+  after a kill (at any moment) redoes only the uncommitted shards and ends with exactly an uninterrupted run's
+  files.
+- Split without overlap over job-array jobs (``shard``/``num_shards``) and over the processes of
+  ``accelerate launch`` (accelerate's ``PartialState``): worker w of W takes the shards s with s % W == w.
+- Per-triplet failures (e.g. a word swap between captions of different lengths) are recorded, never fatal.
+
+Layout of ``output``::
+
+    config.json                  resolved settings; a resumed run must match them
+    data/shard-00000.parquet     pairs in the official schema (+ item, rank, seed, p, scale, CLIP scores)
+      or {i:07d}/ + seeds.json   with format "original" (ip2p.pairs.original_format)
+    scores/shard-00000.jsonl     every candidate's scores (log_scores)
+    stats/shard-00000.json       the shard's counts: its presence marks the shard done
+    manifest.json                settings, input, shards done, totals
+    report/report.json, report/scores.png
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ip2p.pairs.clip_score import (
+    DEFAULT_CLIP,
+    ClipScorer,
+    ClipThresholds,
+    Scorer,
+    passes_clip_filter,
+    select_top_k,
+)
+from ip2p.pairs.report import format_summary, plot_histograms, read_scores, summarize
+from ip2p.pairs.sample import MODES, PairSampler, candidate_seed, draw_candidate
+
+FORMATS = ("parquet", "original")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class PairsConfig:
+    """Settings of ``ip2p gen-pairs``. Defaults are the paper's (original ``generate_img_dataset.py``)."""
+
+    triplets: str = _help(
+        "JSONL of {input (or caption), edit, output} triplets, stage 1's output", default=""
+    )
+    output: str = _help("output folder", default="data/pairs")
+    model: str = _help(
+        "text-to-image model: diffusers folder, hub id, .safetensors/.ckpt, 'toy' or 'tiny'",
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    )
+    clip: str = _help("CLIP model scoring the pairs: folder, hub id or 'toy'", default=DEFAULT_CLIP)
+    resolution: int = _help("image side in pixels", default=512)
+    num_candidates: int = _help("candidate pairs per triplet before the CLIP filter", default=100)
+    steps: int = _help("sampler steps", default=100)
+    batch_size: int = _help(
+        "candidates per UNet call; each takes 4 rows: 2 images x 2 guidance branches", default=4
+    )
+    min_p2p: float = _help("lower bound of the Prompt-to-Prompt fraction p, drawn per candidate", default=0.1)
+    max_p2p: float = _help("upper bound of p", default=0.9)
+    min_cfg: float = _help("lower bound of the guidance scale, drawn per candidate", default=7.5)
+    max_cfg: float = _help("upper bound of the guidance scale", default=15.0)
+    clip_threshold: float = _help("minimum image-caption CLIP similarity, both images", default=0.2)
+    clip_dir_threshold: float = _help("minimum directional CLIP similarity", default=0.2)
+    clip_img_threshold: float = _help(
+        "minimum image-image CLIP similarity (the original code used 0.7)", default=0.75
+    )
+    top_k: int = _help(
+        "pairs kept per triplet, best directional similarity first (the original kept up to 4)", default=1
+    )
+    mode: str = _help(
+        "attention control: 'self' (the paper's self-attention copy), or Prompt-to-Prompt's "
+        "'replace' (word swap, equal word counts) or 'refine' (added words)",
+        default="self",
+    )
+    cross_replace_steps: float = _help(
+        "replace/refine: fraction of the steps with the cross-attention edit "
+        "(Prompt-to-Prompt notebooks: 0.8)",
+        default=0.8,
+    )
+    max_self_tokens: int = _help(
+        "replace/refine: largest self-attention layer injected, in queries (P2P: 256)", default=256
+    )
+    scheduler: str = _help("sampler (the paper's: euler_ancestral)", default="euler_ancestral")
+    timestep_spacing: str = _help(
+        "diffusers timestep spacing; linspace = the original's t = linspace(999, 0, N)", default="linspace"
+    )
+    seed: int = _help(
+        "run seed: every candidate's seed derives from it and the triplet's position", default=0
+    )
+    shard_size: int = _help("triplets per output shard (the unit of resumption)", default=64)
+    format: str = _help(
+        "output format: parquet (the official schema) or original (the original's folders)", default="parquet"
+    )
+    limit: int | None = _help("use only the first N triplets", default=None)
+    shard: int = _help(
+        "job-array index: this job does the output shards s with s % num_shards == shard", default=0
+    )
+    num_shards: int = _help("job-array size", default=1)
+    log_scores: bool = _help("log every candidate's CLIP scores to scores/*.jsonl", default=True)
+    report: bool = _help(
+        "write report/ (acceptance, cost per pair, score histograms) at the end", default=True
+    )
+    device: str = _help(
+        "cpu, cuda, cuda:1, mps or auto (auto: accelerate's device for this process)", default="auto"
+    )
+    dtype: str = _help("auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16", default="auto")
+
+    def thresholds(self) -> ClipThresholds:
+        return ClipThresholds(self.clip_threshold, self.clip_dir_threshold, self.clip_img_threshold)
+
+    def validate(self) -> None:
+        from ip2p.sampling import SCHEDULERS
+
+        for name in (
+            "num_candidates",
+            "steps",
+            "batch_size",
+            "top_k",
+            "shard_size",
+            "num_shards",
+            "resolution",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_p2p <= self.max_p2p <= 1:
+            raise ValueError(f"need 0 <= min_p2p <= max_p2p <= 1, got {self.min_p2p}, {self.max_p2p}")
+        if self.min_cfg > self.max_cfg:
+            raise ValueError(f"need min_cfg <= max_cfg, got {self.min_cfg}, {self.max_cfg}")
+        for name in ("clip_threshold", "clip_dir_threshold", "clip_img_threshold"):
+            if not -1 <= getattr(self, name) <= 1:
+                raise ValueError(
+                    f"{name} is a cosine similarity threshold in [-1, 1], got {getattr(self, name)}"
+                )
+        if not 0 <= self.cross_replace_steps <= 1:
+            raise ValueError(f"cross_replace_steps must lie in [0, 1], got {self.cross_replace_steps}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"shard {self.shard} of {self.num_shards}: need 0 <= shard < num_shards")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1, got {self.limit}")
+        if not self.triplets:
+            raise ValueError("no triplets: pass a JSONL file of {input, edit, output} lines")
+        if not Path(self.triplets).is_file():
+            raise ValueError(f"{self.triplets}: no such file")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},  # 512 px, 100 candidates x 100 steps, thresholds 0.2 / 0.2 / 0.75, SD 1.5, CLIP ViT-L/14
+    # The toy world at 64 px: fewer candidates and steps, all candidates of a triplet in one UNet call.
+    "toy": dict(
+        model="toy", clip="toy", resolution=64, num_candidates=8, steps=20, batch_size=8, shard_size=16
+    ),
+}
+
+
+def config_fields():
+    return fields(PairsConfig)
+
+
+def apply_preset(name: str, overrides: dict[str, Any] | None = None) -> PairsConfig:
+    """The preset's config with ``overrides`` (fields given explicitly) on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PairsConfig(**{**PRESETS[name], **(overrides or {})})
+
+
+# -- input --------------------------------------------------------------------------------------------------------
+def read_triplets(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The triplets of a JSONL file, as records with ``input``, ``edit`` and ``output`` (``caption`` is accepted
+    for ``input``: the original's generator writes it, the released files use ``input``; PAPER.md 11.1).
+
+    Other keys are kept (they go to prompt.json in the original format). Blank lines are skipped; an item's key
+    is its position among the records.
+    """
+    path = Path(path)
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: each line must be a JSON object")
+        if "input" not in row and "caption" in row:
+            row = {"input": row["caption"], **row}
+        missing = [k for k in ("input", "edit", "output") if not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(
+                f"{path}:{n}: missing text field(s) {missing}; need input (or caption), edit, output"
+            )
+        records.append(row)
+    if not records:
+        raise ValueError(f"{path}: no triplets")
+    return records
+
+
+# -- one triplet ------------------------------------------------------------------------------------------------
+@dataclass
+class ItemResult:
+    """A triplet's kept pairs (best first), every candidate's score record, and its cost."""
+
+    kept: list[tuple[dict[str, Any], Image.Image, Image.Image]]
+    scores: list[dict[str, Any]]
+    passed: int
+    unet_calls: int
+    unet_evaluations: int
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> RGB image, rounded."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, 3)
+    return Image.fromarray(array)
+
+
+def generate_item(
+    sampler: PairSampler, scorer: Scorer, triplet: dict[str, Any], item: int, config: PairsConfig
+) -> ItemResult:
+    """All candidates of one triplet, in batches of ``config.batch_size``; keeps the running top k."""
+    caption_0, caption_1 = triplet["input"], triplet["output"]
+    shape = sampler.latent_shape(config.resolution)
+    thresholds = config.thresholds()
+    best: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
+    records: list[dict[str, Any]] = []
+    passed_total = calls = evaluations = 0
+    for start in range(0, config.num_candidates, config.batch_size):
+        indices = range(start, min(start + config.batch_size, config.num_candidates))
+        draws = [
+            draw_candidate(
+                candidate_seed(config.seed, item, j),
+                shape,
+                (config.min_p2p, config.max_p2p),
+                (config.min_cfg, config.max_cfg),
+            )
+            for j in indices
+        ]
+        batch = sampler(
+            caption_0,
+            caption_1,
+            draws,
+            steps=config.steps,
+            resolution=config.resolution,
+            mode=config.mode,
+            cross_replace_steps=config.cross_replace_steps,
+            max_self_tokens=config.max_self_tokens,
+        )
+        k = len(draws)
+        scores = scorer(batch.images_0, batch.images_1, [caption_0] * k, [caption_1] * k)
+        passed = passes_clip_filter(scores, thresholds).tolist()
+        calls += batch.unet_calls
+        evaluations += batch.unet_calls * 4 * k
+        for i, j in enumerate(indices):
+            meta = {
+                "seed": batch.seeds[i],
+                "p2p_threshold": batch.p[i],
+                "cfg_scale": batch.guidance_scales[i],
+                **scores.row(i),
+            }
+            records.append({"item": item, "candidate": j, **meta, "passed": bool(passed[i]), "kept": False})
+            if passed[i]:
+                passed_total += 1
+                best.append((meta, batch.images_0[i], batch.images_1[i]))
+        # Keep only the running top k (images of the others are dropped): same result as ranking all at the end.
+        order = select_top_k(
+            [m["clip_sim_dir"] for m, _, _ in best],
+            [True] * len(best),
+            [m["seed"] for m, _, _ in best],
+            config.top_k,
+        )
+        best = [best[i] for i in order]
+    kept_seeds = {m["seed"] for m, _, _ in best}
+    for record in records:
+        record["kept"] = record["seed"] in kept_seeds
+    kept = [(meta, to_pil(a), to_pil(b)) for meta, a, b in best]
+    return ItemResult(kept, records, passed_total, calls, evaluations)
+
+
+# -- the job -------------------------------------------------------------------------------------------------------
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}"
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic write: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _file_digest(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _identity(config: PairsConfig, digest: str, num_items: int) -> dict[str, Any]:
+    """What decides the output's content; a resumed run must agree on all of it."""
+    ignore = {"triplets", "output", "shard", "num_shards", "log_scores", "report", "device", "dtype", "limit"}
+    out = {k: v for k, v in asdict(config).items() if k not in ignore}
+    return {**out, "triplets_sha256": digest, "num_items": num_items}
+
+
+def _check_same_run(path: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume an output made with other settings (once it holds a committed shard)."""
+    if not path.is_file() or not any((path.parent / "stats").glob("shard-*.json")):
+        return
+    previous = json.loads(path.read_text()).get("identity", {})
+    changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+    if changed:
+        k = changed[0]
+        raise ValueError(
+            f"{path.parent} holds a run with other settings ({k}: {previous.get(k)!r} there, "
+            f"{identity.get(k)!r} now); pass another --output or remove that folder"
+        )
+
+
+def _process_state(device: str):
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
+def generate_pairs(
+    config: PairsConfig, *, components=None, scorer: Scorer | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) stage 2 as ``config`` says and return the manifest (totals of the shards done).
+
+    Args:
+        config: the settings; ``validate`` is called here.
+        components: text-to-image components to use instead of loading ``config.model``.
+        scorer: a ``Scorer`` to use instead of loading ``config.clip`` (tests pass fakes).
+        progress: show a progress bar with the acceptance rate (main process only).
+
+    Example:
+        >>> manifest = generate_pairs(apply_preset("toy", {"triplets": "triplets.jsonl", "output": "pairs"}))
+        >>> manifest["totals"]["pairs"]  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    from ip2p.devices import pick_device, pick_dtype
+
+    config.validate()
+    triplets = read_triplets(config.triplets)[: config.limit]
+    out = Path(config.output)
+    identity = _identity(config, _file_digest(config.triplets), len(triplets))
+    num_shards = -(-len(triplets) // config.shard_size)
+    state = _process_state(config.device)
+    worker = config.shard * state.num_processes + state.process_index
+    workers = config.num_shards * state.num_processes
+    _check_same_run(out / "config.json", identity)
+    if state.is_main_process:
+        _write_text(
+            out / "config.json", json.dumps({"identity": identity, "config": asdict(config)}, indent=2)
+        )
+    todo = [
+        s
+        for s in range(num_shards)
+        if s % workers == worker and not (out / "stats" / f"{shard_name(s)}.json").is_file()
+    ]
+
+    if todo:
+        # accelerate gives each process its own GPU; a bare "cuda" would put them all on the first.
+        per_process = config.device == "auto" or (config.device == "cuda" and state.num_processes > 1)
+        device = state.device if per_process else pick_device(config.device)
+        dtype = pick_dtype(device, config.dtype)
+        if components is None:
+            from ip2p.models import load_pipeline_components
+
+            components = load_pipeline_components(config.model, edit=False)
+        sampler = PairSampler(
+            components,
+            device=device,
+            dtype=dtype,
+            scheduler=config.scheduler,
+            timestep_spacing=config.timestep_spacing,
+        )
+        sampler.latent_shape(config.resolution)  # a bad resolution fails before any work
+        if scorer is None:
+            scorer = ClipScorer.from_pretrained(config.clip, device=device)
+        items = sum(
+            len(range(s * config.shard_size, min((s + 1) * config.shard_size, len(triplets)))) for s in todo
+        )
+        bar = tqdm(
+            total=items,
+            desc="pairs",
+            unit="triplet",
+            disable=not (progress and state.is_main_process) or None,
+        )
+        totals = {"pairs": 0, "with": 0, "done": 0, "passed": 0, "candidates": 0}
+        for s in todo:
+            run_shard(s, triplets, sampler, scorer, config, bar, totals)
+        bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        return finalize(config, identity, num_shards)
+    return {}  # other processes: the main process writes the manifest
+
+
+def run_shard(
+    shard: int,
+    triplets: list[dict[str, Any]],
+    sampler: PairSampler,
+    scorer: Scorer,
+    config: PairsConfig,
+    bar=None,
+    totals: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Generate, write and commit output shard ``shard``; returns its statistics."""
+    from ip2p.datasets import write_parquet_shard
+    from ip2p.pairs.original_format import write_item_folder
+
+    out, name = Path(config.output), shard_name(shard)
+    start_time = time.perf_counter()
+    stats: dict[str, Any] = {
+        "shard": shard,
+        "triplets": 0,
+        "candidates": 0,
+        "passed": 0,
+        "pairs": 0,
+        "triplets_with_pairs": 0,
+        "unet_calls": 0,
+        "unet_evaluations": 0,
+        "failures": [],
+    }
+    rows, score_lines = [], []
+    first, last = shard * config.shard_size, min((shard + 1) * config.shard_size, len(triplets))
+    for item in range(first, last):
+        triplet = triplets[item]
+        stats["triplets"] += 1
+        try:
+            result = generate_item(sampler, scorer, triplet, item, config)
+        except ValueError as exc:  # a triplet the control cannot handle: recorded, never fatal
+            stats["failures"].append({"item": item, "error": str(exc)})
+            result = None
+        if result is not None:
+            stats["candidates"] += len(result.scores)
+            stats["passed"] += result.passed
+            stats["pairs"] += len(result.kept)
+            stats["triplets_with_pairs"] += bool(result.kept)
+            stats["unet_calls"] += result.unet_calls
+            stats["unet_evaluations"] += result.unet_evaluations
+            score_lines += [json.dumps(r) for r in result.scores]
+            if config.format == "original":
+                write_item_folder(out, item, triplet, result.kept)
+            for rank, (meta, image_0, image_1) in enumerate(result.kept):
+                rows.append(
+                    {
+                        "original_prompt": triplet["input"],
+                        "original_image": image_0,
+                        "edit_prompt": triplet["edit"],
+                        "edited_prompt": triplet["output"],
+                        "edited_image": image_1,
+                        "item": item,
+                        "rank": rank,
+                        **meta,
+                    }
+                )
+        if bar is not None and totals is not None:
+            totals["done"] += 1
+            if result is not None:
+                totals["pairs"] += len(result.kept)
+                totals["with"] += bool(result.kept)
+                totals["passed"] += result.passed
+                totals["candidates"] += len(result.scores)
+            bar.set_postfix(
+                pairs=totals["pairs"],
+                accepted=f"{totals['with']}/{totals['done']}",
+                passed=f"{totals['passed'] / max(1, totals['candidates']):.0%}",
+                refresh=False,
+            )
+            bar.update(1)
+    if config.format == "parquet" and rows:
+        write_parquet_shard(rows, out / "data" / f"{name}.parquet")
+    if config.log_scores:
+        _write_text(out / "scores" / f"{name}.jsonl", "".join(line + "\n" for line in score_lines))
+    stats["seconds"] = round(time.perf_counter() - start_time, 3)
+    _write_text(out / "stats" / f"{name}.json", json.dumps(stats, indent=2))  # last: commits the shard
+    return stats
+
+
+def finalize(config: PairsConfig, identity: dict[str, Any], num_shards: int) -> dict[str, Any]:
+    """Write the manifest (and seeds.json, the report) from whatever shards are committed."""
+    out = Path(config.output)
+    stats = [json.loads(p.read_text()) for p in sorted((out / "stats").glob("shard-*.json"))]
+    totals = summarize(stats)
+    manifest: dict[str, Any] = {
+        "config": asdict(config),
+        "identity": identity,
+        "input": {
+            "path": str(config.triplets),
+            "sha256": identity["triplets_sha256"],
+            "items": identity["num_items"],
+        },
+        "shards": {"total": num_shards, "done": len(stats), "complete": len(stats) == num_shards},
+        "totals": totals,
+        "summary": format_summary(totals),
+        "versions": _versions(),
+    }
+    if config.format == "original":
+        from ip2p.pairs.original_format import write_seeds_json
+
+        write_seeds_json(out)
+    if config.report:
+        report_dir = out / "report"
+        rows = read_scores((out / "scores").glob("shard-*.jsonl")) if (out / "scores").is_dir() else []
+        thresholds = {
+            "clip_sim_0": config.clip_threshold,
+            "clip_sim_1": config.clip_threshold,
+            "clip_sim_dir": config.clip_dir_threshold,
+            "clip_sim_image": config.clip_img_threshold,
+        }
+        if rows:
+            plot_histograms(rows, thresholds, report_dir / "scores.png")
+        _write_text(
+            report_dir / "report.json",
+            json.dumps(
+                {"totals": totals, "summary": manifest["summary"], "scored_candidates": len(rows)}, indent=2
+            ),
+        )
+    _write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    from ip2p import __version__
+
+    return {
+        "ip2p": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
