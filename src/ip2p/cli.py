@@ -770,6 +770,73 @@ def cmd_finetune_text(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- gen-pairs -----------------------------------------------------------------------------------------------
+def _gen_pairs_parser(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import MISSING
+
+    from ip2p.pairs.generate import PRESETS, config_fields
+
+    p = sub.add_parser(
+        "gen-pairs",
+        help="generate CLIP-filtered image pairs for caption triplets (paper 3.1.2)",
+        description="Stage 2 of dataset synthesis: for each (caption, instruction, edited caption) triplet, "
+        "generate candidate image pairs with a text-to-image model and the paper's Prompt-to-Prompt variant, "
+        "score them with CLIP and keep the best. Defaults are the paper's; --preset toy sets the toy world's. "
+        "Output: Parquet shards in the official schema (or --format original), a manifest and a report. "
+        "Running the same command again resumes; --shard/--num-shards split the work over a job array and "
+        "`accelerate launch -m ip2p.cli gen-pairs ...` over processes.",
+    )
+    p.add_argument("triplets", help="JSONL of {input (or caption), edit, output} lines (stage 1's output)")
+    p.add_argument("-o", "--output", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="paper",
+        help="a named set of defaults; flags override it (default: %(default)s)",
+    )
+    for f in config_fields():
+        if f.name in ("triplets", "output"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        if str(f.type) == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            kind = {"int": int, "int | None": int, "float": float}.get(str(f.type), str)
+            p.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                default=None,
+                help=f"{text} (default: {default})" if default is not None else text,
+            )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    p.set_defaults(func=cmd_gen_pairs)
+
+
+def cmd_gen_pairs(args: argparse.Namespace) -> int:
+    from ip2p.pairs.generate import apply_preset, config_fields, generate_pairs
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in config_fields()
+        if f.name not in ("triplets", "output") and getattr(args, f.name) is not None
+    }
+    try:
+        config = apply_preset(args.preset, {**overrides, "triplets": args.triplets, "output": args.output})
+        config.validate()
+        manifest = generate_pairs(config, progress=not args.no_progress)
+    except ValueError as exc:  # config, input and model-loading errors
+        raise CLIError(str(exc)) from exc
+    if manifest and args.json:
+        print(json.dumps(manifest, indent=2))
+    elif manifest:
+        print(f"{manifest['summary']}; output in {args.output}")
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -784,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_text_parser(sub)
     _finetune_text_parser(sub)
     _train_parser(sub)
+    _gen_pairs_parser(sub)
     _serve_parser(sub)
     return parser
 

@@ -1,0 +1,706 @@
+"""The web app (`ip2p serve`): edit images by written instructions in the browser (the original ``edit_app.py``,
+paper section 6), with multi-turn editing, a history with undo and downloads that carry their metadata.
+
+The app holds no model logic: every edit is one ``EditPipeline`` call. What it adds is the interaction: controls
+with the paper's defaults and a Reset that restores them (the original's reset set Steps to 0), "randomize
+guidance" as the original draws it, a chain of edits, clear one-line errors (never a server path or a
+traceback), a queue with a concurrency limit, and an HTTP API for programs.
+
+Example:
+    >>> from ip2p.app import ServeConfig, serve
+    >>> serve(ServeConfig(model="toy", port=7860))  # then open http://127.0.0.1:7860
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from ip2p.demo import TOY_RESOLUTION, TOY_STEPS, resolve_demo_model
+from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
+from ip2p.models import TINY_MODEL, TOY_MODEL
+from ip2p.pipeline import EditConfig, EditPipeline, EditResult
+from ip2p.sampling import SCHEDULERS
+
+log = logging.getLogger(__name__)
+
+RANDOM_SEED, FIXED_SEED = "Random seed", "Fixed seed"
+FIXED_GUIDANCE, RANDOM_GUIDANCE = "Fixed guidance", "Randomize guidance"
+MODEL_SCHEDULER = "model default"  # the model's own scheduler (Euler ancestral for the released model)
+TINY_NOTE = (
+    "NOTE: this is the tiny RANDOMLY INITIALISED test model: it exercises the whole editing path, "
+    "but its output is noise, not an edit."
+)
+KEEP_OUTPUTS_S = 24 * 3600  # edited PNGs older than this are deleted from the server's scratch folder
+
+HELP = """
+**How to tune.** The two guidance scales trade following the instruction against staying close to the input
+(paper section 3.2.1).
+- The image changes **too little**: lower *image guidance* (e.g. 1.2) or raise *text guidance* (e.g. 9).
+- The image changes **too much** (or loses its identity): raise *image guidance* (e.g. 1.8) or lower
+  *text guidance* (e.g. 6).
+- *Randomize guidance* draws text guidance from U(6, 9) and image guidance from U(1.2, 1.8) for every edit, as the
+  original app; the values used are written back into the sliders. A *fixed seed* reproduces an edit exactly.
+
+**Edit** edits the *Before* image. **Edit the result next** moves the result to *Before*, so the next instruction
+applies to it; the history below shows the chain, and **Undo** steps back one link. Every image of the chain can
+be downloaded as a PNG whose text chunks record the instruction, seed, scales, steps and model.
+**Reset** restores every setting to its default and clears the result.
+"""
+
+# Small results (the toy world's are 64 px) are scaled up to the frame instead of sitting in its middle.
+CSS = "#before img, #after img { width: 100%; height: 100%; object-fit: contain; }"
+CSS_PIXELATED = "#before img, #after img, #history img { image-rendering: pixelated; }"
+
+
+# -- settings ------------------------------------------------------------------------------------------------
+@dataclass
+class AppDefaults:
+    """The controls' starting values; Reset restores them. Defaults are the original ``edit_app.py``'s."""
+
+    steps: int = 100
+    text_guidance: float = 7.5
+    image_guidance: float = 1.5
+    seed: int = 1371  # the original's seed box; the seed mode starts at "random" as there
+    random_seed: bool = True
+    random_guidance: bool = False
+    scheduler: str = MODEL_SCHEDULER
+    resolution: int = 512
+
+    @classmethod
+    def for_model(cls, name: str) -> AppDefaults:
+        """The toy editor's preset (64 px, 20 steps) for the toy and tiny models, the paper's for the rest."""
+        if name in (TOY_MODEL, TINY_MODEL):
+            return cls(steps=TOY_STEPS, resolution=TOY_RESOLUTION)
+        return cls()
+
+
+@dataclass
+class ServeConfig:
+    """How ``ip2p serve`` runs: the model, where it listens and the limits that keep it up."""
+
+    model: str = "auto"  # 'auto' = the bundled toy editor, else the tiny random model (labelled as such)
+    config: str | None = None  # component configs for a single-file checkpoint
+    device: str | None = None
+    dtype: str | None = None
+    host: str = "127.0.0.1"  # loopback: reachable from this machine only, unless asked otherwise
+    port: int | None = 7860
+    share: bool = False  # a public gradio.live link (needs internet)
+    concurrency: int = 1  # edits at once; the original's queue(concurrency_count=1)
+    max_queue: int | None = 16  # waiting requests beyond this get a "queue is full" answer; None = unbounded
+    max_upload_mb: float = 10.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def validate(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.max_queue is not None and self.max_queue < 1:
+            raise ValueError(f"the queue size must be at least 1, got {self.max_queue}")
+        if self.max_upload_mb <= 0:
+            raise ValueError(f"the maximum upload size must be positive, got {self.max_upload_mb} MB")
+        if self.max_pixels < 1:
+            raise ValueError(f"the maximum pixel count must be positive, got {self.max_pixels}")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is outside 1..65535")
+
+
+def randomized_guidance(rng: random.Random) -> tuple[float, float]:
+    """(text, image) guidance as the original app's "Randomize CFG": U(6, 9) and U(1.2, 1.8), two decimals."""
+    return round(rng.uniform(6.0, 9.0), 2), round(rng.uniform(1.2, 1.8), 2)
+
+
+def draw_seed(rng: random.Random) -> int:
+    """A fresh seed as the original app draws it (``random.randint(0, 100000)``): short enough to type back."""
+    return rng.randint(0, 100000)
+
+
+def web_message(exc: Exception, path: str | None) -> str:
+    """An error message fit for a browser: the server's file path replaced, the command-line hint dropped."""
+    text = str(exc)
+    if path:
+        text = text.replace(path, "the uploaded image")
+    text = re.sub(r"\s*\(raise it with --max-pixels[^)]*\)", "", text)
+    return text[:1].upper() + text[1:]
+
+
+# -- the app -------------------------------------------------------------------------------------------------
+PipelineSource = EditPipeline | Callable[[], EditPipeline]
+
+
+class EditorApp:
+    """The event handlers of the web app and the ``gr.Blocks`` that wires them; see ``build_app``."""
+
+    def __init__(
+        self,
+        pipeline: PipelineSource,
+        defaults: AppDefaults | None = None,
+        *,
+        note: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        examples: int = 4,
+    ):
+        self._source = pipeline
+        self._pipeline = pipeline if isinstance(pipeline, EditPipeline) else None
+        self._load_lock = threading.Lock()
+        name = self._pipeline.components.name if self._pipeline else None
+        self.defaults = defaults or AppDefaults.for_model(name or "")
+        self.note = note or (TINY_NOTE if name == TINY_MODEL else None)
+        self.max_pixels = max_pixels
+        self.size_multiple = self._pipeline.size_multiple if self._pipeline else 64
+        self._scratch = tempfile.TemporaryDirectory(prefix="ip2p-app-")  # removed with this object
+        self.outputs = Path(self._scratch.name) / "edits"
+        self.outputs.mkdir()
+        self.example_items = self._write_examples(examples)
+        self._rng = random.Random()
+
+    @property
+    def pipeline(self) -> EditPipeline:
+        """The editing pipeline, built by the factory on first use."""
+        if self._pipeline is None:
+            with self._load_lock:
+                if self._pipeline is None:
+                    self._pipeline = self._source()
+        return self._pipeline
+
+    def _write_examples(self, count: int) -> list[list[str]]:
+        """Toy scenes with an instruction each (rendered at the toy model's resolution)."""
+        from ip2p.toy import random_edit, random_scene, render
+
+        folder = Path(self._scratch.name) / "examples"
+        folder.mkdir()
+        items = []
+        for i in range(count):
+            rng = random.Random(i)
+            scene = random_scene(rng)
+            path = folder / f"toy-scene-{i}.png"
+            render(scene, size=TOY_RESOLUTION).save(path)
+            items.append([str(path), random_edit(scene, rng).instruction])
+        return items
+
+    # -- one edit, shared by the UI and the API --------------------------------------------------------------
+    def run_edit(
+        self,
+        path: str | None,
+        instruction: str | None,
+        *,
+        steps: Any,
+        text_guidance: Any,
+        image_guidance: Any,
+        seed: int | None,
+        scheduler: str | None,
+        resolution: Any,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[Image.Image, EditResult]:
+        """Load the upload (with the pixel limit), edit it; every failure is a ``gr.Error`` with a clean message."""
+        if not path:
+            raise gr.Error("Upload an image (or pick an example) first.")
+        try:
+            image = load_image(path, max_pixels=self.max_pixels)
+        except ImageError as exc:
+            raise gr.Error(web_message(exc, path)) from None
+        if scheduler not in (None, "", MODEL_SCHEDULER) and scheduler not in SCHEDULERS:
+            raise gr.Error(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(sorted(SCHEDULERS))}.")
+        try:
+            config = EditConfig(
+                num_inference_steps=int(steps),
+                text_guidance_scale=float(text_guidance),
+                image_guidance_scale=float(image_guidance),
+                resolution=int(resolution),
+                scheduler=None if scheduler in (None, "", MODEL_SCHEDULER) else scheduler,
+            )
+        except (TypeError, ValueError, OverflowError):
+            raise gr.Error("Steps, guidance scales and resolution must be numbers.") from None
+        try:
+            config.validate()
+        except ValueError as exc:  # the message names the setting and its bad value
+            raise gr.Error(web_message(exc, None)) from None
+        callback = None if progress is None else (lambda i, n, _latents: progress(i + 1, n))
+        try:
+            result = self.pipeline(image, instruction or "", config, seed=seed, callback=callback)
+        except ImageError as exc:  # e.g. a resolution below the model's size multiple
+            raise gr.Error(web_message(exc, path)) from None
+        except Exception:
+            log.exception("edit failed")
+            raise gr.Error("The edit failed on the server (the details are in the server's log).") from None
+        return image, result
+
+    def _save(self, image: Image.Image, metadata: dict[str, str], stem: str) -> str:
+        self._prune()
+        handle = tempfile.NamedTemporaryFile(dir=self.outputs, prefix=f"{stem}-", suffix=".png", delete=False)
+        handle.close()
+        return str(save_png(image, handle.name, metadata))
+
+    def _prune(self) -> None:
+        cutoff = time.time() - KEEP_OUTPUTS_S
+        for old in self.outputs.glob("*.png"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:
+                pass
+
+    # -- UI handlers ---------------------------------------------------------------------------------------
+    # The session is a dict {"chain": [step, ...], "result": step | None}; a step is {"path", "caption"}.
+    # chain[0] is the uploaded image, chain[k] an edit of chain[k-1]; "result" is the latest edit of chain[-1].
+    def edit(
+        self,
+        before: Any,
+        instruction: str,
+        steps: float,
+        seed_mode: str,
+        seed: float | None,
+        guidance_mode: str,
+        text_guidance: float,
+        image_guidance: float,
+        scheduler: str,
+        resolution: float,
+        session: dict | None,
+        progress=gr.Progress(),  # noqa: B008 (gradio's way of asking for a progress bar)
+    ):
+        path = _upload_path(before)
+        instruction = instruction or ""
+        seed = _seed(seed) if seed_mode == FIXED_SEED else None
+        seed = draw_seed(self._rng) if seed is None else seed
+        if guidance_mode == RANDOM_GUIDANCE:
+            text_guidance, image_guidance = randomized_guidance(self._rng)
+        progress(0, desc="editing")
+        image, result = self.run_edit(
+            path,
+            instruction,
+            steps=steps,
+            text_guidance=text_guidance,
+            image_guidance=image_guidance,
+            seed=seed,
+            scheduler=scheduler,
+            resolution=resolution,
+            progress=lambda i, n: progress((i, n), desc="editing", unit="steps"),
+        )
+        chain = list((session or {}).get("chain") or [])
+        if not chain or not _same_pixels(image, chain[-1]["path"]):  # a new upload starts a new chain
+            chain = [{"path": self._save(image, {"ip2p:role": "input"}, "step00-input"), "caption": "input"}]
+        k = len(chain)
+        metadata = {**result.metadata(0), "ip2p:chain_step": str(k)}
+        out = self._save(result.images[0], metadata, f"step{k:02d}")
+        step = {"path": out, "caption": f"{k}. {instruction} (seed {result.seed})"}
+        session = {"chain": chain, "result": step}
+        config = result.config
+        details = (
+            f"seed {result.seed} · text guidance {config.text_guidance_scale} · image guidance "
+            f"{config.image_guidance_scale} · {config.num_inference_steps} steps · "
+            f"{result.info.get('scheduler', '')} · {result.images[0].width}x{result.images[0].height}"
+        )
+        if "note" in result.info:
+            details += f" · {result.info['note']}"
+        return (
+            out,
+            details,
+            result.seed,
+            config.text_guidance_scale,
+            config.image_guidance_scale,
+            session,
+            *self._history(session),
+        )
+
+    def continue_from_result(self, session: dict | None):
+        """The result becomes the next link of the chain and the input of the next edit."""
+        session = session or {}
+        if not session.get("result"):
+            gr.Info("Make an edit first; then its result can be edited further.")
+            return gr.update(), gr.update(), session, *self._history(session)
+        chain = [*session["chain"], session["result"]]
+        session = {"chain": chain, "result": None}
+        return chain[-1]["path"], None, session, *self._history(session)
+
+    def undo(self, session: dict | None):
+        """One step back: the last link leaves the chain and is shown as the result again."""
+        session = session or {}
+        chain = list(session.get("chain") or [])
+        if len(chain) > 1:
+            result = chain.pop()
+            session = {"chain": chain, "result": result}
+            return chain[-1]["path"], result["path"], session, *self._history(session)
+        if session.get("result"):
+            session = {"chain": chain, "result": None}
+            return gr.update(), None, session, *self._history(session)
+        gr.Info("Nothing to undo.")
+        return gr.update(), gr.update(), session, *self._history(session)
+
+    def reset(self, session: dict | None):
+        """Every setting back to its default (steps included), and the result cleared, as the original's reset."""
+        d = self.defaults
+        session = {"chain": list((session or {}).get("chain") or []), "result": None}
+        return (
+            d.steps,
+            RANDOM_SEED if d.random_seed else FIXED_SEED,
+            d.seed,
+            RANDOM_GUIDANCE if d.random_guidance else FIXED_GUIDANCE,
+            d.text_guidance,
+            d.image_guidance,
+            d.scheduler,
+            d.resolution,
+            None,
+            "",
+            session,
+            *self._history(session),
+        )
+
+    @staticmethod
+    def _history(session: dict) -> tuple[list[tuple[str, str]], list[str]]:
+        steps = list(session.get("chain") or [])
+        if session.get("result"):
+            steps.append({**session["result"], "caption": session["result"]["caption"] + " - current result"})
+        gallery = [(s["path"], s["caption"]) for s in steps]
+        return gallery, [s["path"] for s in steps]
+
+    # -- API handler ---------------------------------------------------------------------------------------
+    def api_edit(
+        self,
+        image: Any,
+        instruction: str,
+        steps: float,
+        text_guidance: float,
+        image_guidance: float,
+        seed: float | None,
+        scheduler: str,
+        resolution: float,
+    ) -> tuple[str, dict[str, str]]:
+        """Edit ``image`` by ``instruction``; returns the edited PNG (with metadata) and the metadata as JSON.
+
+        A negative or empty ``seed`` draws one at random; the one used is in the metadata (``ip2p:seed``)."""
+        seed = _seed(seed)
+        _, result = self.run_edit(
+            _upload_path(image),
+            instruction,
+            steps=steps,
+            text_guidance=text_guidance,
+            image_guidance=image_guidance,
+            seed=draw_seed(self._rng) if seed is None else seed,
+            scheduler=scheduler,
+            resolution=resolution,
+        )
+        metadata = result.metadata(0)
+        return self._save(result.images[0], metadata, "api"), metadata
+
+    # -- layout --------------------------------------------------------------------------------------------
+    def blocks(self) -> gr.Blocks:
+        """The ``gr.Blocks`` of the app (call ``.queue(...)`` and ``.launch(...)`` on it, or use ``serve``)."""
+        d = self.defaults
+        schedulers = [MODEL_SCHEDULER, *sorted(SCHEDULERS)]
+        with gr.Blocks(title="InstructPix2Pix", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+            gr.Markdown("# InstructPix2Pix\nEdit an image by a written instruction.")
+            if self.note:
+                gr.Markdown(f"**{self.note}**", elem_id="note")
+            with gr.Row(equal_height=True):
+                before = gr.Image(
+                    label="Before",
+                    type="filepath",
+                    image_mode=None,
+                    format="png",
+                    sources=["upload", "clipboard"],
+                    height=320,
+                    elem_id="before",
+                )
+                after = gr.Image(
+                    label="After",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    height=320,
+                    buttons=["download", "fullscreen"],
+                    elem_id="after",
+                )
+            details = gr.Markdown("", elem_id="details")
+            with gr.Row():
+                instruction = gr.Textbox(
+                    label="Instruction",
+                    placeholder="e.g. make the circle green",
+                    lines=1,
+                    max_lines=3,
+                    scale=5,
+                    elem_id="instruction",
+                )
+                edit_btn = gr.Button("Edit", variant="primary", scale=1, elem_id="edit-btn")
+            with gr.Row():
+                continue_btn = gr.Button("Edit the result next", elem_id="continue-btn")
+                undo_btn = gr.Button("Undo", elem_id="undo-btn")
+                reset_btn = gr.Button("Reset", elem_id="reset-btn")
+            with gr.Accordion("Settings", open=True):
+                with gr.Row():
+                    steps = gr.Slider(
+                        1, max(200, d.steps), value=d.steps, step=1, label="Steps", elem_id="steps"
+                    )
+                    resolution = gr.Slider(
+                        self.size_multiple,
+                        max(1024, d.resolution),
+                        value=d.resolution,
+                        step=self.size_multiple,
+                        label="Resolution (long side)",
+                        elem_id="resolution",
+                    )
+                    scheduler = gr.Dropdown(
+                        schedulers, value=d.scheduler, label="Scheduler", elem_id="scheduler"
+                    )
+                with gr.Row():
+                    seed_mode = gr.Radio(
+                        [RANDOM_SEED, FIXED_SEED],
+                        value=RANDOM_SEED if d.random_seed else FIXED_SEED,
+                        show_label=False,
+                        elem_id="seed-mode",
+                    )
+                    seed = gr.Number(value=d.seed, precision=0, label="Seed", elem_id="seed")
+                with gr.Row():
+                    guidance_mode = gr.Radio(
+                        [FIXED_GUIDANCE, RANDOM_GUIDANCE],
+                        value=RANDOM_GUIDANCE if d.random_guidance else FIXED_GUIDANCE,
+                        show_label=False,
+                        elem_id="guidance-mode",
+                    )
+                    text_guidance = gr.Slider(
+                        1.0,
+                        15.0,
+                        value=d.text_guidance,
+                        step=0.05,
+                        label="Text guidance",
+                        elem_id="text-guidance",
+                    )
+                    image_guidance = gr.Slider(
+                        0.5,
+                        5.0,
+                        value=d.image_guidance,
+                        step=0.05,
+                        label="Image guidance",
+                        elem_id="image-guidance",
+                    )
+            gr.Markdown(HELP, elem_id="help")
+            gr.Examples(
+                self.example_items,
+                inputs=[before, instruction],
+                label="Examples (toy-world scenes)",
+                elem_id="examples",
+                api_visibility="private",
+            )
+            with gr.Accordion("History", open=True):
+                history = gr.Gallery(
+                    label="The chain of edits",
+                    columns=8,
+                    fit_columns=False,
+                    height=180,
+                    format="png",
+                    object_fit="contain",
+                    elem_id="history",
+                )
+                downloads = gr.File(
+                    label="Downloads: every step as a PNG with its metadata",
+                    file_count="multiple",
+                    interactive=False,
+                    elem_id="downloads",
+                )
+            session = gr.State({"chain": [], "result": None})
+
+            # The HTTP API: its own inputs so that its parameters are named and documented (see README).
+            with gr.Column(visible=False):
+                api_image = gr.Image(label="image", type="filepath", image_mode=None)
+                api_instruction = gr.Textbox(label="instruction")
+                api_steps = gr.Number(value=d.steps, precision=0, label="steps")
+                api_text = gr.Number(value=d.text_guidance, label="text_guidance")
+                api_image_guidance = gr.Number(value=d.image_guidance, label="image_guidance")
+                api_seed = gr.Number(value=-1, precision=0, label="seed (negative: random)")
+                api_scheduler = gr.Dropdown(schedulers, value=d.scheduler, label="scheduler")
+                api_resolution = gr.Number(value=d.resolution, precision=0, label="resolution")
+                api_result = gr.Image(label="edited", type="filepath", format="png")
+                api_metadata = gr.JSON(label="metadata")
+                api_trigger = gr.Button(visible=False)
+
+            # preprocess=False: the upload reaches ip2p.imaging.load_image as it is, so that a bad file gets
+            # our one-line message instead of a generic "Error" from the component's own decoding.
+            edit_event = dict(
+                fn=self.edit,
+                inputs=[
+                    before,
+                    instruction,
+                    steps,
+                    seed_mode,
+                    seed,
+                    guidance_mode,
+                    text_guidance,
+                    image_guidance,
+                    scheduler,
+                    resolution,
+                    session,
+                ],
+                outputs=[after, details, seed, text_guidance, image_guidance, session, history, downloads],
+                preprocess=False,
+                show_progress_on=[after],
+                concurrency_id="edit",
+                api_visibility="private",
+            )
+            edit_btn.click(**edit_event, api_name="ui_edit")
+            instruction.submit(**edit_event, api_name="ui_edit_submit")
+            continue_btn.click(
+                self.continue_from_result,
+                inputs=[session],
+                outputs=[before, after, session, history, downloads],
+                queue=False,
+                api_name="ui_continue",
+                api_visibility="private",
+            )
+            undo_btn.click(
+                self.undo,
+                inputs=[session],
+                outputs=[before, after, session, history, downloads],
+                queue=False,
+                api_name="ui_undo",
+                api_visibility="private",
+            )
+            reset_btn.click(
+                self.reset,
+                inputs=[session],
+                outputs=[
+                    steps,
+                    seed_mode,
+                    seed,
+                    guidance_mode,
+                    text_guidance,
+                    image_guidance,
+                    scheduler,
+                    resolution,
+                    after,
+                    details,
+                    session,
+                    history,
+                    downloads,
+                ],
+                queue=False,
+                api_name="ui_reset",
+                api_visibility="private",
+            )
+            api_trigger.click(
+                self.api_edit,
+                inputs=[
+                    api_image,
+                    api_instruction,
+                    api_steps,
+                    api_text,
+                    api_image_guidance,
+                    api_seed,
+                    api_scheduler,
+                    api_resolution,
+                ],
+                outputs=[api_result, api_metadata],
+                preprocess=False,
+                concurrency_id="edit",
+                api_name="edit",
+                api_description="Edit an image by a written instruction; returns the edited PNG and its metadata.",
+            )
+        demo.ip2p_app = self  # keeps the scratch folder (and the pipeline) alive as long as the Blocks
+        return demo
+
+    @property
+    def css(self) -> str:
+        """Images fill their frames; crisp pixels for the toy world's 64 px images (not blurred when scaled up)."""
+        name = self._pipeline.components.name if self._pipeline else None
+        return CSS + ("\n" + CSS_PIXELATED if name in (TOY_MODEL, TINY_MODEL) else "")
+
+
+def _upload_path(value: Any) -> str | None:
+    """The server-side path of an image input (a FileData dict as gradio sends it unprocessed, or a path)."""
+    if isinstance(value, dict):
+        return value.get("path")
+    return str(value) if value else None
+
+
+def _seed(value: Any) -> int | None:
+    """A seed from a number box: None (draw one) when empty or negative; a clear error when not a whole number."""
+    if value is None or value == "":
+        return None
+    try:
+        seed = int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error(f"The seed must be a whole number, got {value!r}.") from None
+    if seed >= 2**32:
+        raise gr.Error(f"The seed must be below 2**32, got {seed}.")
+    return None if seed < 0 else seed
+
+
+def _same_pixels(image: Image.Image, path: str) -> bool:
+    try:
+        with Image.open(path) as other:
+            return other.size == image.size and np.array_equal(
+                np.asarray(other.convert("RGB")), np.asarray(image)
+            )
+    except OSError:
+        return False
+
+
+# -- building and serving ------------------------------------------------------------------------------------
+def build_app(
+    pipeline: PipelineSource,
+    defaults: AppDefaults | None = None,
+    *,
+    note: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> gr.Blocks:
+    """The web app's ``gr.Blocks`` for ``pipeline`` (an ``EditPipeline``, or a factory called on first edit).
+
+    Example:
+        >>> demo = build_app(EditPipeline.from_pretrained("toy"))
+        >>> demo.queue(default_concurrency_limit=1, max_size=16).launch(server_name="127.0.0.1")
+    """
+    return EditorApp(pipeline, defaults, note=note, max_pixels=max_pixels).blocks()
+
+
+def launch(demo: gr.Blocks, config: ServeConfig, *, block: bool = True, quiet: bool = False) -> str:
+    """Queue and launch ``demo`` with ``config``'s address and limits; returns the local URL.
+
+    ``block=False`` returns once the server is up (for tests); stop it with ``demo.close()``."""
+    config.validate()
+    demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
+    app: EditorApp | None = getattr(demo, "ip2p_app", None)
+    _, url, share_url = demo.launch(
+        server_name=config.host,
+        server_port=config.port,
+        share=config.share,
+        max_file_size=int(config.max_upload_mb * 1024 * 1024),
+        show_error=False,  # unexpected errors reach the user as "Error", never as a traceback
+        prevent_thread_lock=True,
+        quiet=True,
+        footer_links=["api", "settings"],
+        theme=gr.themes.Default(
+            # System fonts: the default theme fetches web fonts, which an offline machine cannot.
+            font=["ui-sans-serif", "system-ui", "sans-serif"],
+            font_mono=["ui-monospace", "monospace"],
+        ),
+        css=app.css if app else CSS,
+    )
+    if not quiet:
+        if app and app.note:
+            print(app.note)
+        print(f"ip2p: serving the editor at {url}" + (f" and {share_url}" if share_url else ""))
+        print(
+            f"ip2p: HTTP API: POST {url.rstrip('/')}/gradio_api/call/v2/edit (see the README); Ctrl+C stops"
+        )
+    if block:
+        demo.block_thread()
+    return url
+
+
+def serve(config: ServeConfig, *, block: bool = True) -> gr.Blocks:
+    """Load the model, build the app and serve it (what ``ip2p serve`` runs)."""
+    config.validate()
+    name, note = resolve_demo_model(config.model)
+    pipe = EditPipeline.from_pretrained(name, device=config.device, dtype=config.dtype, config=config.config)
+    demo = build_app(pipe, note=note, max_pixels=config.max_pixels)
+    launch(demo, config, block=block)
+    return demo

@@ -1,0 +1,377 @@
+"""The web app: its handlers on a tiny model, and a real browser (Debian's Chromium through Playwright) driving it.
+
+The browser test uploads an image, edits it, edits the result, undoes, and checks that Reset restores every
+default; screenshots go to artifacts/app/. It skips, saying why, only where Chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import socket
+import urllib.request
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from ip2p.app import (
+    FIXED_GUIDANCE,
+    FIXED_SEED,
+    MODEL_SCHEDULER,
+    RANDOM_GUIDANCE,
+    RANDOM_SEED,
+    AppDefaults,
+    EditorApp,
+    ServeConfig,
+    build_app,
+    launch,
+    randomized_guidance,
+    web_message,
+)
+from ip2p.imaging import ImageError
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "app"
+FAST = AppDefaults(steps=2, resolution=32)  # the tiny model at 32 px: an edit takes a fraction of a second
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from ip2p.pipeline import EditPipeline
+
+    return EditPipeline.from_pretrained("tiny", device="cpu")
+
+
+@pytest.fixture
+def picture(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+# -- settings and helpers ------------------------------------------------------------------------------------
+def test_randomized_guidance_draws_from_the_original_ranges():
+    rng = random.Random(0)
+    draws = [randomized_guidance(rng) for _ in range(500)]
+    assert all(6.0 <= t <= 9.0 and 1.2 <= i <= 1.8 for t, i in draws)
+    assert all(round(t, 2) == t and round(i, 2) == i for t, i in draws)
+    assert min(t for t, _ in draws) < 6.2 and max(t for t, _ in draws) > 8.8
+
+
+def test_defaults_per_model():
+    from ip2p.demo import TOY_RESOLUTION, TOY_STEPS
+
+    for name in ("toy", "tiny"):
+        d = AppDefaults.for_model(name)
+        assert (d.steps, d.resolution) == (TOY_STEPS, TOY_RESOLUTION)
+    d = AppDefaults.for_model("timbrooks/instruct-pix2pix")
+    assert (d.steps, d.resolution, d.text_guidance, d.image_guidance, d.seed) == (100, 512, 7.5, 1.5, 1371)
+
+
+def test_error_messages_for_the_browser_hide_server_paths():
+    path = "/tmp/gradio/abc/secret.png"
+    exc = ImageError(
+        f"{path}: 2000x2000 = 4000000 pixels exceeds the limit of 1000 (raise it with --max-pixels if x)"
+    )
+    text = web_message(exc, path)
+    assert "/tmp" not in text and "--max-pixels" not in text
+    assert text.startswith("The uploaded image: 2000x2000")
+
+
+def test_serve_config_checks_its_limits():
+    ServeConfig().validate()
+    assert ServeConfig().host == "127.0.0.1"
+    for bad in (dict(concurrency=0), dict(max_queue=0), dict(max_upload_mb=0), dict(port=70000)):
+        with pytest.raises(ValueError):
+            ServeConfig(**bad).validate()
+
+
+def test_cli_serve_flags():
+    from ip2p.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.model, args.host, args.port, args.share, args.concurrency) == (
+        "auto",
+        "127.0.0.1",
+        7860,
+        False,
+        1,
+    )
+    args = build_parser().parse_args(
+        ["serve", "--model", "tiny", "--host", "0.0.0.0", "--port", "8000", "--share", "--concurrency", "2"]
+        + ["--max-queue", "3", "--max-upload-mb", "1.5", "--max-pixels", "100", "--device", "cpu"]
+    )
+    assert (args.host, args.port, args.share, args.concurrency, args.max_queue) == (
+        "0.0.0.0",
+        8000,
+        True,
+        2,
+        3,
+    )
+    assert (args.max_upload_mb, args.max_pixels, args.device) == (1.5, 100, "cpu")
+
+
+def test_cli_serve_refuses_bad_limits_and_models_in_one_line(tmp_path, capsys):
+    from ip2p.cli import main
+
+    assert main(["serve", "--concurrency", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "ip2p: error: concurrency must be at least 1, got 0"
+    assert main(["serve", "--model", str(tmp_path / "nope"), "--port", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+
+
+# -- handlers, without a browser -----------------------------------------------------------------------------
+def _edit(app: EditorApp, before, instruction, session, progress=lambda *a, **k: None, **over):
+    values = dict(
+        steps=2,
+        seed_mode=FIXED_SEED,
+        seed=5,
+        guidance_mode=FIXED_GUIDANCE,
+        text_guidance=7.5,
+        image_guidance=1.5,
+        scheduler=MODEL_SCHEDULER,
+        resolution=32,
+    )
+    values.update(over)
+    return app.edit(before, instruction, *values.values(), session, progress=progress)
+
+
+def test_chain_of_edits_undo_and_reset(pipe, picture):
+    app = EditorApp(pipe, FAST)
+    calls = []
+    out, details, seed, text, image, session, gallery, files = _edit(
+        app, {"path": str(picture)}, "make it red", None, progress=lambda *a, **k: calls.append(a)
+    )
+    assert seed == 5 and "seed 5" in details and calls[-1] == ((2, 2),)  # progress reached the last step
+    assert [s["caption"] for s in session["chain"]] == ["input"] and len(gallery) == len(files) == 2
+    meta = Image.open(out).text
+    assert meta["ip2p:instruction"] == "make it red" and meta["ip2p:chain_step"] == "1"
+
+    # Edit the result next: it becomes the input of the next instruction.
+    before, after, session, gallery, files = app.continue_from_result(session)
+    assert before == out and after is None and len(session["chain"]) == 2
+    out2, *_, session, gallery, files = _edit(app, before, "add a hat", session)
+    assert Image.open(out2).text["ip2p:chain_step"] == "2" and len(files) == 3
+    # A retry with other settings replaces the result; the chain stays.
+    out3, *_, session, gallery, files = _edit(app, before, "add a hat", session, seed_mode=RANDOM_SEED)
+    assert len(session["chain"]) == 2 and session["result"]["path"] == out3
+
+    before, after, session, gallery, files = app.undo(session)
+    assert before == session["chain"][0]["path"] and after == out and len(files) == 2
+    values = app.reset(session)
+    assert values[:8] == (2, RANDOM_SEED, 1371, FIXED_GUIDANCE, 7.5, 1.5, MODEL_SCHEDULER, 32)
+    assert values[8] is None and values[10]["result"] is None  # the result is cleared, the chain kept
+
+
+def test_a_new_upload_starts_a_new_chain(pipe, picture, tmp_path):
+    app = EditorApp(pipe, FAST)
+    *_, session, _, _ = _edit(app, str(picture), "x", None)
+    session = app.continue_from_result(session)[2]
+    assert len(session["chain"]) == 2
+    other = tmp_path / "other.png"
+    Image.new("RGB", (32, 32), "blue").save(other)
+    *_, session, gallery, _ = _edit(app, str(other), "y", session)
+    assert len(session["chain"]) == 1 and len(gallery) == 2
+
+
+def test_randomize_guidance_writes_the_drawn_values_back(pipe, picture):
+    app = EditorApp(pipe, FAST)
+    _, _, _, text, image, *_ = _edit(app, str(picture), "x", None, guidance_mode=RANDOM_GUIDANCE)
+    assert 6 <= text <= 9 and 1.2 <= image <= 1.8
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [(b"hello, not a picture", "not an image"), (None, "exceeds the limit"), (b"", "empty")],
+)
+def test_bad_uploads_get_one_clear_line_without_server_paths(pipe, tmp_path, content, expected):
+    app = EditorApp(pipe, FAST, max_pixels=1000)
+    path = tmp_path / "upload.png"
+    if content is None:
+        Image.new("RGB", (100, 100)).save(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(gr.Error) as info:
+        _edit(app, {"path": str(path)}, "x", None)
+    assert expected in info.value.message and str(tmp_path) not in info.value.message
+    with pytest.raises(gr.Error, match="Upload an image"):
+        _edit(app, None, "x", None)
+
+
+def test_bad_settings_are_named(pipe, picture):
+    app = EditorApp(pipe, FAST)
+    with pytest.raises(gr.Error, match="seed must be a whole number"):
+        app.api_edit(str(picture), "x", 2, 7.5, 1.5, "abc", MODEL_SCHEDULER, 32)
+    with pytest.raises(gr.Error, match="Unknown scheduler 'nope'"):
+        app.api_edit(str(picture), "x", 2, 7.5, 1.5, 1, "nope", 32)
+    with pytest.raises(gr.Error, match="Steps must be at least 1"):
+        _edit(app, str(picture), "x", None, steps=0)
+    with pytest.raises(gr.Error, match="must be numbers"):
+        _edit(app, str(picture), "x", None, steps=None)
+
+
+def test_api_handler_returns_png_with_metadata(pipe, picture):
+    app = EditorApp(pipe, FAST)
+    path, meta = app.api_edit({"path": str(picture)}, "make it red", 2, 7.5, 1.5, -1, MODEL_SCHEDULER, 32)
+    assert Image.open(path).text == meta and meta["ip2p:seed"].isdigit()
+    _, meta = app.api_edit(str(picture), "make it red", 2, 7.5, 1.5, 7, "ddim", 32)
+    assert meta["ip2p:seed"] == "7" and meta["ip2p:scheduler"] == "DDIMScheduler"
+
+
+def test_concurrent_edits_equal_sequential_ones(pipe, picture):
+    """`serve --concurrency N` runs edits on one pipeline from several threads: they must not interfere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = EditorApp(pipe, FAST)
+
+    def run(seed: int) -> np.ndarray:
+        path, _ = app.api_edit(str(picture), "make it red", 4, 7.5, 1.5, seed, "euler_ancestral", 32)
+        return np.asarray(Image.open(path))
+
+    seeds = [1, 2, 3] * 2
+    sequential = [run(seed) for seed in seeds]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        concurrent = list(pool.map(run, seeds))
+    assert all(np.array_equal(a, b) for a, b in zip(sequential, concurrent, strict=True))
+
+
+# -- the browser -------------------------------------------------------------------------------------------
+def chromium_executable() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip(
+            "Chromium is not installed (`apt-get install chromium`; .ci/run installs it where apt works)"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(pipe):
+    demo = build_app(pipe, FAST)
+    url = launch(demo, ServeConfig(port=free_port(), max_queue=8), block=False, quiet=True)
+    yield url
+    demo.close()
+
+
+def test_browser_edit_chain_undo_reset(server, browser, tmp_path):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    source = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(source)
+    page = browser.new_page(viewport={"width": 1280, "height": 1300})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(server)
+        page.locator("#edit-btn").wait_for()
+        assert "RANDOMLY INITIALISED" in page.locator("#note").inner_text()  # the tiny model says what it is
+
+        # Upload, instruct, edit: the result appears beside the input.
+        page.locator("#before input[type=file]").set_input_files(str(source))
+        page.locator("#before img").wait_for()
+        page.locator("#instruction textarea").fill("make it blue")
+        page.locator("#edit-btn").click()
+        after = page.locator("#after img[src*='step01']")
+        after.wait_for()
+        page.wait_for_function("() => document.querySelector('#after img').naturalWidth > 0")
+        assert "seed" in page.locator("#details").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "1-first-edit.png"), full_page=True)
+        first = _download(server, after.get_attribute("src"))
+        assert first.text["ip2p:instruction"] == "make it blue"
+
+        # A second instruction edits the result.
+        page.locator("#continue-btn").click()
+        page.locator("#before img[src*='step01']").wait_for()
+        page.locator("#instruction textarea").fill("add a hat")
+        page.locator("#edit-btn").click()
+        second = page.locator("#after img[src*='step02']")
+        second.wait_for()
+        metadata = _download(server, second.get_attribute("src")).text
+        assert metadata["ip2p:instruction"] == "add a hat" and metadata["ip2p:chain_step"] == "2"
+        page.locator("#downloads").get_by_text("step02").wait_for()
+        assert page.locator("#history img").count() == 3  # input, first edit, second edit
+        page.screenshot(path=str(ARTIFACTS / "2-second-edit.png"), full_page=True)
+
+        # Undo steps back one link.
+        page.locator("#undo-btn").click()
+        page.locator("#before img[src*='step00']").wait_for()
+        page.locator("#after img[src*='step01']").wait_for()
+
+        # Change every setting, then Reset restores every default (the original's set steps to 0).
+        _set_number(page, "#steps", "7")
+        _set_number(page, "#resolution", "64")
+        _set_number(page, "#text-guidance", "9")
+        _set_number(page, "#image-guidance", "1.2")
+        page.locator("#seed-mode").get_by_text(FIXED_SEED).click()
+        page.locator("#guidance-mode").get_by_text(RANDOM_GUIDANCE).click()
+        page.locator("#seed input").fill("42")
+        page.locator("#scheduler input").click()
+        page.get_by_role("option", name="ddim", exact=True).click()
+        assert page.locator("#steps input[type=number]").input_value() == "7"
+        page.locator("#reset-btn").click()
+        page.wait_for_function(
+            "() => document.querySelector('#steps input[type=number]').value === '2' "
+            "&& !document.querySelector('#after img')"
+        )
+        assert page.locator("#resolution input[type=number]").input_value() == "32"
+        assert page.locator("#text-guidance input[type=number]").input_value() == "7.5"
+        assert page.locator("#image-guidance input[type=number]").input_value() == "1.5"
+        assert page.locator("#seed input").input_value() == "1371"
+        assert page.locator(f"#seed-mode input[value='{RANDOM_SEED}']").is_checked()
+        assert page.locator(f"#guidance-mode input[value='{FIXED_GUIDANCE}']").is_checked()
+        assert page.locator("#scheduler input").input_value() == MODEL_SCHEDULER
+        page.screenshot(path=str(ARTIFACTS / "3-after-reset.png"), full_page=True)
+
+        # A file that is not an image: one clear line, no server path, no traceback.
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(b"this is not a png")
+        page.locator("#before button[aria-label='Remove Image']").first.click()
+        page.locator("#before input[type=file]").set_input_files(str(bad))
+        page.locator("#edit-btn").click()
+        toast = page.get_by_text("not an image file")
+        toast.wait_for()
+        message = toast.inner_text()
+        assert "/tmp" not in message and "Traceback" not in page.content()
+        page.screenshot(path=str(ARTIFACTS / "4-bad-file.png"), full_page=True)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+
+
+def _set_number(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"{elem_id} input[type=number]")
+    box.fill(value)
+    box.blur()
+
+
+def _download(server: str, src: str) -> Image.Image:
+    assert src.startswith(server.rstrip("/"))
+    with urllib.request.urlopen(src, timeout=30) as response:
+        return Image.open(io.BytesIO(response.read()))
