@@ -223,6 +223,18 @@ def _load_single_file(
             "" if config else "; offline, pass config= (--config) naming a diffusers folder with its configs"
         )
         raise ModelLoadError(f"could not load the checkpoint {path}: {_first_line(exc)}{hint}") from exc
+    # diffusers leaves a weight the checkpoint lacks on the meta device (no data) instead of failing.
+    missing = [
+        f"{name}.{key}"
+        for name in ("unet", "vae", "text_encoder")
+        for key, tensor in [*getattr(pipe, name).named_parameters(), *getattr(pipe, name).named_buffers()]
+        if tensor.is_meta
+    ]
+    if missing:
+        raise ModelLoadError(
+            f"the checkpoint {path} lacks {len(missing)} weight(s) of the model, e.g. {missing[0]}: "
+            "it is incomplete or not an InstructPix2Pix/Stable Diffusion checkpoint"
+        )
     return _from_pipeline(pipe, str(path))
 
 
