@@ -661,8 +661,8 @@ def _finetune_text_parser(sub: argparse._SubParsersAction) -> None:
         help="fine-tune a causal language model on seed triplets (or train the toy LM)",
         description="Fine-tune a transformers causal LM to write triplets (paper 3.1.1: GPT-3 on 700 "
         "human-written triplets, 1 epoch): prompt = caption + '\\n##\\n', completion = instruction + "
-        "'\\n%%%%\\n' + edited caption + '\\nEND', loss on the completion. Full or LoRA; CPU, GPU, or several "
-        "GPUs with `accelerate launch -m ip2p.cli finetune-text ...`. Checkpoints every --checkpoint-every "
+        "'\\n%%\\n' + edited caption + '\\nEND', loss on the completion. Full or LoRA; CPU, GPU, or several "
+        "GPUs with `accelerate launch --multi_gpu -m ip2p.cli finetune-text ...`. Checkpoints every --checkpoint-every "
         "steps; rerunning with the same --output resumes. `--preset toy` trains the toy world's LM from scratch.",
     )
     p.add_argument(
@@ -763,6 +763,10 @@ def cmd_finetune_text(args: argparse.Namespace) -> int:
         output = finetune(config, progress=not args.no_progress)
     except ValueError as exc:  # TextSourceError, TextModelError and config errors are ValueErrors
         raise CLIError(str(exc)) from exc
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return 0
     summary = json.loads((output / "train_summary.json").read_text())
     print(
         f"trained {summary['steps']} steps in {summary['seconds']}s (final loss {summary['final_loss']:.3f}); model in {output}"

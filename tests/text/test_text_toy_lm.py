@@ -1,0 +1,83 @@
+"""The toy world's language model: its tokenizer, paraphrase augmentation, and the validity measurement."""
+
+import random
+
+from ip2p.text.backends import FakeGenerator
+from ip2p.text.finetune import SeedDataset
+from ip2p.text.format import DELIMITER_1, Triplet
+from ip2p.text.sources import read_seed_triplets
+from ip2p.text.toy_lm import (
+    build_toy_model,
+    build_toy_tokenizer,
+    heldout_toy_captions,
+    measure_validity,
+    paraphrase,
+    triplet_is_valid,
+)
+
+
+def test_validity_is_exact():
+    seeds = read_seed_triplets("toy")
+    assert all(triplet_is_valid(t) for t in seeds[:100])
+    t = seeds[0]
+    assert not triplet_is_valid(Triplet(t.input, t.edit, t.input))  # the edit not applied
+    assert not triplet_is_valid(
+        Triplet(t.input, "make it pretty", t.output)
+    )  # words outside the toy language
+
+
+def test_paraphrase_keeps_the_edit_and_varies_the_wording():
+    from ip2p.toy.captions import parse_caption
+    from ip2p.toy.edits import edit_type_of
+
+    seeds = read_seed_triplets("toy")
+    rng = random.Random(0)
+    phrased = [paraphrase(t, rng) for t in seeds]
+    assert all(triplet_is_valid(p) for p in phrased)  # every one of the 700
+    pairs = list(zip(phrased, seeds, strict=True))
+    assert all(parse_caption(p.input) == parse_caption(t.input) for p, t in pairs)  # the same scenes
+    assert all(edit_type_of(p.edit) == edit_type_of(t.edit) for p, t in pairs)  # the same edits
+    assert sum(p.input != t.input for p, t in pairs) > 650 and sum(p.edit != t.edit for p, t in pairs) > 550
+    odd = Triplet("not a toy caption", "x", "y")
+    assert paraphrase(odd, rng) == odd
+
+
+def test_seed_dataset_paraphrases_per_epoch_deterministically():
+    tok = build_toy_tokenizer()
+    seeds = read_seed_triplets("toy")[:4]
+    data = SeedDataset(seeds, tok, 512, paraphrase_seed=0)
+    first = [data[i]["input_ids"] for i in range(4)]
+    assert first == [data[i]["input_ids"] for i in range(4)]
+    data.epoch = 1
+    assert first != [data[i]["input_ids"] for i in range(4)]
+    plain = SeedDataset(seeds, tok, 512)
+    plain.epoch = 1
+    assert (
+        tok.decode(plain[0]["input_ids"], skip_special_tokens=True)
+        == seeds[0].prompt() + seeds[0].completion()
+    )
+
+
+def test_measure_validity_with_an_oracle_and_a_liar(tmp_path):
+    from ip2p.toy.captions import caption, parse_caption
+    from ip2p.toy.edits import random_edit
+
+    def oracle(text, seed):  # a correct edit in canonical wording
+        edit = random_edit(parse_caption(text), random.Random(seed))
+        return f"{edit.instruction}{DELIMITER_1}{caption(edit.after)}"
+
+    captions = heldout_toy_captions(12)
+    good = measure_validity(FakeGenerator(oracle), captions, tmp_path / "good.jsonl")
+    assert good["valid_raw"] == good["valid_filtered"] == good["yield"] == 1.0
+    liar = FakeGenerator(
+        lambda text, seed: "remove the shapes" if seed % 2 else f"x{DELIMITER_1}{text}, changed"
+    )
+    bad = measure_validity(liar, captions, tmp_path / "bad.jsonl")
+    assert bad["valid_raw"] == 0.0 and bad["valid_filtered"] == 0.0
+
+
+def test_toy_model_size():
+    tok = build_toy_tokenizer()
+    model = build_toy_model(len(tok), tok.eos_token_id)
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 2e6
+    assert model.config.tie_word_embeddings and model.config.max_position_embeddings >= 256 + 64
