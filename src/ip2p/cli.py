@@ -671,7 +671,7 @@ def _finetune_text_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="causal LM folder or hub id to fine-tune ('toy': the toy GPT-2 from scratch)",
+        help="causal LM folder or hub id to fine-tune ('toy': the toy LM from scratch)",
     )
     p.add_argument(
         "--seeds",
@@ -841,6 +841,44 @@ def cmd_gen_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- toy world -----------------------------------------------------------------------------------------------
+def _toy_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "toy",
+        help="the toy world: train its miniature Stable Diffusion, measure it, write its seed triplets",
+        description="Commands of the toy world. `ip2p toy train-base --out DIR` trains the VAE, CLIP and UNet from "
+                    "scratch with fixed seeds (resumable: run it again to continue); `ip2p toy quality --model DIR` "
+                    "measures the quality bars; `ip2p toy seeds -o FILE` writes the 700 seed triplets.",
+    )
+    toy = p.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
+    for name, text in (("train-base", "train the toy VAE, CLIP and UNet (see `ip2p toy train-base --help`)"),
+                       ("quality", "measure the toy models' quality bars (see `ip2p toy quality --help`)")):
+        q = toy.add_parser(name, help=text, add_help=False)
+        q.add_argument("rest", nargs=argparse.REMAINDER, help="the command's own flags")
+        q.set_defaults(func=cmd_toy, toy_main=name)
+    q = toy.add_parser("seeds", help="write the toy seed triplets in the paper's JSONL format")
+    q.add_argument("-o", "--output", required=True, help="JSONL file to write")
+    q.add_argument("-n", type=int, default=700, help="number of triplets (default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    q.set_defaults(func=cmd_toy, toy_main="seeds")
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    if args.toy_main == "seeds":
+        from ip2p.toy.seeds import seed_triplets, write_jsonl
+
+        path = write_jsonl(args.output, seed_triplets(args.n, seed=args.seed))
+        print(f"wrote {args.n} triplets to {path}")
+        return 0
+    if args.toy_main == "train-base":
+        from ip2p.toy.train_base import main as train_main
+
+        return int(train_main(args.rest) or 0)
+    from ip2p.toy.quality import main as quality_main
+
+    return int(quality_main(args.rest) or 0)
+
+
 # -- entry point ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -855,6 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_text_parser(sub)
     _finetune_text_parser(sub)
     _train_parser(sub)
+    _toy_parser(sub)
     _gen_pairs_parser(sub)
     _serve_parser(sub)
     return parser
@@ -862,6 +901,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["toy"] and argv[1:2] in (["train-base"], ["quality"]):
+        # These two own their flags (and --help): hand them the rest of the command line untouched.
+        return cmd_toy(argparse.Namespace(toy_main=argv[1], rest=argv[2:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()

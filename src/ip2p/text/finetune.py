@@ -8,8 +8,8 @@ optimizer, scheduler, RNG and data order) are written every ``checkpoint_every``
 the same output folder resumes from the latest one, ending with the same weights as an uninterrupted run (a
 rerun of a finished job does nothing).
 
-Presets: ``paper`` (1 epoch, as the paper's fine-tune) and ``toy`` (a ~2 M-parameter GPT-2 trained from scratch on
-the 700 toy seed triplets; ``ip2p finetune-text --preset toy --output runs/toy-lm``).
+Presets: ``paper`` (1 epoch, as the paper's fine-tune) and ``toy`` (a ~0.9 M-parameter Llama-style LM trained from
+scratch on the 700 toy seed triplets, re-phrased every epoch; ``ip2p finetune-text --preset toy --output runs/toy-lm``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CONFIG_FILE = "finetune_config.json"
 class FinetuneConfig:
     """Settings of one fine-tuning run. Defaults follow the paper's fine-tune (``--n_epochs 1``)."""
 
-    model: str = ""  # causal LM folder or hub id; "toy" builds the toy GPT-2 from scratch
+    model: str = ""  # causal LM folder or hub id; "toy" builds the toy LM (ip2p.text.toy_lm) from scratch
     seeds: str | None = (
         None  # JSONL of input/edit/output; None: the human-written 700 where present, else "toy"
     )
@@ -188,7 +188,7 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
 
 # -- model --------------------------------------------------------------------------------------------------
 def load_for_training(config: FinetuneConfig):
-    """(model, tokenizer) to train: the toy GPT-2 built from scratch, or a pretrained causal LM (fp32 weights)."""
+    """(model, tokenizer) to train: the toy LM built from scratch, or a pretrained causal LM (fp32 weights)."""
     if config.model == "toy":
         from ip2p.text.toy_lm import build_toy_model, build_toy_tokenizer
 

@@ -1,9 +1,15 @@
-"""The toy world's language model: a small GPT-2 trained from scratch on the toy seed triplets (paper 3.1.1, toy).
+"""The toy world's language model: a small causal LM trained from scratch on the toy seed triplets (3.1.1, toy).
 
 It plays GPT-3's part for the toy world: ``ip2p finetune-text --preset toy`` trains it through the same fine-tuning
 path as a real model, and ``ip2p gen-text --model runs/toy-lm`` writes triplets with it. Because toy captions and
 instructions have exact meanings, its output can be checked: a triplet is *valid* when the edited caption describes
-exactly the scene that the instruction makes of the input caption's scene.
+exactly the scene that the instruction makes of the input caption's scene (``python -m ip2p.text.toy_lm MODEL``
+measures the share on held-out captions).
+
+GPT-3 came to its 700 examples knowing English; a model trained from scratch on 700 strings memorises them (3% valid
+triplets on held-out captions after 25 epochs). The toy preset therefore re-phrases each seed triplet every epoch
+(:func:`paraphrase`: the same scenes and edits, other wording), which makes copying the caption the cheapest way to
+fit the data.
 """
 
 from __future__ import annotations

@@ -1,0 +1,328 @@
+"""Quality bars of the toy base model, measured on held-out scenes (never trained on).
+
+1. VAE: reconstruction PSNR on 500 held-out renders (bar: >= 30 dB).
+2. CLIP: retrieval top-1, where each image's 10 candidates are its true caption and 9 captions of scenes that
+   differ from it in one attribute (bar: >= 90%). Canonical phrasing is the bar; "varied" repeats it with a random
+   phrasing shared by the 10 candidates.
+3. Text-to-image: 100 one-shape and 100 two-shape held-out captions, 50 sampling steps with classifier-free
+   guidance; the oracle (:mod:`ip2p.toy.oracle`) judges every attribute (bars: >= 80% one-shape, >= 50% two-shape
+   entirely right). A PNG grid shows samples with their captions (green frame: all right).
+
+Usage::
+
+    python -m ip2p.toy.quality --model runs/toy            # a train_base output folder (base/ and clip/)
+    python -m ip2p.toy.quality --model toy                 # the bundled weights
+    python -m ip2p.toy.quality --model runs/toy --checkpoint latest --only t2i   # a UNet stage checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .train_base import (
+    PIPELINE_KWARGS,
+    heldout_scenes,
+    image_embeddings,
+    one_attribute_variants,
+    text_embeddings,
+    to_tensor,
+    to_uint8,
+)
+
+BARS = {"vae_psnr_db": 30.0, "clip_top1": 0.90, "t2i_one_shape": 0.80, "t2i_two_shape": 0.50}
+DEFAULT_GUIDANCE = 4.0
+DEFAULT_GUIDANCE_RESCALE = 0.0
+
+
+def resolve_model(model: str) -> tuple[Path, Path]:
+    """(base pipeline folder, CLIP folder) from a train_base output folder, a pipeline folder, or "toy"."""
+    if model == "toy":
+        from ip2p.models import toy_model_path
+
+        return toy_model_path("base"), toy_model_path("clip")
+    path = Path(model)
+    if (path / "model_index.json").is_file():
+        return path, path.parent / "clip"
+    return path / "base", path / "clip"
+
+
+# ---------------------------------------------------------------------------
+# The three measurements
+# ---------------------------------------------------------------------------
+
+
+def vae_psnr(vae, images: np.ndarray, batch: int = 100) -> dict[str, float]:
+    """PSNR (dB) of reconstructions through the posterior mean: mean over images, and over all pixels."""
+    per_image = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = to_tensor(images[i : i + batch]).to(vae.device)
+            rec = to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample).astype(np.float64)
+            mse = ((rec - images[i : i + batch].astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+            per_image.append(mse)
+    mse = np.concatenate(per_image)
+    psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
+    return {
+        "vae_psnr_db": float(psnr.mean()),
+        "vae_psnr_db_pooled": float(10 * np.log10(255.0**2 / max(mse.mean(), 1e-10))),
+        "vae_psnr_db_worst": float(psnr.min()),
+    }
+
+
+def retrieval_candidates(scenes, rng: random.Random, n_distractors: int = 9, varied: bool = False):
+    """Per scene: 10 captions, the true one first, then 9 of one-attribute variants (same phrasing plan)."""
+    from .captions import CANONICAL_PLAN, caption_with_plan, random_plan
+
+    out = []
+    for s in scenes:
+        variants = rng.sample(one_attribute_variants(s), n_distractors)
+        plan = random_plan(rng) if varied else CANONICAL_PLAN
+        out.append([caption_with_plan(x, plan) for x in [s, *variants]])
+    return out
+
+
+def clip_retrieval(clip, tokenizer, scenes, seed: int = 0, varied: bool = False) -> dict[str, float]:
+    """Top-1 accuracy of choosing an image's true caption among it and 9 one-attribute distractors."""
+    from .render import render_batch
+
+    rng = random.Random(seed)
+    candidates = retrieval_candidates(scenes, rng, varied=varied)
+    device = next(clip.parameters()).device
+    correct = []
+    with torch.no_grad():
+        for i in range(0, len(scenes), 50):
+            chunk = scenes[i : i + 50]
+            img = image_embeddings(clip, to_tensor(render_batch(chunk)).to(device))
+            for j, cands in enumerate(candidates[i : i + 50]):
+                txt = text_embeddings(clip, tokenizer, cands, device)
+                correct.append(int((txt @ img[j]).argmax()) == 0)
+    correct = np.array(correct)
+    counts = np.array([len(s.shapes) for s in scenes])
+    key = "clip_top1_varied" if varied else "clip_top1"
+    out = {key: float(correct.mean())}
+    for k in (1, 2, 3):
+        if (counts == k).any():
+            out[f"{key}_{k}shape"] = float(correct[counts == k].mean())
+    return out
+
+
+def generate(pipe, prompts: list[str], guidance: float, steps: int = 50, seed: int = 0, batch: int = 50,
+             guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE) -> np.ndarray:
+    """uint8 (N, 64, 64, 3) samples, one seeded generator per prompt (independent of the batch size)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i : i + batch]
+        gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
+        res = pipe(
+            chunk,
+            height=64,
+            width=64,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            guidance_rescale=guidance_rescale,
+            generator=gens,
+            output_type="np",
+        ).images
+        out.append((np.clip(res, 0, 1) * 255).round().astype(np.uint8))
+    return np.concatenate(out)
+
+
+def judge_samples(images: np.ndarray, scenes) -> tuple[list[bool], dict[str, float]]:
+    """All-correct flags per sample, and the rate of each attribute (shape attributes pooled over shapes)."""
+    from .oracle import judge
+
+    flags, per_attr = [], {}
+    for img, scene in zip(images, scenes, strict=True):
+        verdict = judge(img, scene)
+        flags.append(all(verdict.values()))
+        for k, v in verdict.items():
+            per_attr.setdefault(k.split(".")[-1], []).append(v)
+    return flags, {k: float(np.mean(v)) for k, v in per_attr.items()}
+
+
+def text_to_image(pipe, sets: dict[str, list], guidance: float, steps: int = 50, seed: int = 0, limit: int | None = None,
+                  guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE):
+    """Oracle-judged text-to-image accuracy on the one- and two-shape held-out captions."""
+    from .captions import caption
+
+    result: dict[str, float] = {}
+    samples = {}
+    for name, key in (("one", "t2i_one_shape"), ("two", "t2i_two_shape")):
+        scenes = sets[name][:limit] if limit else sets[name]
+        prompts = [caption(s) for s in scenes]
+        images = generate(pipe, prompts, guidance, steps, seed, guidance_rescale=guidance_rescale)
+        flags, attrs = judge_samples(images, scenes)
+        result[key] = float(np.mean(flags))
+        result.update({f"{key}.{k}": v for k, v in attrs.items()})
+        samples[name] = (images, prompts, flags)
+    return result, samples
+
+
+def sample_grid(samples: dict, path: Path, per_set: int = 16, columns: int = 8, scale: int = 2) -> Path:
+    """A PNG of samples with their captions; green frame: the oracle finds every attribute right, red: not."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    items = []
+    for name in ("one", "two"):
+        images, prompts, flags = samples[name]
+        items += list(zip(images[:per_set], prompts[:per_set], flags[:per_set], strict=True))
+    tile, text_h, pad = 64 * scale, 62, 4
+    rows = -(-len(items) // columns)
+    sheet = Image.new("RGB", (columns * (tile + 2 * pad), rows * (tile + text_h + 2 * pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, (img, prompt, ok) in enumerate(items):
+        x, y = (i % columns) * (tile + 2 * pad), (i // columns) * (tile + text_h + 2 * pad)
+        draw.rectangle([x, y, x + tile + 2 * pad - 1, y + tile + 2 * pad - 1], fill=(40, 170, 60) if ok else (210, 40, 40))
+        sheet.paste(Image.fromarray(img).resize((tile, tile), Image.NEAREST), (x + pad, y + pad))
+        words, lines, line = prompt.split(), [], ""
+        for w in words:
+            if len(line) + len(w) + 1 > 24:
+                lines.append(line)
+                line = w
+            else:
+                line = f"{line} {w}".strip()
+        lines.append(line)
+        for k, text in enumerate(lines[:6]):
+            draw.text((x + pad, y + tile + 2 * pad + k * 10), text, fill=(0, 0, 0), font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------
+
+
+def load_pipeline(base: Path, device: torch.device):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(base, **PIPELINE_KWARGS).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def measure(
+    model: str,
+    out: Path | None = None,
+    device: str = "auto",
+    only: tuple[str, ...] = ("vae", "clip", "t2i"),
+    guidance: tuple[float, ...] = (DEFAULT_GUIDANCE,),
+    guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
+    steps: int = 50,
+    limit: int | None = None,
+    checkpoint: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Measure the bars; write ``quality.json`` and ``samples.png`` under ``out``; return the results.
+
+    ``checkpoint`` ("latest" or a step) evaluates a UNet-stage checkpoint's EMA weights of the train_base output
+    folder ``model`` instead of its final model. Several ``guidance`` scales: the text-to-image rows are measured
+    for each and the best (by the mean of the two rates) is reported.
+    """
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from ip2p.devices import pick_device
+
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(2)
+    base, clip_dir = resolve_model(model)
+    tmp = None
+    if checkpoint is not None:
+        from .train_base import export_checkpoint
+
+        tmp = tempfile.TemporaryDirectory(prefix="toy-ckpt-")
+        step = None if checkpoint == "latest" else int(checkpoint)
+        base = export_checkpoint(Path(model), Path(tmp.name) / "base", step=step)
+    sets = heldout_scenes()
+    result: dict = {"model": str(model), "checkpoint": checkpoint}
+    t0 = time.time()
+    if "vae" in only:
+        from diffusers import AutoencoderKL
+
+        from .render import render_batch
+
+        vae_dir = base / "vae"
+        if not (vae_dir / "config.json").is_file():  # a train_base run whose UNet stage has not finished
+            vae_dir = Path(model) / "work" / "vae" / "final"
+        vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval()
+        result.update(vae_psnr(vae, render_batch(sets["mixed"])))
+    if "clip" in only:
+        clip = CLIPModel.from_pretrained(clip_dir).to(dev).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+        result.update(clip_retrieval(clip, tokenizer, sets["mixed"]))
+        result.update(clip_retrieval(clip, tokenizer, sets["mixed"], varied=True))
+    best_samples = None
+    if "t2i" in only:
+        sweep = {}
+        best = None
+        pipe = load_pipeline(base, dev)
+        for g in guidance:
+            r, samples = text_to_image(pipe, sets, g, steps, seed, limit, guidance_rescale)
+            sweep[str(g)] = {k: v for k, v in r.items() if "." not in k}
+            score = (r["t2i_one_shape"] + r["t2i_two_shape"]) / 2
+            if best is None or score > best[0]:
+                best = (score, g, r, samples)
+        _, g, r, best_samples = best
+        result.update(r)
+        result["guidance_scale"] = g
+        result["guidance_rescale"] = guidance_rescale
+        result["sampling_steps"] = steps
+        if len(guidance) > 1:
+            result["guidance_sweep"] = sweep
+    result["passed"] = {k: result[k] >= bar for k, bar in BARS.items() if k in result}
+    result["seconds"] = round(time.time() - t0, 1)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "quality.json").write_text(json.dumps(result, indent=1))
+        if best_samples is not None:
+            result["grid"] = str(sample_grid(best_samples, out / "samples.png"))
+    if tmp is not None:
+        tmp.cleanup()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ip2p.toy.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="train_base output folder, a base pipeline folder, or 'toy'")
+    p.add_argument("--out", default=None, help="where quality.json and samples.png go (default: MODEL/quality)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--only", default="vae,clip,t2i", help="comma-separated subset of vae,clip,t2i")
+    p.add_argument("--guidance", default=str(DEFAULT_GUIDANCE), help="CFG scale, or several comma-separated (best kept)")
+    p.add_argument("--guidance-rescale", type=float, default=DEFAULT_GUIDANCE_RESCALE)
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--limit", type=int, default=None, help="only the first N captions of each set (quick looks)")
+    p.add_argument("--checkpoint", default=None, help="'latest' or a step: evaluate a UNet checkpoint's EMA weights")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else (Path("toy-quality") if args.model == "toy" else Path(args.model) / "quality")
+    result = measure(
+        args.model,
+        out,
+        args.device,
+        tuple(args.only.split(",")),
+        tuple(float(g) for g in args.guidance.split(",")),
+        args.guidance_rescale,
+        args.steps,
+        args.limit,
+        args.checkpoint,
+        args.seed,
+    )
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

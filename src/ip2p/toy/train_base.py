@@ -1,0 +1,888 @@
+"""Train the toy world's miniature Stable Diffusion from scratch: VAE, then CLIP, then the UNet.
+
+As in Stable Diffusion, the three models are trained separately: the VAE on renders (reconstruction + a small KL
+term), CLIP contrastively on (render, caption) pairs, and the UNet on the VAE's latents of pre-rendered scenes,
+conditioned on the frozen CLIP text tower's hidden states, with 10% empty captions for classifier-free guidance.
+Only the CLIP batch differs from the usual recipe: half its scenes are one-attribute variants of the other half and
+every image also meets captions of its one-attribute variants, so that the model binds each colour, kind, size and
+position to its shape (the bar it must pass is retrieval against such distractors).
+
+Layout of ``out_dir``::
+
+    base/            the text-to-image model: a StableDiffusionPipeline folder (the final output)
+    clip/            CLIPModel + tokenizer + image processor, for scoring (the final output)
+    work/data/       pre-rendered training scenes (images.npy, scenes.json)
+    work/vae/        checkpoints of the VAE stage, and final/ (AutoencoderKL)
+    work/clip/       checkpoints of the CLIP stage
+    work/unet/       latent cache and checkpoints of the UNet stage
+
+Every stage is reproducible (all randomness of step ``i`` is drawn from generators seeded by (seed, stage, i)),
+checkpoints every ``ckpt_every`` steps (weights as safetensors, optimizer state and RNG states through
+``torch.save``, loaded with ``weights_only=True``; each file written to a temporary name and renamed), resumes from
+its latest checkpoint when run again, and is skipped when its final output exists.
+
+Usage::
+
+    python -m ip2p.toy.train_base --out runs/toy [--device cuda] [--steps-vae N --steps-clip N --steps-unet N]
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch loads OpenMP: on a busy machine, OpenMP's default spin-waiting makes every 2-thread step many times
+# slower (measured: 40 s instead of 2.5 s per UNet step while other jobs ran); passive waiting costs nothing idle.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .models import (
+    BaseModelConfig,
+    build_clip,
+    build_scheduler,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    count_parameters,
+    preset,
+    tokenizer_corpus,
+)
+from .scene import BACKGROUNDS, COLORS, KINDS, SIZES, STYLES, Scene, Shape, random_scene
+
+HELDOUT_SEED = 20_240_917
+PIPELINE_KWARGS = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+@dataclass
+class TrainSettings:
+    """Everything about training that is not the architecture (see :mod:`ip2p.toy.models` for that)."""
+
+    seed: int = 0
+    n_scenes: int = 20_000
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    threads: int = 2
+    # VAE
+    vae_steps: int = 900
+    vae_batch: int = 16
+    # Train on random crops of this side (a multiple of 4); 0: whole renders. Crops are cheaper but GroupNorm's
+    # statistics then differ from whole images' (measured: 19 dB on whole renders after training on 32 px crops).
+    vae_crop: int = 0
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # CLIP
+    tokenizer_texts: int = 9000  # world texts (2/3 captions, 1/3 instructions) the tokenizer's merges are learnt on
+    clip_steps: int = 700
+    clip_batch: int = 64  # scenes per batch, half of them one-attribute variants of the other half
+    clip_hard_captions: int = 2  # extra one-attribute-distractor captions per image
+    clip_lr: float = 1e-3
+    # UNet
+    unet_steps: int = 2800
+    unet_batch: int = 64
+    unet_lr: float = 6e-4
+    unet_warmup: int = 200
+    caption_dropout: float = 0.1
+    canonical_captions: float = 0.3  # fraction of UNet captions in canonical phrasing (the rest varied)
+    ema_decay: float = 0.999
+
+
+# ---------------------------------------------------------------------------
+# Scenes, variants and data
+# ---------------------------------------------------------------------------
+
+
+def scene_to_list(scene: Scene) -> list:
+    return [scene.background, scene.style, [[s.kind, s.color, s.size, s.position] for s in scene.shapes]]
+
+
+def scene_from_list(item: list) -> Scene:
+    bg, style, shapes = item
+    return Scene(shapes=tuple(Shape(*s) for s in shapes), background=bg, style=style)
+
+
+def one_attribute_variants(scene: Scene) -> list[Scene]:
+    """Every valid scene that differs from ``scene`` in exactly one attribute: one shape's kind, colour, size or
+    position, the background or the style."""
+    out: list[Scene] = []
+    shapes = list(scene.shapes)
+    used = {s.color for s in shapes}
+    for i, s in enumerate(shapes):
+        others = shapes[:i] + shapes[i + 1 :]
+        options = [dataclasses.replace(s, kind=k) for k in KINDS if k != s.kind]
+        options += [dataclasses.replace(s, color=c) for c in COLORS if c != s.color and c != scene.background]
+        options += [dataclasses.replace(s, size=z) for z in SIZES if z != s.size]
+        options += [dataclasses.replace(s, position=p) for p in scene.free_positions()]
+        out += [dataclasses.replace(scene, shapes=(*others, o)) for o in options]
+    out += [dataclasses.replace(scene, background=b) for b in BACKGROUNDS if b != scene.background and b not in used]
+    out += [dataclasses.replace(scene, style=st) for st in STYLES if st != scene.style]
+    return [v.validate() for v in out]
+
+
+def heldout_scenes(seed: int = HELDOUT_SEED) -> dict[str, list[Scene]]:
+    """Evaluation scenes, never trained on: 500 mixed (VAE, CLIP), 100 one-shape and 100 two-shape (text-to-image)."""
+    rng = random.Random(seed)
+    mixed = [random_scene(rng) for _ in range(500)]
+    sets = {"mixed": mixed, "one": [], "two": []}
+    for name, n_shapes in (("one", 1), ("two", 2)):
+        seen: set[Scene] = set()
+        while len(sets[name]) < 100:
+            s = random_scene(rng, n_shapes)
+            if s not in seen:
+                seen.add(s)
+                sets[name].append(s)
+    return sets
+
+
+def training_scenes(n: int, seed: int = 0) -> list[Scene]:
+    """``n`` random scenes (uniform 1-3 shapes), none of them a held-out evaluation scene."""
+    held = {s for group in heldout_scenes().values() for s in group}
+    rng = random.Random(seed)
+    out: list[Scene] = []
+    while len(out) < n:
+        s = random_scene(rng)
+        if s not in held:
+            out.append(s)
+    return out
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_dataset(work: Path, n: int, seed: int) -> tuple[np.ndarray, list[Scene]]:
+    """Pre-rendered training scenes, made once and cached under ``work/data``."""
+    from .render import render_batch
+
+    data = work / "data"
+    images_path, scenes_path = data / "images.npy", data / "scenes.json"
+    if scenes_path.is_file() and images_path.is_file():
+        meta = json.loads(scenes_path.read_text())
+        if meta["n"] == n and meta["seed"] == seed:
+            return np.load(images_path, mmap_mode="r"), [scene_from_list(s) for s in meta["scenes"]]
+    scenes = training_scenes(n, seed)
+    images = np.concatenate(
+        [render_batch(scenes[i : i + 1000]) for i in tqdm(range(0, n, 1000), desc="render scenes", leave=False)]
+    )
+
+    def save_npy(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, images)
+
+    _atomic_write(images_path, save_npy)
+    meta = {"n": n, "seed": seed, "scenes": [scene_to_list(s) for s in scenes]}
+    _atomic_write(scenes_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    return images, scenes
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (the VAE's and our CLIP's input range)."""
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+
+def step_seed(seed: int, stage: str, step: int) -> int:
+    """The seed of one step's generators: a step's randomness does not depend on how the run got there."""
+    return (seed * 1_000_003 + sum(map(ord, stage)) * 7_919 + step) % (2**63)
+
+
+class Checkpointer:
+    """Numbered checkpoints in a folder: ``step-N.safetensors`` (weights) and ``step-N.pt`` (optimizer, step,
+    RNG states), then ``latest.json`` naming them; each file is written under a temporary name and renamed."""
+
+    def __init__(self, folder: Path, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def latest(self) -> int | None:
+        pointer = self.folder / "latest.json"
+        if not pointer.is_file():
+            return None
+        return int(json.loads(pointer.read_text())["step"])
+
+    def save(self, step: int, weights: dict[str, torch.Tensor], state: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        _atomic_write(self.folder / f"step-{step}.safetensors", lambda tmp: save_file(tensors, tmp))
+        full = dict(state, step=step, torch_rng=torch.get_rng_state(), python_rng=random.getstate())
+        _atomic_write(self.folder / f"step-{step}.pt", lambda tmp: torch.save(full, tmp))
+        _atomic_write(self.folder / "latest.json", lambda tmp: Path(tmp).write_text(json.dumps({"step": step})))
+        steps = sorted(
+            int(p.stem.split("-")[1]) for p in self.folder.glob("step-*.safetensors") if p.stem.split("-")[1].isdigit()
+        )
+        for old in steps[: -self.keep]:
+            for suffix in (".safetensors", ".pt"):
+                (self.folder / f"step-{old}{suffix}").unlink(missing_ok=True)
+
+    def load(self, step: int | None = None) -> tuple[dict[str, torch.Tensor], dict] | None:
+        step = self.latest() if step is None else step
+        if step is None:
+            return None
+        weights = load_file(self.folder / f"step-{step}.safetensors")
+        state = torch.load(self.folder / f"step-{step}.pt", weights_only=True, map_location="cpu")
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(_as_python_rng_state(state["python_rng"]))
+        return weights, state
+
+
+def _as_python_rng_state(state):
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                st[k] = v.to(device)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class _Timer:
+    """Wall and process CPU time per step, for the log (CPU time / threads estimates an idle machine's wall time)."""
+
+    def __init__(self):
+        self.wall, self.cpu, self.n = 0.0, 0.0, 0
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+        self.n += 1
+
+    def summary(self, threads: int) -> str:
+        n = max(1, self.n)
+        return f"{self.wall / n:.2f} s/step wall, {self.cpu / n / max(1, threads):.2f} s/step CPU/thread"
+
+
+def _loop(
+    name: str,
+    total: int,
+    start: int,
+    step_fn: Callable[[int], float],
+    save_fn: Callable[[int], None],
+    ckpt_every: int,
+    threads: int,
+) -> None:
+    timer = _Timer()
+    smooth = None
+    bar = tqdm(range(start, total), initial=start, total=total, desc=name, dynamic_ncols=True, mininterval=5)
+    for step in bar:
+        with timer:
+            loss = step_fn(step)
+        smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
+        bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
+        if (step + 1) % ckpt_every == 0 or step + 1 == total:
+            save_fn(step + 1)
+            tqdm.write(f"[{name}] step {step + 1}/{total} loss {smooth:.4f} ({timer.summary(threads)})")
+    bar.close()
+
+
+def _settings_record(cfg: BaseModelConfig, settings: TrainSettings) -> dict:
+    return {"model": dataclasses.asdict(cfg), "train": dataclasses.asdict(settings)}
+
+
+# ---------------------------------------------------------------------------
+# VAE
+# ---------------------------------------------------------------------------
+
+
+def vae_final_path(out_dir: Path) -> Path:
+    return Path(out_dir) / "work" / "vae" / "final"
+
+
+def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
+    """Train the autoencoder (L1 reconstruction + ``vae_kl_weight`` x KL) and set its latent scaling factor."""
+    from diffusers import AutoencoderKL
+
+    out_dir = Path(out_dir)
+    final = vae_final_path(out_dir)
+    if (final / "config.json").is_file():
+        return final
+    work = out_dir / "work"
+    images, _ = load_dataset(work, settings.n_scenes, settings.seed)
+    n = len(images)
+    vae = build_vae(cfg.vae, seed=settings.seed).to(device).train()
+    with torch.no_grad():
+        # Start the posterior's log-variance at -8 (std 0.02) instead of 0: sampled latents are then not drowned
+        # in unit noise while the encoder learns, and the tiny KL weight keeps them small (as SD's VAE's are).
+        vae.quant_conv.bias[cfg.vae.latent_channels :] = -8.0
+    opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
+    ckpt = Checkpointer(work / "vae" / "checkpoints", settings.keep_checkpoints)
+    start = 0
+    loaded = ckpt.load()
+    if loaded is not None:
+        weights, state = loaded
+        vae.load_state_dict(unprefixed("vae", weights))
+        opt.load_state_dict(state["optimizer"])
+        _optimizer_to(opt, device)
+        start = int(state["step"])
+    crop = settings.vae_crop or cfg.image_size
+    print(f"VAE: {count_parameters(vae) / 1e6:.2f}M parameters, {n} scenes, resuming at step {start}", flush=True)
+
+    def step_fn(step: int) -> float:
+        g = torch.Generator().manual_seed(step_seed(settings.seed, "vae", step))
+        idx = torch.randint(0, n, (settings.vae_batch,), generator=g).sort().values.numpy()
+        x = to_tensor(images[idx])
+        if crop < cfg.image_size:
+            cells = (cfg.image_size - crop) // 4 + 1
+            oy, ox = (torch.randint(0, cells, (2,), generator=g) * 4).tolist()
+            x = x[:, :, oy : oy + crop, ox : ox + crop]
+        x = x.to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings.vae_steps, settings.vae_lr, 100)
+        posterior = vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=g).to(device)
+        z = posterior.mean + posterior.std * noise
+        rec = vae.decode(z).sample
+        loss = (rec - x).abs().mean() + settings.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    def save_fn(step: int) -> None:
+        ckpt.save(step, prefixed("vae", vae.state_dict()), {"optimizer": opt.state_dict()})
+
+    _loop("vae", settings.vae_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
+
+    # SD's latent scaling: 1 / std of the latents, so that the UNet sees unit-variance data.
+    vae.eval()
+    with torch.no_grad():
+        sample = to_tensor(images[: min(n, 2048)])
+        lat = torch.cat([vae.encode(sample[i : i + 256].to(device)).latent_dist.mean.cpu() for i in range(0, len(sample), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    _save_pretrained_atomic(vae.to("cpu"), final)
+    (work / "vae" / "settings.json").write_text(json.dumps(_settings_record(cfg, settings), indent=1))
+    assert AutoencoderKL  # the saved folder loads with AutoencoderKL.from_pretrained
+    return final
+
+
+def _save_pretrained_atomic(obj, folder: Path) -> None:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        obj.save_pretrained(tmp, **({"safe_serialization": True} if _accepts_safe(obj) else {}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _accepts_safe(obj) -> bool:
+    import inspect
+
+    try:
+        return "safe_serialization" in inspect.signature(obj.save_pretrained).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------
+# CLIP
+# ---------------------------------------------------------------------------
+
+
+def clip_final_path(out_dir: Path) -> Path:
+    return Path(out_dir) / "clip"
+
+
+def clip_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """CLIP's input: uint8 (N, H, W, 3) renders -> (N, 3, H, W) in [-1, 1] (mean 0.5, std 0.5 normalisation)."""
+    return images if isinstance(images, torch.Tensor) else to_tensor(images)
+
+
+def _tokenize(tokenizer, texts: list[str], device: torch.device, pad_to_max: bool) -> torch.Tensor:
+    if pad_to_max:
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
+    else:
+        ids = tokenizer(texts, padding="longest", max_length=tokenizer.model_max_length, truncation=True)
+    return torch.tensor(ids.input_ids, device=device)
+
+
+def text_embeddings(clip, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
+    """Normalised CLIP text embeddings. CLIP's text tower is causal and pools at the EOS token, so padding to the
+    batch's longest text gives the same embeddings as padding to ``model_max_length``."""
+    ids = _tokenize(tokenizer, texts, device, pad_to_max=False)
+    emb = clip.get_text_features(input_ids=ids)
+    emb = getattr(emb, "pooler_output", emb)
+    return F.normalize(emb, dim=-1)
+
+
+def image_embeddings(clip, pixels: torch.Tensor) -> torch.Tensor:
+    emb = clip.get_image_features(pixel_values=pixels)
+    emb = getattr(emb, "pooler_output", emb)
+    return F.normalize(emb, dim=-1)
+
+
+def clip_batch(
+    scenes: list[Scene], rng: random.Random, batch: int, hard: int
+) -> tuple[list[Scene], list[str], list[Scene], list[str]]:
+    """A CLIP batch: ``batch // 2`` scenes and one one-attribute variant of each, with a varied caption each; and
+    ``hard`` captions of further one-attribute variants per scene (extra negatives for image -> text).
+
+    Returns (scenes, their captions, the negatives' scenes, the negatives' captions).
+    """
+    from .captions import caption
+
+    base = [scenes[rng.randrange(len(scenes))] for _ in range(batch // 2)]
+    picked: list[Scene] = []
+    for s in base:
+        picked += [s, rng.choice(one_attribute_variants(s))]
+    captions = [caption(s, rng) for s in picked]
+    negative_scenes: list[Scene] = []
+    for s in picked:
+        variants = one_attribute_variants(s)
+        negative_scenes += rng.sample(variants, min(hard, len(variants)))
+    negatives = [caption(v, rng) for v in negative_scenes]
+    return picked, captions, negative_scenes, negatives
+
+
+def clip_loss(
+    clip, image_emb: torch.Tensor, text_emb: torch.Tensor, negative_emb: torch.Tensor, same: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE; image -> text also against the hard negatives. ``same[i, j]`` is True where candidate
+    caption j (positives, then negatives) describes image i's scene: those are not negatives of image i (a
+    variant's variant can be the scene itself), so they are left out of its softmax."""
+    scale = clip.logit_scale.exp().clamp(max=100)
+    b = image_emb.shape[0]
+    target = torch.arange(b, device=image_emb.device)
+    eye = torch.zeros_like(same)
+    eye[target, target] = True
+    mask = same & ~eye
+    i2t = (scale * image_emb @ torch.cat([text_emb, negative_emb]).T).masked_fill(mask, float("-inf"))
+    t2i = (scale * text_emb @ image_emb.T).masked_fill(mask[:, :b], float("-inf"))
+    return 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
+
+
+def same_scene_mask(picked: list[Scene], candidates: list[Scene], device: torch.device) -> torch.Tensor:
+    ids: dict[Scene, int] = {}
+    a = torch.tensor([ids.setdefault(s, len(ids)) for s in picked])
+    c = torch.tensor([ids.setdefault(s, len(ids)) for s in candidates])
+    return (a[:, None] == c[None, :]).to(device)
+
+
+def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
+    """Train CLIP contrastively with one-attribute hard negatives; save it with its tokenizer and processor."""
+    from transformers import CLIPImageProcessor, CLIPTokenizer
+
+    from .render import render_batch
+
+    out_dir = Path(out_dir)
+    final = clip_final_path(out_dir)
+    if (final / "config.json").is_file():
+        return final
+    work = out_dir / "work" / "clip"
+    _, scenes = load_dataset(out_dir / "work", settings.n_scenes, settings.seed)
+    tok_dir = work / "tokenizer"
+    if (tok_dir / "tokenizer_config.json").is_file():
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    else:
+        n_texts = settings.tokenizer_texts
+        tokenizer = build_tokenizer(cfg.clip, tokenizer_corpus(n_texts - n_texts // 3, n_texts // 3))
+        _save_pretrained_atomic(tokenizer, tok_dir)
+    clip = build_clip(cfg.clip, tokenizer, seed=settings.seed).to(device).train()
+    opt = torch.optim.AdamW(clip.parameters(), lr=settings.clip_lr, weight_decay=0.05)
+    ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
+    start = 0
+    loaded = ckpt.load()
+    if loaded is not None:
+        weights, state = loaded
+        clip.load_state_dict(unprefixed("clip", weights))
+        opt.load_state_dict(state["optimizer"])
+        _optimizer_to(opt, device)
+        start = int(state["step"])
+    print(
+        f"CLIP: {count_parameters(clip) / 1e6:.2f}M parameters (text {count_parameters(clip.text_model) / 1e6:.2f}M), "
+        f"vocabulary {len(tokenizer)}, max length {tokenizer.model_max_length}, resuming at step {start}",
+        flush=True,
+    )
+
+    def step_fn(step: int) -> float:
+        rng = random.Random(step_seed(settings.seed, "clip", step))
+        picked, captions, negative_scenes, negatives = clip_batch(
+            scenes, rng, settings.clip_batch, settings.clip_hard_captions
+        )
+        same = same_scene_mask(picked, picked + negative_scenes, device)
+        pixels = clip_pixels(render_batch(picked)).to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings.clip_steps, settings.clip_lr, 100)
+        image_emb = image_embeddings(clip, pixels)
+        all_text = text_embeddings(clip, tokenizer, captions + negatives, device)
+        loss = clip_loss(clip, image_emb, all_text[: len(captions)], all_text[len(captions) :], same)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    def save_fn(step: int) -> None:
+        ckpt.save(step, prefixed("clip", clip.state_dict()), {"optimizer": opt.state_dict()})
+
+    _loop("clip", settings.clip_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
+
+    clip = clip.to("cpu").eval()
+    processor = CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": cfg.image_size},
+        do_center_crop=True,
+        crop_size={"height": cfg.image_size, "width": cfg.image_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_convert_rgb=True,
+    )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".clip.", dir=final.parent))
+    try:
+        clip.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings), indent=1))
+    return final
+
+
+# ---------------------------------------------------------------------------
+# UNet
+# ---------------------------------------------------------------------------
+
+
+def base_final_path(out_dir: Path) -> Path:
+    return Path(out_dir) / "base"
+
+
+def encode_latents(vae, images: np.ndarray, device: torch.device, batch: int = 256, desc: str = "encode") -> torch.Tensor:
+    """Scaled VAE latents (posterior means) of uint8 renders."""
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images), batch), desc=desc, leave=False, mininterval=5):
+            x = to_tensor(images[i : i + batch]).to(device)
+            out.append(vae.encode(x).latent_dist.mean.cpu() * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def _cached_latents(work: Path, vae, images: np.ndarray, device: torch.device) -> torch.Tensor:
+    path = work / "latents.safetensors"
+    if path.is_file():
+        lat = load_file(path)["latents"]
+        if len(lat) == len(images):
+            return lat
+    lat = encode_latents(vae, images, device, desc="cache latents")
+    _atomic_write(path, lambda tmp: save_file({"latents": lat.contiguous()}, tmp))
+    return lat
+
+
+def load_text_encoder(clip_dir: Path, device: torch.device):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    text_encoder = CLIPTextModel.from_pretrained(clip_dir).to(device).eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    return text_encoder, tokenizer
+
+
+def encode_prompts(text_encoder, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
+    """The UNet's conditioning exactly as StableDiffusionPipeline computes it (padded to model_max_length)."""
+    ids = _tokenize(tokenizer, texts, device, pad_to_max=True)
+    with torch.no_grad():
+        return text_encoder(ids)[0]
+
+
+def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
+    """Train the UNet on cached latents with v-prediction over a zero-terminal-SNR schedule; save the pipeline."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    from .captions import caption
+
+    out_dir = Path(out_dir)
+    final = base_final_path(out_dir)
+    if (final / "model_index.json").is_file():
+        return final
+    work = out_dir / "work" / "unet"
+    images, scenes = load_dataset(out_dir / "work", settings.n_scenes, settings.seed)
+    vae = AutoencoderKL.from_pretrained(vae_final_path(out_dir)).to(device).eval().requires_grad_(False)
+    text_encoder, tokenizer = load_text_encoder(clip_final_path(out_dir), device)
+    latents = _cached_latents(work, vae, images, device)
+    n = len(latents)
+    unet = build_unet(cfg.unet, text_encoder.config.hidden_size, seed=settings.seed).to(device).train()
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    opt = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.01)
+    noise_scheduler = DDPMScheduler.from_config(build_scheduler(cfg.scheduler).config)
+    ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
+    start = 0
+    loaded = ckpt.load()
+    if loaded is not None:
+        weights, state = loaded
+        unet.load_state_dict(unprefixed("unet", weights))
+        # clone: fresh, aligned memory (safetensors tensors can sit at odd offsets, where SIMD kernels round
+        # differently in the last bit)
+        ema = {k: v.to(device).clone() for k, v in unprefixed("ema", weights).items()}
+        opt.load_state_dict(state["optimizer"])
+        _optimizer_to(opt, device)
+        start = int(state["step"])
+    print(f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters, {n} latents, resuming at step {start}", flush=True)
+    float_keys = [k for k, v in ema.items() if v.is_floating_point()]
+
+    def step_fn(step: int) -> float:
+        g = torch.Generator().manual_seed(step_seed(settings.seed, "unet", step))
+        rng = random.Random(step_seed(settings.seed, "unet", step))
+        b = settings.unet_batch
+        idx = torch.randint(0, n, (b,), generator=g)
+        texts = []
+        for i in idx.tolist():
+            u = rng.random()
+            if u < settings.caption_dropout:
+                texts.append("")
+            else:
+                texts.append(caption(scenes[i], None if u < settings.caption_dropout + settings.canonical_captions else rng))
+        cond = encode_prompts(text_encoder, tokenizer, texts, device)
+        x0 = latents[idx].to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g).to(device)
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        target = noise_scheduler.get_velocity(x0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, settings.unet_steps, settings.unet_lr, settings.unet_warmup)
+        pred = unet(noisy, t, cond).sample
+        loss = F.mse_loss(pred.float(), target.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(settings.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            current = unet.state_dict()
+            for k in float_keys:
+                ema[k].lerp_(current[k], 1 - decay)
+        return float(loss.detach())
+
+    def save_fn(step: int) -> None:
+        ckpt.save(step, {**prefixed("unet", unet.state_dict()), **prefixed("ema", ema)}, {"optimizer": opt.state_dict()})
+
+    _loop("unet", settings.unet_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
+
+    unet.load_state_dict(ema)
+    save_base_pipeline(final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg)
+    (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings), indent=1))
+    return final
+
+
+def save_base_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, cfg: BaseModelConfig) -> Path:
+    """Save a StableDiffusionPipeline folder (safetensors, no safety checker) atomically."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae.to("cpu"),
+        text_encoder=text_encoder.to("cpu"),
+        tokenizer=tokenizer,
+        unet=unet.to("cpu"),
+        scheduler=build_scheduler(cfg.scheduler),
+        **PIPELINE_KWARGS,
+    )
+    _save_pretrained_atomic(pipe, Path(folder))
+    return Path(folder)
+
+
+def export_checkpoint(out_dir: Path, folder: Path, step: int | None = None, ema: bool = True, preset_name: str = "toy") -> Path:
+    """A pipeline folder from a UNet checkpoint (its EMA weights by default), to evaluate a run before it ends."""
+    from diffusers import AutoencoderKL
+
+    out_dir = Path(out_dir)
+    cfg = _load_config(out_dir, preset_name)
+    ckpt = Checkpointer(out_dir / "work" / "unet" / "checkpoints")
+    step = ckpt.latest() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no UNet checkpoint under {ckpt.folder}")
+    weights = load_file(ckpt.folder / f"step-{step}.safetensors")
+    vae = AutoencoderKL.from_pretrained(vae_final_path(out_dir))
+    text_encoder, tokenizer = load_text_encoder(clip_final_path(out_dir), torch.device("cpu"))
+    unet = build_unet(cfg.unet, text_encoder.config.hidden_size)
+    unet.load_state_dict(unprefixed("ema" if ema else "unet", weights))
+    return save_base_pipeline(Path(folder), vae, text_encoder, tokenizer, unet.eval(), cfg)
+
+
+def export_bundle(out_dir: Path, dest: Path) -> dict[str, Path]:
+    """Copy the final models into ``dest/base`` and ``dest/clip`` for bundling, with the UNet and VAE weights
+    stored in fp16 (diffusers casts them back to fp32 when loading without ``torch_dtype``). The transformers
+    models (text encoder, CLIP) stay fp32: transformers would keep fp16 weights in fp16.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    out_dir, dest = Path(out_dir), Path(dest)
+    pipe = StableDiffusionPipeline.from_pretrained(base_final_path(out_dir), **PIPELINE_KWARGS)
+    pipe.unet.to(torch.float16)
+    pipe.vae.to(torch.float16)
+    _save_pretrained_atomic(pipe, dest / "base")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".clip.", dir=dest))
+    try:
+        shutil.copytree(clip_final_path(out_dir), tmp, dirs_exist_ok=True)
+        if (dest / "clip").exists():
+            shutil.rmtree(dest / "clip")
+        os.replace(tmp, dest / "clip")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"base": dest / "base", "clip": dest / "clip"}
+
+
+def _load_config(out_dir: Path, preset_name: str) -> BaseModelConfig:
+    record = Path(out_dir) / "work" / "config.json"
+    if record.is_file():
+        return config_from_dict(json.loads(record.read_text()))
+    return preset(preset_name)
+
+
+def config_from_dict(d: dict) -> BaseModelConfig:
+    from .models import CLIPSettings, SchedulerConfig, UNetConfig, VAEConfig
+
+    def build(cls, values):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    return BaseModelConfig(
+        vae=build(VAEConfig, d["vae"]),
+        clip=build(CLIPSettings, d["clip"]),
+        unet=build(UNetConfig, d["unet"]),
+        scheduler=build(SchedulerConfig, d["scheduler"]),
+        image_size=d["image_size"],
+    )
+
+
+# ---------------------------------------------------------------------------
+# All three
+# ---------------------------------------------------------------------------
+
+
+def train_base(
+    out_dir: str | os.PathLike,
+    device: str = "auto",
+    cfg: BaseModelConfig | None = None,
+    settings: TrainSettings | None = None,
+    stages: Iterable[str] = ("vae", "clip", "unet"),
+) -> dict[str, Path]:
+    """Train (or resume, or skip what is done) the VAE, CLIP and the UNet; returns the final folders.
+
+    Returns ``{"vae": ..., "clip": out_dir/clip, "base": out_dir/base}`` for the stages run.
+    """
+    from ip2p.devices import pick_device
+
+    out_dir = Path(out_dir)
+    settings = settings or TrainSettings()
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(settings.threads)
+    record = out_dir / "work" / "config.json"
+    if cfg is None:
+        cfg = _load_config(out_dir, "toy")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    out: dict[str, Path] = {}
+    stages = tuple(stages)
+    if "vae" in stages:
+        out["vae"] = train_vae(out_dir, cfg, settings, dev)
+    if "clip" in stages:
+        out["clip"] = train_clip(out_dir, cfg, settings, dev)
+    if "unet" in stages:
+        out["base"] = train_unet(out_dir, cfg, settings, dev)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = TrainSettings()
+    p = argparse.ArgumentParser(prog="python -m ip2p.toy.train_base", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (base/ and clip/ are the final models)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, mps")
+    p.add_argument("--preset", default="toy", help="architecture preset: toy (default) or test (tiny)")
+    p.add_argument("--stages", default="vae,clip,unet", help="comma-separated stages to run, in order")
+    for f in dataclasses.fields(TrainSettings):
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+    # Short aliases named in the docs.
+    for stage in ("vae", "clip", "unet"):
+        p.add_argument(f"--steps-{stage}", type=int, default=None, help=f"alias of --{stage}-steps")
+    p.add_argument("--export", default=None, metavar="DIR", help="after training, write DIR/base and DIR/clip for "
+                   "bundling (UNet and VAE weights in fp16)")
+    args = p.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
+    for stage in ("vae", "clip", "unet"):
+        alias = getattr(args, f"steps_{stage}")
+        if alias is not None:
+            values[f"{stage}_steps"] = alias
+    settings = TrainSettings(**values)
+    out_dir = Path(args.out)
+    cfg = _load_config(out_dir, args.preset) if (out_dir / "work" / "config.json").is_file() else preset(args.preset)
+    result = train_base(out_dir, args.device, cfg, settings, stages=args.stages.split(","))
+    if args.export:
+        result.update({f"export-{k}": v for k, v in export_bundle(out_dir, Path(args.export)).items()})
+    for name, path in result.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

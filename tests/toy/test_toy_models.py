@@ -1,0 +1,199 @@
+"""The toy base model's code paths on tiny configs: build, train a step of each stage, resume exactly, load the
+saved folders offline and generate."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ip2p.toy import quality
+from ip2p.toy.models import (
+    build_clip,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    count_parameters,
+    preset,
+    tokenizer_corpus,
+)
+from ip2p.toy.scene import random_scene
+from ip2p.toy.train_base import (
+    Checkpointer,
+    TrainSettings,
+    heldout_scenes,
+    one_attribute_variants,
+    train_base,
+    training_scenes,
+)
+
+PIPE_KWARGS = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def tiny_settings(**overrides) -> TrainSettings:
+    values = dict(
+        n_scenes=48,
+        ckpt_every=1,
+        threads=1,
+        tokenizer_texts=300,
+        vae_steps=2,
+        vae_batch=4,
+        clip_steps=2,
+        clip_batch=8,
+        unet_steps=2,
+        unet_batch=4,
+    )
+    values.update(overrides)
+    return TrainSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy-base")
+    result = train_base(out, "cpu", preset("test"), tiny_settings())
+    return out, result
+
+
+def test_bundled_preset_fits_the_size_budget():
+    cfg = preset("toy")
+    tok = build_tokenizer(cfg.clip, tokenizer_corpus(300, 100))
+    vae, clip, unet = build_vae(cfg.vae), build_clip(cfg.clip, tok), build_unet(cfg.unet, cfg.clip.text_hidden)
+    n_vae, n_clip, n_unet = count_parameters(vae), count_parameters(clip), count_parameters(unet)
+    assert n_unet <= 7_000_000
+    # Bundled: base (VAE, text tower, UNet) + clip (both towers), stored in fp16: well under 40 MB.
+    total = n_vae + count_parameters(clip.text_model) + n_unet + n_clip
+    assert total * 2 < 40e6
+    assert vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean.shape == (1, 4, 16, 16)
+
+
+def test_tokenizer_makes_world_words_single_tokens():
+    tok = build_tokenizer(preset("test").clip, tokenizer_corpus(300, 100))
+    text = "a small purple heart in the bottom left corner on a navy background, drawn as outlines"
+    assert len(tok(text).input_ids) == len(text.replace(",", " ,").split()) + 2
+    assert tok.model_max_length % 8 == 0 and tok.model_max_length >= 44
+
+
+def test_one_attribute_variants_differ_in_exactly_one_attribute():
+    rng = random.Random(0)
+    for _ in range(20):
+        scene = random_scene(rng)
+        variants = one_attribute_variants(scene)
+        assert variants and scene not in variants and len(set(variants)) == len(variants)
+        for v in variants:
+            v.validate()
+            changes = (v.background != scene.background) + (v.style != scene.style)
+            changes += len(set(v.shapes) - set(scene.shapes))
+            assert changes == 1
+
+
+def test_training_scenes_exclude_heldout():
+    held = {s for group in heldout_scenes().values() for s in group}
+    assert len(heldout_scenes()["one"]) == 100 and len(heldout_scenes()["two"]) == 100
+    assert not held & set(training_scenes(500, seed=3))
+
+
+def test_train_base_writes_loadable_models(trained, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPModel, CLIPTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out, result = trained
+    assert result["base"] == out / "base" and result["clip"] == out / "clip"
+    pipe = StableDiffusionPipeline.from_pretrained(out / "base", local_files_only=True, **PIPE_KWARGS)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.rescale_betas_zero_snr
+    image = pipe(
+        "a small red circle at the top left on a navy background",
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert image.size == (64, 64)
+    clip = CLIPModel.from_pretrained(out / "clip", local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(out / "clip", local_files_only=True)
+    assert clip.config.text_config.eos_token_id == tok.eos_token_id
+    assert clip.config.text_config.max_position_embeddings == tok.model_max_length
+    # The pipeline's text encoder is CLIP's text tower.
+    for name, value in pipe.text_encoder.state_dict().items():
+        torch.testing.assert_close(value, clip.text_model.state_dict()[name.removeprefix("text_model.")])
+
+
+def test_stages_are_skipped_when_done(trained):
+    out, _ = trained
+    before = (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    train_base(out, "cpu", preset("test"), tiny_settings(unet_steps=5))
+    assert (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+
+
+def _restart_stage(src, dst, stage):
+    """A copy of a finished run with one stage undone (its checkpoints and final output removed)."""
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / ("base" if stage == "unet" else "work/vae/final"))
+    shutil.rmtree(dst / "work" / stage / "checkpoints")
+    return dst / "work" / stage / "checkpoints"
+
+
+@pytest.mark.parametrize("stage", ["vae", "unet"])
+def test_resume_reaches_the_same_state(trained, tmp_path, stage):
+    """Stop after one step and run again: the second step's checkpoint equals an uninterrupted run's, bit for bit."""
+    out, _ = trained
+    straight = _restart_stage(out, tmp_path / "straight", stage)
+    train_base(tmp_path / "straight", "cpu", preset("test"), tiny_settings(), stages=(stage,))
+    resumed = _restart_stage(out, tmp_path / "resumed", stage)
+    train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(**{f"{stage}_steps": 1}), stages=(stage,))
+    assert Checkpointer(resumed).latest() == 1
+    shutil.rmtree(tmp_path / "resumed" / ("base" if stage == "unet" else "work/vae/final"))
+    train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=(stage,))
+    assert Checkpointer(resumed).latest() == 2
+    a = load_file(straight / "step-2.safetensors")
+    b = load_file(resumed / "step-2.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    sa = torch.load(straight / "step-2.pt", weights_only=True)
+    sb = torch.load(resumed / "step-2.pt", weights_only=True)
+    assert sa["step"] == sb["step"] == 2
+    for pid, st in sa["optimizer"]["state"].items():
+        torch.testing.assert_close(st["exp_avg_sq"], sb["optimizer"]["state"][pid]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_quality_measures_run(trained):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from ip2p.toy.render import render_batch
+
+    out, _ = trained
+    scenes = heldout_scenes()["mixed"][:4]
+    vae = AutoencoderKL.from_pretrained(out / "base" / "vae")
+    psnr = quality.vae_psnr(vae, render_batch(scenes))
+    assert np.isfinite(psnr["vae_psnr_db"])
+    clip = CLIPModel.from_pretrained(out / "clip")
+    tok = CLIPTokenizer.from_pretrained(out / "clip")
+    r = quality.clip_retrieval(clip, tok, scenes)
+    assert 0.0 <= r["clip_top1"] <= 1.0
+    pipe = quality.load_pipeline(out / "base", torch.device("cpu"))
+    sets = {"one": heldout_scenes()["one"][:2], "two": heldout_scenes()["two"][:2]}
+    res, samples = quality.text_to_image(pipe, sets, guidance=2.0, steps=2)
+    assert 0.0 <= res["t2i_one_shape"] <= 1.0 and samples["one"][0].shape == (2, 64, 64, 3)
+
+
+def test_export_bundle_loads_in_fp32(trained, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from ip2p.toy.train_base import export_bundle
+
+    out, _ = trained
+    paths = export_bundle(out, tmp_path / "weights")
+    pipe = StableDiffusionPipeline.from_pretrained(paths["base"], **PIPE_KWARGS)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float32
+    assert (paths["clip"] / "model.safetensors").is_file()
+    ref = load_file(out / "base" / "unet" / "diffusion_pytorch_model.safetensors")
+    for k, v in pipe.unet.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-4)
