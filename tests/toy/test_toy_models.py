@@ -61,7 +61,11 @@ def trained(tmp_path_factory):
 def test_bundled_preset_fits_the_size_budget():
     cfg = preset("toy")
     tok = build_tokenizer(cfg.clip, tokenizer_corpus(300, 100))
-    vae, clip, unet = build_vae(cfg.vae), build_clip(cfg.clip, tok), build_unet(cfg.unet, cfg.clip.text_hidden)
+    vae, clip, unet = (
+        build_vae(cfg.vae),
+        build_clip(cfg.clip, tok),
+        build_unet(cfg.unet, cfg.clip.text_hidden),
+    )
     n_vae, n_clip, n_unet = count_parameters(vae), count_parameters(clip), count_parameters(unet)
     assert n_unet <= 7_000_000
     # Bundled: base (VAE, text tower, UNet) + clip (both towers), stored in fp16: well under 40 MB.
@@ -146,7 +150,9 @@ def test_resume_reaches_the_same_state(trained, tmp_path, stage):
     straight = _restart_stage(out, tmp_path / "straight", stage)
     train_base(tmp_path / "straight", "cpu", preset("test"), tiny_settings(), stages=(stage,))
     resumed = _restart_stage(out, tmp_path / "resumed", stage)
-    train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(**{f"{stage}_steps": 1}), stages=(stage,))
+    train_base(
+        tmp_path / "resumed", "cpu", preset("test"), tiny_settings(**{f"{stage}_steps": 1}), stages=(stage,)
+    )
     assert Checkpointer(resumed).latest() == 1
     shutil.rmtree(tmp_path / "resumed" / ("base" if stage == "unet" else "work/vae/final"))
     train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=(stage,))
@@ -160,7 +166,9 @@ def test_resume_reaches_the_same_state(trained, tmp_path, stage):
     sb = torch.load(resumed / "step-2.pt", weights_only=True)
     assert sa["step"] == sb["step"] == 2
     for pid, st in sa["optimizer"]["state"].items():
-        torch.testing.assert_close(st["exp_avg_sq"], sb["optimizer"]["state"][pid]["exp_avg_sq"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            st["exp_avg_sq"], sb["optimizer"]["state"][pid]["exp_avg_sq"], rtol=0, atol=0
+        )
 
 
 def test_quality_measures_run(trained):

@@ -33,7 +33,10 @@ class VAEConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # 3 levels: factor 4
     layers_per_block: int = 1
     latent_channels: int = 4
-    norm_num_groups: int = 32
+    # 8 groups (4-8 channels each): with 32 groups of one channel, GroupNorm is an instance norm that wipes each
+    # channel's image-wide level (the background colour); measured: 22.1 dB after 150 steps with 8 groups (and an
+    # MSE loss) against 18.0 dB after 200 with 32 groups (and L1).
+    norm_num_groups: int = 8
     # No attention: the VAE is then fully convolutional, so training on crops is exact (and cheaper); flat shapes
     # need no global context.
     mid_block_add_attention: bool = False
@@ -199,7 +202,9 @@ def build_clip(settings: CLIPSettings, tokenizer: CLIPTokenizer, seed: int = 0) 
     return CLIPModel(clip_config(settings, tokenizer))
 
 
-def build_unet(cfg: UNetConfig, cross_attention_dim: int, seed: int = 0, sample_size: int = 16) -> UNet2DConditionModel:
+def build_unet(
+    cfg: UNetConfig, cross_attention_dim: int, seed: int = 0, sample_size: int = 16
+) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))

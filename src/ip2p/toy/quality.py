@@ -115,8 +115,15 @@ def clip_retrieval(clip, tokenizer, scenes, seed: int = 0, varied: bool = False)
     return out
 
 
-def generate(pipe, prompts: list[str], guidance: float, steps: int = 50, seed: int = 0, batch: int = 50,
-             guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE) -> np.ndarray:
+def generate(
+    pipe,
+    prompts: list[str],
+    guidance: float,
+    steps: int = 50,
+    seed: int = 0,
+    batch: int = 50,
+    guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
+) -> np.ndarray:
     """uint8 (N, 64, 64, 3) samples, one seeded generator per prompt (independent of the batch size)."""
     out = []
     for i in range(0, len(prompts), batch):
@@ -149,8 +156,15 @@ def judge_samples(images: np.ndarray, scenes) -> tuple[list[bool], dict[str, flo
     return flags, {k: float(np.mean(v)) for k, v in per_attr.items()}
 
 
-def text_to_image(pipe, sets: dict[str, list], guidance: float, steps: int = 50, seed: int = 0, limit: int | None = None,
-                  guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE):
+def text_to_image(
+    pipe,
+    sets: dict[str, list],
+    guidance: float,
+    steps: int = 50,
+    seed: int = 0,
+    limit: int | None = None,
+    guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
+):
     """Oracle-judged text-to-image accuracy on the one- and two-shape held-out captions."""
     from .captions import caption
 
@@ -182,7 +196,10 @@ def sample_grid(samples: dict, path: Path, per_set: int = 16, columns: int = 8, 
     font = ImageFont.load_default()
     for i, (img, prompt, ok) in enumerate(items):
         x, y = (i % columns) * (tile + 2 * pad), (i // columns) * (tile + text_h + 2 * pad)
-        draw.rectangle([x, y, x + tile + 2 * pad - 1, y + tile + 2 * pad - 1], fill=(40, 170, 60) if ok else (210, 40, 40))
+        draw.rectangle(
+            [x, y, x + tile + 2 * pad - 1, y + tile + 2 * pad - 1],
+            fill=(40, 170, 60) if ok else (210, 40, 40),
+        )
         sheet.paste(Image.fromarray(img).resize((tile, tile), Image.NEAREST), (x + pad, y + pad))
         words, lines, line = prompt.split(), [], ""
         for w in words:
@@ -296,18 +313,32 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ip2p.toy.quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="train_base output folder, a base pipeline folder, or 'toy'")
-    p.add_argument("--out", default=None, help="where quality.json and samples.png go (default: MODEL/quality)")
+    p.add_argument(
+        "--model", required=True, help="train_base output folder, a base pipeline folder, or 'toy'"
+    )
+    p.add_argument(
+        "--out", default=None, help="where quality.json and samples.png go (default: MODEL/quality)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--only", default="vae,clip,t2i", help="comma-separated subset of vae,clip,t2i")
-    p.add_argument("--guidance", default=str(DEFAULT_GUIDANCE), help="CFG scale, or several comma-separated (best kept)")
+    p.add_argument(
+        "--guidance", default=str(DEFAULT_GUIDANCE), help="CFG scale, or several comma-separated (best kept)"
+    )
     p.add_argument("--guidance-rescale", type=float, default=DEFAULT_GUIDANCE_RESCALE)
     p.add_argument("--steps", type=int, default=50, help="sampling steps")
-    p.add_argument("--limit", type=int, default=None, help="only the first N captions of each set (quick looks)")
-    p.add_argument("--checkpoint", default=None, help="'latest' or a step: evaluate a UNet checkpoint's EMA weights")
+    p.add_argument(
+        "--limit", type=int, default=None, help="only the first N captions of each set (quick looks)"
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="'latest' or a step: evaluate a UNet checkpoint's EMA weights"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    out = Path(args.out) if args.out else (Path("toy-quality") if args.model == "toy" else Path(args.model) / "quality")
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path("toy-quality") if args.model == "toy" else Path(args.model) / "quality")
+    )
     result = measure(
         args.model,
         out,

@@ -80,7 +80,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     threads: int = 2
     # VAE
-    vae_steps: int = 900
+    vae_steps: int = 1200
     vae_batch: int = 16
     # Train on random crops of this side (a multiple of 4); 0: whole renders. Crops are cheaper but GroupNorm's
     # statistics then differ from whole images' (measured: 19 dB on whole renders after training on 32 px crops).
@@ -88,7 +88,8 @@ class TrainSettings:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     # CLIP
-    tokenizer_texts: int = 9000  # world texts (2/3 captions, 1/3 instructions) the tokenizer's merges are learnt on
+    # World texts (2/3 captions, 1/3 instructions) the tokenizer's merges are learnt on.
+    tokenizer_texts: int = 9000
     clip_steps: int = 700
     clip_batch: int = 64  # scenes per batch, half of them one-attribute variants of the other half
     clip_hard_captions: int = 2  # extra one-attribute-distractor captions per image
@@ -130,7 +131,11 @@ def one_attribute_variants(scene: Scene) -> list[Scene]:
         options += [dataclasses.replace(s, size=z) for z in SIZES if z != s.size]
         options += [dataclasses.replace(s, position=p) for p in scene.free_positions()]
         out += [dataclasses.replace(scene, shapes=(*others, o)) for o in options]
-    out += [dataclasses.replace(scene, background=b) for b in BACKGROUNDS if b != scene.background and b not in used]
+    out += [
+        dataclasses.replace(scene, background=b)
+        for b in BACKGROUNDS
+        if b != scene.background and b not in used
+    ]
     out += [dataclasses.replace(scene, style=st) for st in STYLES if st != scene.style]
     return [v.validate() for v in out]
 
@@ -187,7 +192,10 @@ def load_dataset(work: Path, n: int, seed: int) -> tuple[np.ndarray, list[Scene]
             return np.load(images_path, mmap_mode="r"), [scene_from_list(s) for s in meta["scenes"]]
     scenes = training_scenes(n, seed)
     images = np.concatenate(
-        [render_batch(scenes[i : i + 1000]) for i in tqdm(range(0, n, 1000), desc="render scenes", leave=False)]
+        [
+            render_batch(scenes[i : i + 1000])
+            for i in tqdm(range(0, n, 1000), desc="render scenes", leave=False)
+        ]
     )
 
     def save_npy(tmp: str) -> None:
@@ -239,9 +247,13 @@ class Checkpointer:
         _atomic_write(self.folder / f"step-{step}.safetensors", lambda tmp: save_file(tensors, tmp))
         full = dict(state, step=step, torch_rng=torch.get_rng_state(), python_rng=random.getstate())
         _atomic_write(self.folder / f"step-{step}.pt", lambda tmp: torch.save(full, tmp))
-        _atomic_write(self.folder / "latest.json", lambda tmp: Path(tmp).write_text(json.dumps({"step": step})))
+        _atomic_write(
+            self.folder / "latest.json", lambda tmp: Path(tmp).write_text(json.dumps({"step": step}))
+        )
         steps = sorted(
-            int(p.stem.split("-")[1]) for p in self.folder.glob("step-*.safetensors") if p.stem.split("-")[1].isdigit()
+            int(p.stem.split("-")[1])
+            for p in self.folder.glob("step-*.safetensors")
+            if p.stem.split("-")[1].isdigit()
         )
         for old in steps[: -self.keep]:
             for suffix in (".safetensors", ".pt"):
@@ -344,7 +356,7 @@ def vae_final_path(out_dir: Path) -> Path:
 
 
 def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
-    """Train the autoencoder (L1 reconstruction + ``vae_kl_weight`` x KL) and set its latent scaling factor."""
+    """Train the autoencoder (MSE reconstruction + ``vae_kl_weight`` x KL) and set its latent scaling factor."""
     from diffusers import AutoencoderKL
 
     out_dir = Path(out_dir)
@@ -370,7 +382,10 @@ def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, devi
         _optimizer_to(opt, device)
         start = int(state["step"])
     crop = settings.vae_crop or cfg.image_size
-    print(f"VAE: {count_parameters(vae) / 1e6:.2f}M parameters, {n} scenes, resuming at step {start}", flush=True)
+    print(
+        f"VAE: {count_parameters(vae) / 1e6:.2f}M parameters, {n} scenes, resuming at step {start}",
+        flush=True,
+    )
 
     def step_fn(step: int) -> float:
         g = torch.Generator().manual_seed(step_seed(settings.seed, "vae", step))
@@ -387,7 +402,9 @@ def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, devi
         noise = torch.randn(posterior.mean.shape, generator=g).to(device)
         z = posterior.mean + posterior.std * noise
         rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + settings.vae_kl_weight * posterior.kl().mean()
+        # MSE (what PSNR measures): its gradient is led by the large errors on shapes, where L1's is led by the
+        # many background pixels.
+        loss = F.mse_loss(rec, x) + settings.vae_kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -403,7 +420,12 @@ def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, devi
     vae.eval()
     with torch.no_grad():
         sample = to_tensor(images[: min(n, 2048)])
-        lat = torch.cat([vae.encode(sample[i : i + 256].to(device)).latent_dist.mean.cpu() for i in range(0, len(sample), 256)])
+        lat = torch.cat(
+            [
+                vae.encode(sample[i : i + 256].to(device)).latent_dist.mean.cpu()
+                for i in range(0, len(sample), 256)
+            ]
+        )
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
     _save_pretrained_atomic(vae.to("cpu"), final)
     (work / "vae" / "settings.json").write_text(json.dumps(_settings_record(cfg, settings), indent=1))
@@ -615,7 +637,9 @@ def base_final_path(out_dir: Path) -> Path:
     return Path(out_dir) / "base"
 
 
-def encode_latents(vae, images: np.ndarray, device: torch.device, batch: int = 256, desc: str = "encode") -> torch.Tensor:
+def encode_latents(
+    vae, images: np.ndarray, device: torch.device, batch: int = 256, desc: str = "encode"
+) -> torch.Tensor:
     """Scaled VAE latents (posterior means) of uint8 renders."""
     out = []
     with torch.no_grad():
@@ -683,7 +707,10 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         opt.load_state_dict(state["optimizer"])
         _optimizer_to(opt, device)
         start = int(state["step"])
-    print(f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters, {n} latents, resuming at step {start}", flush=True)
+    print(
+        f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters, {n} latents, resuming at step {start}",
+        flush=True,
+    )
     float_keys = [k for k, v in ema.items() if v.is_floating_point()]
 
     def step_fn(step: int) -> float:
@@ -697,7 +724,11 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
             if u < settings.caption_dropout:
                 texts.append("")
             else:
-                texts.append(caption(scenes[i], None if u < settings.caption_dropout + settings.canonical_captions else rng))
+                texts.append(
+                    caption(
+                        scenes[i], None if u < settings.caption_dropout + settings.canonical_captions else rng
+                    )
+                )
         cond = encode_prompts(text_encoder, tokenizer, texts, device)
         x0 = latents[idx].to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
@@ -720,7 +751,11 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         return float(loss.detach())
 
     def save_fn(step: int) -> None:
-        ckpt.save(step, {**prefixed("unet", unet.state_dict()), **prefixed("ema", ema)}, {"optimizer": opt.state_dict()})
+        ckpt.save(
+            step,
+            {**prefixed("unet", unet.state_dict()), **prefixed("ema", ema)},
+            {"optimizer": opt.state_dict()},
+        )
 
     _loop("unet", settings.unet_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
 
@@ -746,7 +781,9 @@ def save_base_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, cfg: Ba
     return Path(folder)
 
 
-def export_checkpoint(out_dir: Path, folder: Path, step: int | None = None, ema: bool = True, preset_name: str = "toy") -> Path:
+def export_checkpoint(
+    out_dir: Path, folder: Path, step: int | None = None, ema: bool = True, preset_name: str = "toy"
+) -> Path:
     """A pipeline folder from a UNet checkpoint (its EMA weights by default), to evaluate a run before it ends."""
     from diffusers import AutoencoderKL
 
@@ -865,8 +902,12 @@ def main(argv: list[str] | None = None) -> int:
     # Short aliases named in the docs.
     for stage in ("vae", "clip", "unet"):
         p.add_argument(f"--steps-{stage}", type=int, default=None, help=f"alias of --{stage}-steps")
-    p.add_argument("--export", default=None, metavar="DIR", help="after training, write DIR/base and DIR/clip for "
-                   "bundling (UNet and VAE weights in fp16)")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="after training, write DIR/base and DIR/clip for bundling (UNet and VAE weights in fp16)",
+    )
     args = p.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
     for stage in ("vae", "clip", "unet"):
@@ -875,7 +916,11 @@ def main(argv: list[str] | None = None) -> int:
             values[f"{stage}_steps"] = alias
     settings = TrainSettings(**values)
     out_dir = Path(args.out)
-    cfg = _load_config(out_dir, args.preset) if (out_dir / "work" / "config.json").is_file() else preset(args.preset)
+    cfg = (
+        _load_config(out_dir, args.preset)
+        if (out_dir / "work" / "config.json").is_file()
+        else preset(args.preset)
+    )
     result = train_base(out_dir, args.device, cfg, settings, stages=args.stages.split(","))
     if args.export:
         result.update({f"export-{k}": v for k, v in export_bundle(out_dir, Path(args.export)).items()})
