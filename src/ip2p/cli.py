@@ -147,14 +147,10 @@ def _plan_batch(args: argparse.Namespace) -> list[dict]:
         ]
     if src.suffix.lower() == ".jsonl":
         items = []
-        for n, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CLIError(f"{src}:{n}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or "image" not in row or "instruction" not in row:
+        from ip2p.jsonl import iter_jsonl_objects
+
+        for n, row in iter_jsonl_objects(src, CLIError):
+            if "image" not in row or "instruction" not in row:
                 raise CLIError(f"{src}:{n}: each line needs 'image' and 'instruction'")
             image = Path(row["image"])
             image = image if image.is_absolute() else src.parent / image

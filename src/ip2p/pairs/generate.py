@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ip2p.jsonl import iter_jsonl_objects
 from ip2p.pairs.clip_score import (
     DEFAULT_CLIP,
     ClipScorer,
@@ -202,15 +203,7 @@ def read_triplets(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
     path = Path(path)
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: each line must be a JSON object")
+    for n, row in iter_jsonl_objects(path):
         if "input" not in row and "caption" in row:
             row = {"input": row["caption"], **row}
         missing = [k for k in ("input", "edit", "output") if not isinstance(row.get(k), str)]

@@ -10,10 +10,10 @@ or ``toy`` (``ip2p.toy.seeds.seed_triplets(700, seed=0)``).
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
+from ip2p.jsonl import iter_jsonl_objects
 from ip2p.text.format import Triplet
 
 # Columns tried, in order, when no column is named (the original read LAION's "TEXT").
@@ -96,18 +96,7 @@ def _column(rows: list[dict], column: str | None, where: object) -> list[str]:
 
 
 def _read_jsonl_rows(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TextSourceError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise TextSourceError(f"{path}:{n}: each line must be a JSON object")
-        rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl_objects(path, TextSourceError)]
 
 
 def _read_parquet(path: Path, column: str | None) -> list[str]:
