@@ -205,3 +205,16 @@ def test_export_bundle_loads_in_fp32(trained, tmp_path):
     ref = load_file(out / "base" / "unet" / "diffusion_pytorch_model.safetensors")
     for k, v in pipe.unet.state_dict().items():
         torch.testing.assert_close(v, ref[k], rtol=1e-3, atol=1e-4)
+
+
+def test_decoder_fine_tuning_keeps_the_encoder(trained, tmp_path):
+    from diffusers import AutoencoderKL
+
+    out, _ = trained
+    other = tmp_path / "run"
+    shutil.copytree(out, other)
+    train_base(other, "cpu", preset("test"), tiny_settings(vae_decoder_steps=1), stages=("vae_decoder",))
+    before = AutoencoderKL.from_pretrained(out / "work" / "vae" / "final").state_dict()
+    after = AutoencoderKL.from_pretrained(other / "base" / "vae").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))

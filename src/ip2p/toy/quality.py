@@ -272,7 +272,9 @@ def measure(
 
         vae_dir = base / "vae"
         if not (vae_dir / "config.json").is_file():  # a train_base run whose UNet stage has not finished
-            vae_dir = Path(model) / "work" / "vae" / "final"
+            from .train_base import current_vae_path
+
+            vae_dir = current_vae_path(Path(model))
         vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval()
         result.update(vae_psnr(vae, render_batch(sets["mixed"])))
     if "clip" in only:

@@ -87,6 +87,9 @@ class TrainSettings:
     vae_crop: int = 0
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    # Optional decoder-only fine-tuning after the VAE stage (SD's ft-MSE recipe): the encoder, hence the UNet's
+    # latent space, stays fixed, so it can also run beside or after the UNet stage (it then updates base/vae).
+    vae_decoder_steps: int = 0
     # CLIP
     # World texts (2/3 captions, 1/3 instructions) the tokenizer's merges are learnt on.
     tokenizer_texts: int = 9000
@@ -433,6 +436,79 @@ def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, devi
     return final
 
 
+def vae_decoder_path(out_dir: Path) -> Path:
+    return Path(out_dir) / "work" / "vae" / "decoder-final"
+
+
+def current_vae_path(out_dir: Path) -> Path:
+    """The VAE to ship: decoder-fine-tuned when that stage has run, else the VAE stage's."""
+    tuned = vae_decoder_path(out_dir)
+    return tuned if (tuned / "config.json").is_file() else vae_final_path(out_dir)
+
+
+def train_vae_decoder(
+    out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device
+) -> Path:
+    """Fine-tune the VAE's decoder alone (MSE) for ``vae_decoder_steps``; the encoder is frozen, so latents (and
+    a UNet trained on them) stay valid. Writes work/vae/decoder-final and, when base/ exists, base/vae."""
+    from diffusers import AutoencoderKL
+
+    out_dir = Path(out_dir)
+    final = vae_decoder_path(out_dir)
+    if settings.vae_decoder_steps <= 0:
+        return current_vae_path(out_dir)
+    if not (final / "config.json").is_file():
+        work = out_dir / "work"
+        images, _ = load_dataset(work, settings.n_scenes, settings.seed)
+        n = len(images)
+        vae = AutoencoderKL.from_pretrained(vae_final_path(out_dir)).to(device)
+        vae.requires_grad_(False).eval()
+        trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+        for p in trainable:
+            p.requires_grad_(True)
+        vae.decoder.train()
+        opt = torch.optim.AdamW(trainable, lr=settings.vae_lr * 0.5, weight_decay=0.0)
+        ckpt = Checkpointer(work / "vae" / "decoder-checkpoints", settings.keep_checkpoints)
+        start = 0
+        loaded = ckpt.load()
+        if loaded is not None:
+            weights, state = loaded
+            vae.load_state_dict(unprefixed("vae", weights))
+            opt.load_state_dict(state["optimizer"])
+            _optimizer_to(opt, device)
+            start = int(state["step"])
+        total = settings.vae_decoder_steps
+        print(f"VAE decoder fine-tuning: {total} steps, resuming at step {start}", flush=True)
+
+        def step_fn(step: int) -> float:
+            g = torch.Generator().manual_seed(step_seed(settings.seed, "vae_decoder", step))
+            idx = torch.randint(0, n, (settings.vae_batch,), generator=g).sort().values.numpy()
+            x = to_tensor(images[idx]).to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, settings.vae_lr * 0.5, 50)
+            with torch.no_grad():
+                posterior = vae.encode(x).latent_dist
+                noise = torch.randn(posterior.mean.shape, generator=g).to(device)
+                z = posterior.mean + posterior.std * noise
+            loss = F.mse_loss(vae.decode(z).sample, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            opt.step()
+            return float(loss.detach())
+
+        def save_fn(step: int) -> None:
+            ckpt.save(step, prefixed("vae", vae.state_dict()), {"optimizer": opt.state_dict()})
+
+        _loop("vae-decoder", total, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
+        _save_pretrained_atomic(vae.to("cpu").eval(), final)
+    base = base_final_path(out_dir)
+    if (base / "model_index.json").is_file():
+        vae = AutoencoderKL.from_pretrained(final)
+        _save_pretrained_atomic(vae, base / "vae")
+    return final
+
+
 def _save_pretrained_atomic(obj, folder: Path) -> None:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -760,6 +836,7 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     _loop("unet", settings.unet_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
 
     unet.load_state_dict(ema)
+    vae = AutoencoderKL.from_pretrained(current_vae_path(out_dir))  # decoder-fine-tuned if that stage ran
     save_base_pipeline(final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg)
     (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings), indent=1))
     return final
@@ -794,7 +871,7 @@ def export_checkpoint(
     if step is None:
         raise FileNotFoundError(f"no UNet checkpoint under {ckpt.folder}")
     weights = load_file(ckpt.folder / f"step-{step}.safetensors")
-    vae = AutoencoderKL.from_pretrained(vae_final_path(out_dir))
+    vae = AutoencoderKL.from_pretrained(current_vae_path(out_dir))
     text_encoder, tokenizer = load_text_encoder(clip_final_path(out_dir), torch.device("cpu"))
     unet = build_unet(cfg.unet, text_encoder.config.hidden_size)
     unet.load_state_dict(unprefixed("ema" if ema else "unet", weights))
@@ -858,7 +935,7 @@ def train_base(
     device: str = "auto",
     cfg: BaseModelConfig | None = None,
     settings: TrainSettings | None = None,
-    stages: Iterable[str] = ("vae", "clip", "unet"),
+    stages: Iterable[str] = ("vae", "vae_decoder", "clip", "unet"),
 ) -> dict[str, Path]:
     """Train (or resume, or skip what is done) the VAE, CLIP and the UNet; returns the final folders.
 
@@ -882,6 +959,8 @@ def train_base(
     stages = tuple(stages)
     if "vae" in stages:
         out["vae"] = train_vae(out_dir, cfg, settings, dev)
+    if "vae_decoder" in stages and settings.vae_decoder_steps > 0:
+        out["vae"] = train_vae_decoder(out_dir, cfg, settings, dev)
     if "clip" in stages:
         out["clip"] = train_clip(out_dir, cfg, settings, dev)
     if "unet" in stages:
@@ -895,7 +974,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (base/ and clip/ are the final models)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, mps")
     p.add_argument("--preset", default="toy", help="architecture preset: toy (default) or test (tiny)")
-    p.add_argument("--stages", default="vae,clip,unet", help="comma-separated stages to run, in order")
+    p.add_argument(
+        "--stages",
+        default="vae,vae_decoder,clip,unet",
+        help="comma-separated stages to run, in this order (vae_decoder only runs with --vae-decoder-steps N)",
+    )
     for f in dataclasses.fields(TrainSettings):
         flag = "--" + f.name.replace("_", "-")
         p.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
