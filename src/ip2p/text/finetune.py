@@ -101,13 +101,14 @@ class FinetuneConfig:
 PRESETS: dict[str, FinetuneConfig] = {
     "paper": FinetuneConfig(),
     # The toy LM: trained from scratch on the 700 toy seed triplets, re-phrased every epoch (without that it
-    # memorises them: 3% valid triplets on held-out captions), so many epochs and a high learning rate.
+    # memorises them: 3% valid triplets on held-out captions). 8800 steps, ~55 min on one shared CPU core; valid
+    # triplets on held-out captions rise with steps (39% at 3800, 54% at 5200, 59% at the end, after filtering).
     "toy": FinetuneConfig(
         model="toy",
         seeds="toy",
         output="runs/toy-lm",
         paraphrase=True,
-        epochs=80,
+        epochs=200,
         learning_rate=2e-3,
         lr_schedule="cosine",
         warmup_steps=50,
