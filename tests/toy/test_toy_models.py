@@ -135,15 +135,18 @@ def test_stages_are_skipped_when_done(trained):
     assert (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
 
 
+FINAL = {"vae": "work/vae/final", "clip": "clip", "unet": "base"}
+
+
 def _restart_stage(src, dst, stage):
     """A copy of a finished run with one stage undone (its checkpoints and final output removed)."""
     shutil.copytree(src, dst)
-    shutil.rmtree(dst / ("base" if stage == "unet" else "work/vae/final"))
+    shutil.rmtree(dst / FINAL[stage])
     shutil.rmtree(dst / "work" / stage / "checkpoints")
     return dst / "work" / stage / "checkpoints"
 
 
-@pytest.mark.parametrize("stage", ["vae", "unet"])
+@pytest.mark.parametrize("stage", ["vae", "clip", "unet"])
 def test_resume_reaches_the_same_state(trained, tmp_path, stage):
     """Stop after one step and run again: the second step's checkpoint equals an uninterrupted run's, bit for bit."""
     out, _ = trained
@@ -154,7 +157,7 @@ def test_resume_reaches_the_same_state(trained, tmp_path, stage):
         tmp_path / "resumed", "cpu", preset("test"), tiny_settings(**{f"{stage}_steps": 1}), stages=(stage,)
     )
     assert Checkpointer(resumed).latest() == 1
-    shutil.rmtree(tmp_path / "resumed" / ("base" if stage == "unet" else "work/vae/final"))
+    shutil.rmtree(tmp_path / "resumed" / FINAL[stage])
     train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=(stage,))
     assert Checkpointer(resumed).latest() == 2
     a = load_file(straight / "step-2.safetensors")

@@ -56,6 +56,9 @@ class CLIPSettings:
     vision_intermediate: int = 512
     patch_size: int = 8
     projection_dim: int = 128
+    # CLIP starts at 1/0.07 (ln 14.3 = 2.66) and learns its way up over a long run; a short run separating
+    # one-attribute negatives (cosines within a few hundredths) needs sharper logits from the start.
+    logit_scale_init: float = 3.4  # ln 30
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,12 @@ def clip_config(settings: CLIPSettings, tokenizer: CLIPTokenizer, image_size: in
         patch_size=settings.patch_size,
         projection_dim=settings.projection_dim,
     )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=settings.projection_dim)
+    return CLIPConfig(
+        text_config=text,
+        vision_config=vision,
+        projection_dim=settings.projection_dim,
+        logit_scale_init_value=settings.logit_scale_init,
+    )
 
 
 def build_clip(settings: CLIPSettings, tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPModel:

@@ -97,6 +97,7 @@ class TrainSettings:
     clip_batch: int = 64  # scenes per batch, half of them one-attribute variants of the other half
     clip_hard_captions: int = 2  # extra one-attribute-distractor captions per image
     clip_lr: float = 1e-3
+    clip_attribute_weight: float = 1.0  # auxiliary attribute read-outs (see AttributeHeads); 0 turns them off
     # UNet
     unet_steps: int = 2800
     unet_batch: int = 64
@@ -616,6 +617,57 @@ def same_scene_mask(picked: list[Scene], candidates: list[Scene], device: torch.
     return (a[:, None] == c[None, :]).to(device)
 
 
+# Attribute targets of a scene, for CLIP's auxiliary heads: background, style, then per grid cell its shape's
+# kind, colour and size (class 0: the cell is empty).
+_ATTRIBUTE_CLASSES = (
+    (len(BACKGROUNDS), len(STYLES)) + (len(KINDS) + 1,) * 9 + (len(COLORS) + 1,) * 9 + (len(SIZES) + 1,) * 9
+)
+
+
+def scene_targets(scene: Scene) -> list[int]:
+    from .scene import POSITIONS
+
+    cells = [scene.shape_at(p) for p in POSITIONS]
+    return (
+        [list(BACKGROUNDS).index(scene.background), STYLES.index(scene.style)]
+        + [0 if c is None else 1 + KINDS.index(c.kind) for c in cells]
+        + [0 if c is None else 1 + list(COLORS).index(c.color) for c in cells]
+        + [0 if c is None else 1 + SIZES.index(c.size) for c in cells]
+    )
+
+
+class AttributeHeads(torch.nn.Module):
+    """Linear read-outs of every scene attribute from CLIP's (normalised) image and text embeddings.
+
+    Training only (they are not part of the saved CLIPModel): with contrastive learning alone, a CLIP this small
+    learns colours in a few hundred steps but not kinds, sizes, positions or the style (measured: 5% top-1 against
+    one-attribute distractors after 400 steps); asking both embeddings to carry every attribute gives each tower a
+    dense signal, and the contrastive loss then aligns embeddings that already hold the same facts.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.image = torch.nn.Linear(dim, sum(_ATTRIBUTE_CLASSES))
+        self.text = torch.nn.Linear(dim, sum(_ATTRIBUTE_CLASSES))
+        # Unit-norm inputs have coordinates ~1/sqrt(dim): rescale them so that confident logits are within reach
+        # of the first hundred steps (unscaled, the heads had learnt nothing but the background after 200).
+        self.input_scale = dim**0.5
+
+    def read_image(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.image(emb * self.input_scale)
+
+    def read_text(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.text(emb * self.input_scale)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses, start = [], 0
+        for i, n in enumerate(_ATTRIBUTE_CLASSES):
+            losses.append(F.cross_entropy(logits[:, start : start + n], targets[:, i]))
+            start += n
+        return torch.stack(losses).mean()
+
+
 def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
     """Train CLIP contrastively with one-attribute hard negatives; save it with its tokenizer and processor."""
     from transformers import CLIPImageProcessor, CLIPTokenizer
@@ -636,13 +688,16 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         tokenizer = build_tokenizer(cfg.clip, tokenizer_corpus(n_texts - n_texts // 3, n_texts // 3))
         _save_pretrained_atomic(tokenizer, tok_dir)
     clip = build_clip(cfg.clip, tokenizer, seed=settings.seed).to(device).train()
-    opt = torch.optim.AdamW(clip.parameters(), lr=settings.clip_lr, weight_decay=0.05)
+    heads = AttributeHeads(cfg.clip.projection_dim).to(device)
+    params = [*clip.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings.clip_lr, weight_decay=0.05)
     ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
     start = 0
     loaded = ckpt.load()
     if loaded is not None:
         weights, state = loaded
         clip.load_state_dict(unprefixed("clip", weights))
+        heads.load_state_dict(unprefixed("heads", weights))
         opt.load_state_dict(state["optimizer"])
         _optimizer_to(opt, device)
         start = int(state["step"])
@@ -664,14 +719,21 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         image_emb = image_embeddings(clip, pixels)
         all_text = text_embeddings(clip, tokenizer, captions + negatives, device)
         loss = clip_loss(clip, image_emb, all_text[: len(captions)], all_text[len(captions) :], same)
+        if settings.clip_attribute_weight > 0:
+            image_targets = torch.tensor([scene_targets(x) for x in picked], device=device)
+            text_targets = torch.tensor([scene_targets(x) for x in picked + negative_scenes], device=device)
+            aux = heads.loss(heads.read_image(image_emb), image_targets)
+            aux = aux + heads.loss(heads.read_text(all_text), text_targets)
+            loss = loss + settings.clip_attribute_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         return float(loss.detach())
 
     def save_fn(step: int) -> None:
-        ckpt.save(step, prefixed("clip", clip.state_dict()), {"optimizer": opt.state_dict()})
+        weights = {**prefixed("clip", clip.state_dict()), **prefixed("heads", heads.state_dict())}
+        ckpt.save(step, weights, {"optimizer": opt.state_dict()})
 
     _loop("clip", settings.clip_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
 
