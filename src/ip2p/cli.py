@@ -837,18 +837,222 @@ def cmd_gen_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- evaluate ------------------------------------------------------------------------------------------------
+def _floats(text: str) -> list[float]:
+    """``1,1.5,2`` or ``start:stop:step`` (inclusive) -> floats."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            n = int(round((stop - start) / step))
+            return [round(start + i * step, 6) for i in range(n + 1)]
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers as a,b,c or start:stop:step") from None
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure an editor: CLIP direction vs image similarity over guidance sweeps, against SDEdit (paper 4)",
+        description="Edit every test item with the editor at every setting of a guidance sweep, and with the "
+        "SDEdit baseline (img2img with the text-to-image model and the output caption) over strengths; measure "
+        "CLIP image, directional and output-caption similarity, pixel metrics against targets where the test "
+        "set has them, and the toy oracle's accuracy per edit type. Writes records, a summary (JSONL, CSV), a "
+        "plot like the paper's and a grid of examples. Rerun the same command to resume; "
+        "`accelerate launch -m ip2p.cli evaluate ...` splits the items over processes.",
+    )
+    add_model_flags(p, default_model="toy")
+    p.add_argument("-o", "--output", required=True, help="output folder (rerun the same command to resume)")
+    p.add_argument(
+        "--test-set",
+        default=None,
+        help="toy or toy:N (the toy world's held-out renders; default with --model toy: toy:300), a JSONL of "
+        "{image, instruction, input_caption, output_caption[, target]}, Parquet shards (ours or the official "
+        "schema) or an original-format folder",
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="text-to-image model for the SDEdit baseline (default with --model toy: the toy base model)",
+    )
+    p.add_argument(
+        "--methods", default="ip2p,sdedit", help="comma-separated: ip2p, sdedit (default: %(default)s)"
+    )
+    p.add_argument(
+        "--sweep",
+        choices=["paper", "text", "grid"],
+        default="paper",
+        help="paper: text 7.5, image 1.0-2.2 by 0.2; text: text 3-12.5 at image 1.5; grid: every pair of "
+        "--text-guidance and --image-guidance (default: %(default)s)",
+    )
+    p.add_argument(
+        "--text-guidance", type=_floats, default=None, help="text scales: a,b,c or start:stop:step"
+    )
+    p.add_argument(
+        "--image-guidance", type=_floats, default=None, help="image scales: a,b,c or start:stop:step"
+    )
+    p.add_argument(
+        "--strengths", type=_floats, default=None, help="SDEdit strengths (default: 0.3:0.9:0.1, the paper's)"
+    )
+    p.add_argument("--sdedit-guidance", type=float, default=7.5, help="SDEdit's text guidance (default: 7.5)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="sampler steps (default: 100; 20 for the toy model)"
+    )
+    p.add_argument("--scheduler", default=None, help="sampler for both methods (default: each model's own)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="long side of the inputs (default: 512; 64 for the toy model)",
+    )
+    p.add_argument(
+        "--clip",
+        default=None,
+        help="CLIP for the metrics: a folder, hub id or 'toy' (default: openai/clip-vit-large-patch14; 'toy' for "
+        "the toy model); 'none' skips CLIP metrics",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="items edited at once (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-item seeds (default: %(default)s)")
+    p.add_argument(
+        "--examples", type=int, default=4, help="items shown in examples.png (default: %(default)s)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ip2p.evaluate import (
+        SDEDIT_STRENGTHS,
+        EvalConfig,
+        EvaluationError,
+        curve_margin,
+        editor_method,
+        evaluate,
+        guidance_grid,
+        sdedit_method,
+    )
+    from ip2p.models import TOY_MODEL, load_pipeline_components
+    from ip2p.pairs.clip_score import DEFAULT_CLIP, TOY_CLIP
+    from ip2p.pipeline import EditConfig, EditPipeline
+    from ip2p.sampling import SCHEDULERS
+
+    toy = args.model == TOY_MODEL
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - {"ip2p", "sdedit"}
+    if unknown or not methods:
+        raise CLIError(f"--methods: unknown {sorted(unknown)}; choose from ip2p, sdedit")
+    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
+        raise CLIError(
+            f"--scheduler: unknown {args.scheduler!r}; choose from {', '.join(sorted(SCHEDULERS))}"
+        )
+    for flag in ("batch_size", "steps", "resolution"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    base = args.base or (TOY_MODEL if toy else None)
+    if "sdedit" in methods and base is None:
+        if args.methods != "ip2p,sdedit":
+            raise CLIError("--methods sdedit needs --base MODEL (the text-to-image model SDEdit runs on)")
+        methods.remove("sdedit")
+        print("note: no --base given, so the SDEdit baseline is skipped", file=sys.stderr)
+    steps = args.steps or (20 if toy else 100)
+    resolution = args.resolution or (64 if toy else 512)
+    clip = args.clip or (TOY_CLIP if toy else DEFAULT_CLIP)
+    config = EvalConfig(
+        output=args.output,
+        test_set=args.test_set or ("toy:300" if toy else ""),
+        limit=args.limit,
+        resolution=resolution,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        clip=None if clip == "none" else clip,
+        examples=args.examples,
+        progress=not args.no_progress,
+    )
+    if not config.test_set:
+        raise CLIError("--test-set is required with a model other than toy")
+    try:
+        chosen = []
+        multiple = 8
+        if "ip2p" in methods:
+            pipe = EditPipeline.from_pretrained(
+                args.model, device=args.device, dtype=args.dtype, config=args.config
+            )
+            multiple = pipe.size_multiple
+            edit_config = EditConfig(
+                num_inference_steps=steps, scheduler=args.scheduler, resolution=resolution
+            )
+            settings = guidance_grid(args.sweep, args.text_guidance, args.image_guidance)
+            chosen.append(editor_method(pipe, edit_config, settings))
+        if "sdedit" in methods:
+            components = load_pipeline_components(base, edit=False)
+            multiple = max(multiple, components.size_multiple)
+            chosen.append(
+                sdedit_method(
+                    components,
+                    args.strengths or SDEDIT_STRENGTHS,
+                    guidance_scale=args.sdedit_guidance,
+                    steps=steps,
+                    scheduler=args.scheduler,
+                    device=args.device,
+                    dtype=args.dtype,
+                )
+            )
+        config.size_multiple = multiple
+        result = evaluate(config, chosen)
+    except EvaluationError as exc:
+        raise CLIError(str(exc)) from exc
+    summary = result["summary"]
+    if not summary:  # a non-main accelerate process
+        return 0
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(_summary_table(summary))
+    names = [m.name for m in chosen]
+    if len(names) == 2 and all("clip_direction" in r for r in summary):
+        margin = curve_margin(summary, names[0], names[1])
+        if margin["compared_points"]:
+            print(
+                f"{names[0]} above {names[1]} at {sum(m > 0 for m in margin['margins'])}/"
+                f"{margin['compared_points']} of its points (image similarity margin min "
+                f"{min(margin['margins']):+.3f}, mean {sum(margin['margins']) / len(margin['margins']):+.3f})"
+            )
+    print(f"output in {args.output} (summary.csv, plot.png, examples.png)")
+    return 0
+
+
+def _summary_table(summary: list[dict]) -> str:
+    columns = [
+        c
+        for c in ("clip_direction", "clip_image", "clip_text", "psnr", "oracle_success")
+        if any(c in r for r in summary)
+    ]
+    lines = [f"{'method':8} {'setting':44} {'n':>5} " + " ".join(f"{c:>14}" for c in columns)]
+    for r in summary:
+        cells = " ".join(f"{r[c]:14.4f}" if c in r else f"{'-':>14}" for c in columns)
+        lines.append(f"{r['method']:8} {r['setting']:44} {r['n']:5d} {cells}")
+    return "\n".join(lines)
+
+
 # -- toy world -----------------------------------------------------------------------------------------------
 def _toy_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "toy",
         help="the toy world: train its miniature Stable Diffusion, measure it, write its seed triplets",
         description="Commands of the toy world. `ip2p toy train-base --out DIR` trains the VAE, CLIP and UNet from "
-                    "scratch with fixed seeds (resumable: run it again to continue); `ip2p toy quality --model DIR` "
-                    "measures the quality bars; `ip2p toy seeds -o FILE` writes the 700 seed triplets.",
+        "scratch with fixed seeds (resumable: run it again to continue); `ip2p toy quality --model DIR` "
+        "measures the quality bars; `ip2p toy seeds -o FILE` writes the 700 seed triplets.",
     )
     toy = p.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
-    for name, text in (("train-base", "train the toy VAE, CLIP and UNet (see `ip2p toy train-base --help`)"),
-                       ("quality", "measure the toy models' quality bars (see `ip2p toy quality --help`)")):
+    for name, text in (
+        ("train-base", "train the toy VAE, CLIP and UNet (see `ip2p toy train-base --help`)"),
+        ("quality", "measure the toy models' quality bars (see `ip2p toy quality --help`)"),
+    ):
         q = toy.add_parser(name, help=text, add_help=False)
         q.add_argument("rest", nargs=argparse.REMAINDER, help="the command's own flags")
         q.set_defaults(func=cmd_toy, toy_main=name)
@@ -857,6 +1061,18 @@ def _toy_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-n", type=int, default=700, help="number of triplets (default: %(default)s)")
     q.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     q.set_defaults(func=cmd_toy, toy_main="seeds")
+    q = toy.add_parser(
+        "exact-pairs",
+        help="render the exact image pairs of toy triplets (the ablation of synthesized pairs)",
+        description="Parse each triplet's caption to its scene, apply the instruction exactly and render both: "
+        "Parquet shards in the official schema, trainable with `ip2p train`. Unreadable or impossible triplets "
+        "are skipped and counted.",
+    )
+    q.add_argument("triplets", help="JSONL of {input, edit, output} lines")
+    q.add_argument("-o", "--output", required=True, help="output folder (rerun to resume)")
+    q.add_argument("--shard-size", type=int, default=500, help="pairs per shard (default: %(default)s)")
+    q.add_argument("--resolution", type=int, default=64, help="image side (default: %(default)s)")
+    q.set_defaults(func=cmd_toy, toy_main="exact-pairs")
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
@@ -865,6 +1081,16 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
         path = write_jsonl(args.output, seed_triplets(args.n, seed=args.seed))
         print(f"wrote {args.n} triplets to {path}")
+        return 0
+    if args.toy_main == "exact-pairs":
+        from ip2p.toy.exact_pairs import exact_pairs
+
+        try:
+            manifest = exact_pairs(args.triplets, args.output, args.shard_size, args.resolution)
+        except (ValueError, OSError) as exc:
+            raise CLIError(str(exc)) from exc
+        print(f"{manifest['kept']} of {manifest['total']} triplets rendered ({manifest.get('skipped', 0)} "
+              f"skipped); output in {args.output}")
         return 0
     if args.toy_main == "train-base":
         from ip2p.toy.train_base import main as train_main
@@ -891,6 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _toy_parser(sub)
     _gen_pairs_parser(sub)
+    _evaluate_parser(sub)
     _serve_parser(sub)
     return parser
 

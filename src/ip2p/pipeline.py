@@ -228,19 +228,68 @@ class EditPipeline:
             seed = random.randrange(2**32) if seed is None else int(seed)
             generator = torch.Generator("cpu").manual_seed(seed)
 
-        latents = self._sample(prepared.image, instruction, config, scheduler, generator, callback)
+        latents = self._sample([prepared.image], [instruction], config, scheduler, generator, callback)
         pixels = self.decode(latents)
         images = [restore_image(im, prepared, config.restore_size) for im in tensor_to_pil(pixels)]
         return EditResult(
             images, prepared.image, seed, instruction, config, self.components.name, info, latents
         )
 
-    def _sample(self, image, instruction, config, scheduler, generator, callback) -> torch.Tensor:
-        n = config.num_images
-        text = self.encode_text([instruction]).repeat(n, 1, 1)  # (n, T, D)
-        null = self.encode_text([config.negative_prompt or ""]).repeat(n, 1, 1)  # (n, T, D)
+    @torch.inference_mode()
+    def edit_batch(
+        self,
+        images: list[Image.Image],
+        instructions: list[str],
+        seeds: list[int],
+        config: EditConfig | None = None,
+        **overrides: Any,
+    ) -> list[Image.Image]:
+        """Edit several inputs in one batch: image i by instruction i from seed i; one result each.
+
+        Each result equals ``self(images[i], instructions[i], config, seed=seeds[i]).images[0]`` up to float
+        rounding (every input draws its initial and per-step noise from its own generator). The inputs must
+        prepare to one size (same aspect ratio); ``num_images`` must be 1.
+        """
+        config = EditConfig(**{**asdict(config or EditConfig()), **overrides})
+        config.validate()
+        if not (len(images) == len(instructions) == len(seeds)):
+            raise ValueError(
+                f"need one instruction and seed per image: {len(images)}, {len(instructions)}, {len(seeds)}"
+            )
+        if config.num_images != 1:
+            raise ValueError("edit_batch makes one image per input; call the pipeline for num_images > 1")
+        if not images:
+            return []
+        prepared = [self.prepare(image, config) for image in images]
+        sizes = {p.image.size for p in prepared}
+        if len(sizes) > 1:
+            raise ValueError(f"edit_batch needs inputs of one prepared size, got {sorted(sizes)}")
+        out: list[Image.Image | None] = [None] * len(images)
+        todo = [i for i, text in enumerate(instructions) if text.strip()]
+        for i in set(range(len(images))) - set(todo):  # empty instruction: the input, as __call__
+            out[i] = restore_image(prepared[i].image, prepared[i], config.restore_size)
+        if todo:
+            scheduler = copy.deepcopy(self.scheduler(config.scheduler))
+            generators = [torch.Generator("cpu").manual_seed(int(seeds[i])) for i in todo]
+            latents = self._sample(
+                [prepared[i].image for i in todo],
+                [instructions[i] for i in todo],
+                config,
+                scheduler,
+                generators,
+                None,
+            )
+            for i, im in zip(todo, tensor_to_pil(self.decode(latents)), strict=True):
+                out[i] = restore_image(im, prepared[i], config.restore_size)
+        return out  # type: ignore[return-value]
+
+    def _sample(self, images, instructions, config, scheduler, generator, callback) -> torch.Tensor:
+        # B inputs of one size, each edited config.num_images times: n = B * num_images rows.
+        k = config.num_images
+        text = self.encode_text(list(instructions)).repeat_interleave(k, dim=0)  # (n, T, D)
+        null = self.encode_text([config.negative_prompt or ""]).expand(len(text), -1, -1)  # (n, T, D)
         image_latents = (
-            self.encode_image(pil_to_tensor([image])).to(self.dtype).repeat(n, 1, 1, 1)
+            self.encode_image(pil_to_tensor(list(images))).to(self.dtype).repeat_interleave(k, dim=0)
         )  # (n, 4, h, w)
         text_scale, image_scale = config.text_guidance_scale, config.image_guidance_scale
 

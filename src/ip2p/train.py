@@ -99,7 +99,8 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},  # the defaults: 256 px, lr 1e-4 constant, EMA 0.9999, dropout 0.05
     # The toy world at 64 px: random resize 64-72 then crop 64, as the paper's 256-288 -> 256.
-    "toy": dict(resolution=64, min_resize=64, max_resize=72, train_batch_size=32, learning_rate=2e-4,
+    # No flips: toy instructions name positions ("the star on the left"), which a flip would contradict.
+    "toy": dict(resolution=64, min_resize=64, max_resize=72, flip_prob=0.0, train_batch_size=32, learning_rate=2e-4,
                 max_train_steps=3000, checkpointing_steps=250, validation_steps=500, ema_decay=0.999,
                 num_validation_examples=8, validation_inference_steps=20),
 }

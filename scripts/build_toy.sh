@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Trains every model of the toy world from scratch, with fixed seeds, and bundles them into the package.
+# Each step resumes where it stopped: after an interruption, run the script again.
+#
+#   scripts/build_toy.sh            # all steps, outputs under runs/
+#   RUNS=/data/toy scripts/build_toy.sh
+#   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
+#
+# Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval bundle
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-runs}
+IP2P=${IP2P:-.venv/bin/ip2p}
+PY=${PY:-.venv/bin/python}
+CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 1)
+STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval bundle}
+EVAL_ITEMS=${EVAL_ITEMS:-300}
+
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+
+if want base; then say "base: VAE, CLIP, UNet"; $IP2P toy train-base --out "$RUNS/toy"; fi
+if want quality; then say "quality bars"; $IP2P toy quality --model "$RUNS/toy" --out "$RUNS/toy/quality"; fi
+if want lm; then say "language model"; $IP2P finetune-text --preset toy -o "$RUNS/toy-lm"; fi
+if want triplets; then
+  say "triplets (stage 1)"
+  $IP2P gen-text "toy:$CAPTIONS" -o "$RUNS/toy-data/triplets.jsonl" --backend hf --model "$RUNS/toy-lm"
+fi
+if want pairs; then
+  say "pairs (stage 2)"
+  $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset toy \
+    --model "$RUNS/toy/base" --clip "$RUNS/toy/clip"
+fi
+if want editor; then
+  say "editor"
+  $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-pairs" \
+    --output-dir "$RUNS/toy-editor" --cache-latents
+fi
+if want eval; then
+  say "evaluation: editor vs SDEdit"
+  $IP2P evaluate --model "$RUNS/toy-editor/model" --base "$RUNS/toy/base" --clip "$RUNS/toy/clip" \
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval"
+fi
+if want exact; then
+  say "ablation data: exact rendered pairs of the same triplets"
+  $IP2P toy exact-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-exact-pairs"
+fi
+if want exact-editor; then
+  say "ablation editor"
+  $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-exact-pairs" \
+    --output-dir "$RUNS/toy-editor-exact" --cache-latents
+fi
+if want exact-eval; then
+  say "ablation evaluation"
+  $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval-exact"
+fi
+if want bundle; then
+  say "bundle into the package"
+  args=(--base "$RUNS/toy/base" --clip "$RUNS/toy/clip" --lm "$RUNS/toy-lm")
+  [[ -f "$RUNS/toy-editor/model/model_index.json" ]] && args+=(--editor "$RUNS/toy-editor/model")
+  $PY -m ip2p.toy.bundle "${args[@]}"
+fi

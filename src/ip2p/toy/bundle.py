@@ -1,0 +1,106 @@
+"""Copy trained toy models into the package (``ip2p/toy/weights``) as half-precision safetensors.
+
+The package ships the toy world's models so that the demo, the web app and the tests never train: ``base`` (the
+text-to-image pipeline), ``clip`` (the CLIP for filtering and evaluation), ``editor`` (the instruction editor) and
+``lm`` (the language model of stage 1). Weights are stored in float16 to stay within the 40 MB budget; every loader
+upcasts them to the dtype it computes in (float32 on a CPU), so only storage loses precision, and the quality bars
+are measured on the bundled copies (``ip2p toy quality --model toy``).
+
+Usage::
+
+    python -m ip2p.toy.bundle --base runs/toy/base --clip runs/toy/clip --editor runs/toy-editor/model --lm runs/toy-lm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ip2p.models import toy_model_path
+
+KINDS = ("base", "clip", "editor", "lm")
+
+
+def _load_as_float32(folder: Path) -> None:
+    """transformers loads with ``dtype="auto"``, which follows the config's dtype: record float32 there, so the
+    half-precision weights are upcast on load like diffusers' models are."""
+    for config in folder.rglob("config.json"):
+        data = json.loads(config.read_text())
+        if "dtype" in data or "torch_dtype" in data or "architectures" in data:
+            data.pop("torch_dtype", None)
+            data["dtype"] = "float32"
+            for sub in ("text_config", "vision_config"):
+                if isinstance(data.get(sub), dict):
+                    data[sub].pop("torch_dtype", None)
+                    data[sub]["dtype"] = "float32"
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _save_half(kind: str, source: Path, dest: Path) -> None:
+    _save_half_weights(kind, source, dest)
+    _load_as_float32(dest)
+
+
+def _save_half_weights(kind: str, source: Path, dest: Path) -> None:
+    if kind in ("base", "editor"):
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
+        pipe.to(torch.float16)
+        pipe.save_pretrained(dest, safe_serialization=True)
+        return
+    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPModel
+
+    model = (CLIPModel if kind == "clip" else AutoModelForCausalLM).from_pretrained(source)
+    model.to(torch.float16).save_pretrained(dest, safe_serialization=True)
+    AutoTokenizer.from_pretrained(source).save_pretrained(dest)
+    for extra in ("preprocessor_config.json", "generation_config.json"):
+        if (source / extra).is_file() and not (dest / extra).is_file():
+            shutil.copy2(source / extra, dest / extra)
+
+
+def bundle(sources: dict[str, str | os.PathLike], root: Path | None = None) -> dict[str, Path]:
+    """Write each ``{kind: folder}`` into the package's weights folder (atomically per kind); return the paths."""
+    done = {}
+    for kind, source in sources.items():
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+        source = Path(source)
+        if not source.is_dir():
+            raise ValueError(f"{source}: no such folder")
+        final = (root / kind) if root is not None else toy_model_path(kind)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}.", dir=final.parent))
+        try:
+            _save_half(kind, source, tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        done[kind] = final
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ip2p.toy.bundle", description=__doc__.split("\n\n")[0])
+    for kind in KINDS:
+        p.add_argument(f"--{kind}", default=None, help=f"trained {kind} folder to bundle")
+    args = p.parse_args(argv)
+    sources = {k: getattr(args, k) for k in KINDS if getattr(args, k)}
+    if not sources:
+        p.error("name at least one of --base, --clip, --editor, --lm")
+    for kind, path in bundle(sources).items():
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        print(f"{kind}: {path} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
