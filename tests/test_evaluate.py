@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from ip2p.evaluate import (
@@ -297,3 +296,88 @@ def test_cli_evaluate_tiny(tmp_path, tiny_model_dir, tiny_clip_dir, capsys):
         == 1
     )
     assert "no such file" in capsys.readouterr().err
+
+
+def test_two_processes_give_the_records_of_one(tmp_path, tiny_model_dir, tiny_clip_dir):
+    """`accelerate launch` splits the items over processes; together they write what one process writes."""
+    import os
+    import subprocess
+    import sys
+
+    from ip2p.toy.render import render
+
+    rows = []
+    for i, it in enumerate(load_test_set("toy:4")):
+        render(it.edit.before, size=32).save(tmp_path / f"{i}.png")
+        rows.append(
+            {
+                "image": f"{i}.png",
+                "instruction": it.instruction,
+                "input": it.input_caption,
+                "output": it.output_caption,
+            }
+        )
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = [
+        "evaluate",
+        "--model",
+        str(tiny_model_dir),
+        "--methods",
+        "ip2p",
+        "--test-set",
+        str(tmp_path / "t.jsonl"),
+        "--clip",
+        str(tiny_clip_dir),
+        "--steps",
+        "2",
+        "--resolution",
+        "32",
+        "--image-guidance",
+        "1.5",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--batch-size",
+        "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one = subprocess.run(
+        [sys.executable, "-m", "ip2p.cli", *common, "-o", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "ip2p.cli",
+            *common,
+            "-o",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert sorted((tmp_path / "two").glob("records*.jsonl")) != [tmp_path / "two" / "records.jsonl"]
+    a = {r["item"]: r for r in read_records(tmp_path / "one")}
+    b = {r["item"]: r for r in read_records(tmp_path / "two")}
+    assert a.keys() == b.keys() and len(a) == 4
+    for k in a:
+        assert b[k]["seed"] == a[k]["seed"]
+        assert b[k]["clip_image"] == pytest.approx(a[k]["clip_image"], abs=1e-4)
+    assert (tmp_path / "two" / "summary.csv").is_file()

@@ -925,6 +925,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ip2p.devices import pick_device
     from ip2p.evaluate import (
         SDEDIT_STRENGTHS,
         EvalConfig,
@@ -975,12 +976,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if not config.test_set:
         raise CLIError("--test-set is required with a model other than toy")
+    from accelerate import PartialState
+
+    state = PartialState(cpu=args.device == "cpu")
+    # Under `accelerate launch` each process takes its own GPU; "auto" or "cuda" would put all on the first.
+    device = str(state.device) if state.num_processes > 1 and args.device in ("auto", "cuda") else args.device
+    config.device = str(pick_device(device))
     try:
         chosen = []
         multiple = 8
         if "ip2p" in methods:
             pipe = EditPipeline.from_pretrained(
-                args.model, device=args.device, dtype=args.dtype, config=args.config
+                args.model, device=device, dtype=args.dtype, config=args.config
             )
             multiple = pipe.size_multiple
             edit_config = EditConfig(
@@ -998,7 +1005,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     guidance_scale=args.sdedit_guidance,
                     steps=steps,
                     scheduler=args.scheduler,
-                    device=args.device,
+                    device=device,
                     dtype=args.dtype,
                 )
             )
@@ -1089,8 +1096,10 @@ def cmd_toy(args: argparse.Namespace) -> int:
             manifest = exact_pairs(args.triplets, args.output, args.shard_size, args.resolution)
         except (ValueError, OSError) as exc:
             raise CLIError(str(exc)) from exc
-        print(f"{manifest['kept']} of {manifest['total']} triplets rendered ({manifest.get('skipped', 0)} "
-              f"skipped); output in {args.output}")
+        print(
+            f"{manifest['kept']} of {manifest['total']} triplets rendered ({manifest.get('skipped', 0)} "
+            f"skipped); output in {args.output}"
+        )
         return 0
     if args.toy_main == "train-base":
         from ip2p.toy.train_base import main as train_main

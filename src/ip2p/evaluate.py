@@ -396,6 +396,7 @@ class EvalConfig:
     clip: str | None = None  # None: no CLIP metrics
     examples: int = 4  # items shown in examples.png
     progress: bool = True
+    device: str = "cpu"  # where CLIP runs
 
     def identity(self, methods: list[Method]) -> dict[str, Any]:
         return {
@@ -469,7 +470,7 @@ def evaluate(
         items = load_test_set(config.test_set, config.limit)
     elif config.limit is not None:
         items = items[: config.limit]
-    state = PartialState()
+    state = PartialState(cpu=config.device == "cpu")
     identity = config.identity(methods)
     run_file = out / "run.json"
     if run_file.is_file():
@@ -483,7 +484,7 @@ def evaluate(
     if scorer is None and config.clip:
         from ip2p.pairs.clip_score import ClipScorer
 
-        scorer = ClipScorer.from_pretrained(config.clip)
+        scorer = ClipScorer.from_pretrained(config.clip, device=config.device)
     if state.is_main_process:
         _write_json(
             run_file,
@@ -503,7 +504,8 @@ def evaluate(
     log = JsonlLog(
         out / ("records.jsonl" if state.num_processes == 1 else f"records.rank{state.process_index}.jsonl")
     )
-    done = {(r["method"], r["setting"], r["item"]) for r in log.open()}
+    log.open()  # cuts a partial last line a kill left
+    done = {(r["method"], r["setting"], r["item"]) for r in read_records(out)}  # every process's records
     jobs = [
         (m, s, batch)
         for m in methods
