@@ -15,6 +15,7 @@ PY=${PY:-.venv/bin/python}
 CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 1)
 STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval bundle}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
+WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
 
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
@@ -27,7 +28,13 @@ if want triplets; then
   $IP2P gen-text "toy:$CAPTIONS" -o "$RUNS/toy-data/triplets.jsonl" --backend hf --model "$RUNS/toy-lm"
 fi
 if want pairs; then
-  say "pairs (stage 2)"
+  say "pairs (stage 2): $WORKERS single-threaded workers over the shards"
+  for ((w = 0; w < WORKERS; w++)); do
+    OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset toy \
+      --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress &
+  done
+  wait
+  # a last pass writes the manifest and report over every shard
   $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset toy \
     --model "$RUNS/toy/base" --clip "$RUNS/toy/clip"
 fi
