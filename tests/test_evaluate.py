@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from launch import TWO_CPU_PROCESSES
 from PIL import Image
 
 from ip2p.evaluate import (
@@ -350,18 +351,7 @@ def test_two_processes_give_the_records_of_one(tmp_path, tiny_model_dir, tiny_cl
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_CPU_PROCESSES,
             "-m",
             "ip2p.cli",
             *common,

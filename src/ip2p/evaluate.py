@@ -568,10 +568,7 @@ def _example_path(out: Path, method: str, key: str, item: str) -> Path:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    _write_text(path, json.dumps(data, indent=2, default=str))
 
 
 METRICS = (

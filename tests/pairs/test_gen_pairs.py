@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from launch import TWO_CPU_PROCESSES
 
 from ip2p.cli import main
 from ip2p.pairs.generate import apply_preset, generate_pairs
@@ -149,22 +150,9 @@ def test_job_array_shards_union_to_the_single_run(straight, triplets_file, tiny_
 
 def test_two_processes_split_the_work_without_overlap(straight, triplets_file, tiny_clip_dir, tmp_path):
     out = tmp_path / "two"
-    # accelerate 1.x starts several CPU processes through torchrun with --multi_gpu; --device cpu makes each a
-    # gloo (MULTI_CPU) process.
     run = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
+            *TWO_CPU_PROCESSES,
             "-m",
             "ip2p.cli",
             "gen-pairs",
