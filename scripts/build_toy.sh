@@ -16,6 +16,10 @@ CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 
 STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval bundle}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
+# extra flags per stage, e.g. on a GPU: PAIRS_FLAGS="--dtype fp32" EVAL_FLAGS="--batch-size 64 --dtype fp32"
+PAIRS_FLAGS=${PAIRS_FLAGS:-}
+TRAIN_FLAGS=${TRAIN_FLAGS:-}
+EVAL_FLAGS=${EVAL_FLAGS:-}
 
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
@@ -31,22 +35,22 @@ if want pairs; then
   say "pairs (stage 2): $WORKERS single-threaded workers over the shards"
   for ((w = 0; w < WORKERS; w++)); do
     OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset toy \
-      --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress &
+      --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress $PAIRS_FLAGS &
   done
   wait
   # a last pass writes the manifest and report over every shard
   $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset toy \
-    --model "$RUNS/toy/base" --clip "$RUNS/toy/clip"
+    --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" $PAIRS_FLAGS
 fi
 if want editor; then
   say "editor"
   $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-pairs" \
-    --output-dir "$RUNS/toy-editor" --cache-latents
+    --output-dir "$RUNS/toy-editor" --cache-latents $TRAIN_FLAGS
 fi
 if want eval; then
   say "evaluation: editor vs SDEdit"
   $IP2P evaluate --model "$RUNS/toy-editor/model" --base "$RUNS/toy/base" --clip "$RUNS/toy/clip" \
-    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval"
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval" $EVAL_FLAGS
 fi
 if want exact; then
   say "ablation data: exact rendered pairs of the same triplets"
@@ -55,12 +59,12 @@ fi
 if want exact-editor; then
   say "ablation editor"
   $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-exact-pairs" \
-    --output-dir "$RUNS/toy-editor-exact" --cache-latents
+    --output-dir "$RUNS/toy-editor-exact" --cache-latents $TRAIN_FLAGS
 fi
 if want exact-eval; then
   say "ablation evaluation"
   $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
-    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval-exact"
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval-exact" $EVAL_FLAGS
 fi
 if want bundle; then
   say "bundle into the package"

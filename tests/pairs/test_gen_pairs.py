@@ -247,3 +247,22 @@ def test_triplets_accept_caption_for_input_and_presets_resolve(triplets_file, ca
     with pytest.raises(SystemExit) as exit_:
         main(["gen-pairs", "--help"])
     assert exit_.value.code == 0 and "--clip-img-threshold" in capsys.readouterr().out
+
+
+def _write_report(path):
+    from ip2p.pairs.report import SCORE_NAMES, plot_histograms
+
+    rows = [{**{name: 0.1 * i for name in SCORE_NAMES}, "kept": i % 2 == 0} for i in range(10)]
+    return plot_histograms(rows, {SCORE_NAMES[0]: 0.2}, path)
+
+
+def test_workers_writing_the_report_at_once_do_not_collide(tmp_path):
+    # Job-array workers each write the report of the shards done so far; a shared temporary name made one fail.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = tmp_path / "report" / "scores.png"
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_write_report, [path] * 8))
+    assert results == [path] * 8 and path.stat().st_size > 0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["scores.png"]
