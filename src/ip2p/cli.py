@@ -1080,6 +1080,17 @@ def _toy_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--shard-size", type=int, default=500, help="pairs per shard (default: %(default)s)")
     q.add_argument("--resolution", type=int, default=64, help="image side (default: %(default)s)")
     q.set_defaults(func=cmd_toy, toy_main="exact-pairs")
+    q = toy.add_parser(
+        "judge-pairs",
+        help="judge a pair dataset with the oracle: how faithful each edit type's pairs are",
+        description="For each pair, parse its input caption, apply its instruction and let the oracle read both "
+        "images: the share of pairs whose input shows the caption, whose edit is right and whose other attributes "
+        "are unchanged, per edit type.",
+    )
+    q.add_argument("data", nargs="+", help="Parquet files/folders (official schema) or an original-format folder")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_toy, toy_main="judge-pairs")
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
@@ -1100,6 +1111,16 @@ def cmd_toy(args: argparse.Namespace) -> int:
             f"{manifest['kept']} of {manifest['total']} triplets rendered ({manifest.get('skipped', 0)} "
             f"skipped); output in {args.output}"
         )
+        return 0
+    if args.toy_main == "judge-pairs":
+        from ip2p.datasets import DatasetError
+        from ip2p.toy.judge_pairs import format_report, judge_pairs
+
+        try:
+            report = judge_pairs(args.data if len(args.data) > 1 else args.data[0], progress=not args.no_progress)
+        except (DatasetError, ValueError, OSError) as exc:
+            raise CLIError(str(exc)) from exc
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
     if args.toy_main == "train-base":
         from ip2p.toy.train_base import main as train_main
