@@ -6,14 +6,14 @@
 #   RUNS=/data/toy scripts/build_toy.sh
 #   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
 #
-# Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval bundle
+# Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 IP2P=${IP2P:-.venv/bin/ip2p}
 PY=${PY:-.venv/bin/python}
 CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 1)
-STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval bundle}
+STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
 # extra flags per stage, e.g. on a GPU: PAIRS_FLAGS="--dtype fp32" EVAL_FLAGS="--batch-size 64 --dtype fp32"
@@ -50,7 +50,8 @@ fi
 if want eval; then
   say "evaluation: editor vs SDEdit"
   $IP2P evaluate --model "$RUNS/toy-editor/model" --base "$RUNS/toy/base" --clip "$RUNS/toy/clip" \
-    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval" $EVAL_FLAGS
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 7.5 \
+    --image-guidance 1.0,1.5,2.0 --strengths 0.3,0.5,0.7,0.9 -o "$RUNS/toy-eval" $EVAL_FLAGS
 fi
 if want exact; then
   say "ablation data: exact rendered pairs of the same triplets"
@@ -64,7 +65,12 @@ fi
 if want exact-eval; then
   say "ablation evaluation"
   $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
-    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 -o "$RUNS/toy-eval-exact" $EVAL_FLAGS
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 7.5 \
+    --image-guidance 1.0,1.5,2.0 -o "$RUNS/toy-eval-exact" $EVAL_FLAGS
+fi
+if want figure; then
+  say "README figure and table"
+  $PY scripts/toy_figure.py "$RUNS/toy-eval=synthesized pairs" "$RUNS/toy-eval-exact=exact pairs" -o docs/toy-eval.png
 fi
 if want bundle; then
   say "bundle into the package"

@@ -1,0 +1,73 @@
+"""The toy world's evaluation figure and table for the README: the editors against SDEdit.
+
+Merges the summaries of several `ip2p evaluate` runs (each editor evaluated once, SDEdit taken from the first run
+that has it), draws one curve per method (directional similarity x, image similarity y, as the paper's figures) and
+prints a Markdown table with the oracle's verdicts, overall and per edit type.
+
+    .venv/bin/python scripts/toy_figure.py "runs/toy-eval=synthesized pairs" "runs/toy-eval-exact=exact pairs" \
+        -o docs/toy-eval.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ip2p.evaluate import curve_margin, plot_curves
+
+COLUMNS = ("clip_direction", "clip_image", "oracle_edit", "oracle_preserved", "oracle_success")
+TYPES = ("recolor", "change_kind", "background", "add", "remove", "style")
+
+
+def load(runs: list[str]) -> list[dict]:
+    rows, have_sdedit = [], False
+    for spec in runs:
+        folder, _, label = spec.partition("=")
+        summary = Path(folder) / "summary.jsonl"
+        if not summary.is_file():
+            raise SystemExit(f"{summary}: not found (run `ip2p evaluate ... -o {folder}` first)")
+        for line in summary.read_text().splitlines():
+            row = json.loads(line)
+            if row["method"] == "sdedit":
+                if have_sdedit:
+                    continue
+            elif label:
+                row["method"] = f"{row['method']} ({label})"
+            rows.append(row)
+        have_sdedit = have_sdedit or any(r["method"] == "sdedit" for r in rows)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ["method", "setting", "n", *COLUMNS, *(f"success: {t}" for t in TYPES)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        cells = [r["method"], r["setting"].replace("_guidance_scale", ""), str(r["n"])]
+        cells += [f"{r[c]:.3f}" if c.startswith("clip") else f"{100 * r[c]:.1f}%" for c in COLUMNS]
+        cells += [
+            f"{100 * r[f'oracle_success/{t}']:.0f}%" if f"oracle_success/{t}" in r else "-" for t in TYPES
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "runs", nargs="+", help="FOLDER=LABEL of an `ip2p evaluate` output (the label names its editor)"
+    )
+    p.add_argument("-o", "--output", default="docs/toy-eval.png", help="PNG to write (default: %(default)s)")
+    args = p.parse_args()
+    rows = load(args.runs)
+    plot_curves(rows, Path(args.output), title="toy world, 300 held-out rendered scenes")
+    print(table(rows))
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "sdedit"):
+        margin = curve_margin(rows, method, "sdedit")
+        print(f"\n{method} vs sdedit: {json.dumps({k: v for k, v in margin.items() if k != 'margins'})}")
+        print("margins:", [round(m, 3) for m in margin["margins"]])
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
