@@ -21,21 +21,20 @@ TYPES = ("recolor", "change_kind", "background", "add", "remove", "style")
 
 
 def load(runs: list[str]) -> list[dict]:
-    rows, have_sdedit = [], False
+    rows: list[dict] = []
     for spec in runs:
         folder, _, label = spec.partition("=")
         summary = Path(folder) / "summary.jsonl"
         if not summary.is_file():
             raise SystemExit(f"{summary}: not found (run `ip2p evaluate ... -o {folder}` first)")
+        have_sdedit = any(r["method"] == "sdedit" for r in rows)
         for line in summary.read_text().splitlines():
             row = json.loads(line)
-            if row["method"] == "sdedit":
-                if have_sdedit:
-                    continue
-            elif label:
+            if row["method"] == "sdedit" and have_sdedit:
+                continue  # the baseline once, from the first run that has it
+            if row["method"] != "sdedit" and label:
                 row["method"] = f"{row['method']} ({label})"
             rows.append(row)
-        have_sdedit = have_sdedit or any(r["method"] == "sdedit" for r in rows)
     return rows
 
 

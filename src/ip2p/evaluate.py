@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ip2p.imaging import load_image, make_grid, prepare_image, save_png
+from ip2p.imaging import load_image, make_grid, prepare_image, save_figure, save_png
 from ip2p.text.writer import JsonlLog
 
 PAPER_TEXT_GUIDANCE = 7.5
@@ -653,12 +653,10 @@ def plot_curves(summary: list[dict], path: Path, title: str | None = None) -> Pa
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _swept_value(row: dict, rows: list[dict]) -> str:

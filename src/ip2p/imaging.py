@@ -178,6 +178,22 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
 
 
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as a PNG through a temporary file of its own and a rename: never half-written,
+    and safe when several processes write the same figure at once (job-array workers each write the report)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", **savefig_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write a PNG with ``metadata`` as text chunks, through a temporary file and a rename (never half-written)."""
     path = Path(path)

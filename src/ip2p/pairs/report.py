@@ -7,11 +7,11 @@ shard done so far, whichever process or job did it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ip2p.imaging import save_figure
 
 SCORE_NAMES = ("clip_sim_0", "clip_sim_1", "clip_sim_dir", "clip_sim_image")
 COUNTS = (
@@ -77,18 +77,10 @@ def plot_histograms(rows: list[dict[str, Any]], thresholds: dict[str, float], pa
         ax.set_title(name)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own: job-array workers may each write the report of the shards done so far at the same time
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
     try:
-        fig.savefig(tmp, dpi=90)
-        tmp.replace(path)
+        return save_figure(fig, path, dpi=90)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def format_summary(totals: dict[str, Any]) -> str:
