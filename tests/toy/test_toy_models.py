@@ -221,3 +221,42 @@ def test_decoder_fine_tuning_keeps_the_encoder(trained, tmp_path):
     after = AutoencoderKL.from_pretrained(other / "base" / "vae").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
+def _assert_same_checkpoints(a_dir, b_dir, step):
+    a = load_file(a_dir / f"step-{step}.safetensors")
+    b = load_file(b_dir / f"step-{step}.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("stage", ["clip", "unet"])
+def test_batches_from_worker_processes_are_the_same(trained, tmp_path, stage):
+    """Batches prepared by forked loader workers train exactly as batches made in the training process."""
+    out, _ = trained
+    here = _restart_stage(out, tmp_path / "here", stage)
+    train_base(tmp_path / "here", "cpu", preset("test"), tiny_settings(), stages=(stage,))
+    workers = _restart_stage(out, tmp_path / "workers", stage)
+    train_base(tmp_path / "workers", "cpu", preset("test"), tiny_settings(loader_workers=2), stages=(stage,))
+    _assert_same_checkpoints(here, workers, 2)
+
+
+@pytest.mark.parametrize("stage", ["clip", "unet"])
+def test_a_stage_out_of_minutes_finishes_with_what_it_has_and_stop_step_repeats_it(trained, tmp_path, stage):
+    import json
+
+    out, _ = trained
+    ckpts = _restart_stage(out, tmp_path / "timed", stage)
+    timed = tiny_settings(ckpt_every=100, **{f"{stage}_steps": 50, f"{stage}_minutes": 1e-9})
+    train_base(tmp_path / "timed", "cpu", preset("test"), timed, stages=(stage,))
+    assert Checkpointer(ckpts).latest() == 1  # one step, then a checkpoint although ckpt_every is 100
+    assert (tmp_path / "timed" / FINAL[stage]).is_dir()
+    record = json.loads((tmp_path / "timed" / "work" / stage / "settings.json").read_text())
+    assert record["steps_done"] == 1 and record["train"][f"{stage}_steps"] == 50
+
+    repeat = _restart_stage(out, tmp_path / "repeat", stage)
+    again = tiny_settings(ckpt_every=100, **{f"{stage}_steps": 50, f"{stage}_stop_step": 1})
+    train_base(tmp_path / "repeat", "cpu", preset("test"), again, stages=(stage,))
+    assert Checkpointer(repeat).latest() == 1
+    _assert_same_checkpoints(ckpts, repeat, 1)

@@ -79,6 +79,19 @@ class TrainSettings:
     ckpt_every: int = 200
     keep_checkpoints: int = 2
     threads: int = 2
+    # Processes that prepare the CLIP and UNet batches (render, caption, tokenize) ahead of the training step; 0:
+    # the training process does it. The batches are the same either way (each is a function of its step alone).
+    # On a GPU the step is faster than its batch's preparation: use several (Linux; forked processes).
+    loader_workers: int = 0
+    # Wall-clock budget per stage in minutes (0: none). A stage that reaches it saves a checkpoint and finishes with
+    # the weights it has (the UNet with its EMA), as if its last step were the one reached; its settings.json
+    # records where it stopped. For a fixed time slot, e.g. a GPU lease; results then depend on the machine's speed.
+    clip_minutes: float = 0.0
+    unet_minutes: float = 0.0
+    # End a stage at this step of a schedule planned for ``*_steps`` (0: at its end): what a ``*_minutes`` limit
+    # did in a recorded run (its settings.json's ``steps_done``), made repeatable.
+    clip_stop_step: int = 0
+    unet_stop_step: int = 0
     # VAE
     vae_steps: int = 1200
     vae_batch: int = 16
@@ -331,23 +344,68 @@ def _loop(
     save_fn: Callable[[int], None],
     ckpt_every: int,
     threads: int,
-) -> None:
+    minutes: float = 0.0,
+    stop: int = 0,
+) -> int:
+    """Run steps ``start .. total - 1`` (of a schedule of ``total``), checkpointing every ``ckpt_every``; end early,
+    with a checkpoint, after step ``stop`` or once ``minutes`` of wall time have passed, if set. Returns the number
+    of steps done."""
     timer = _Timer()
     smooth = None
-    bar = tqdm(range(start, total), initial=start, total=total, desc=name, dynamic_ncols=True, mininterval=5)
+    deadline = time.monotonic() + 60 * minutes if minutes > 0 else None
+    end = stop if 0 < stop < total else total
+    bar = tqdm(range(start, end), initial=start, total=total, desc=name, dynamic_ncols=True, mininterval=5)
+    done = start
     for step in bar:
         with timer:
             loss = step_fn(step)
+        done = step + 1
         smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
         bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
-        if (step + 1) % ckpt_every == 0 or step + 1 == total:
-            save_fn(step + 1)
-            tqdm.write(f"[{name}] step {step + 1}/{total} loss {smooth:.4f} ({timer.summary(threads)})")
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        if done % ckpt_every == 0 or done == end or out_of_time:
+            save_fn(done)
+            tqdm.write(f"[{name}] step {done}/{total} loss {smooth:.4f} ({timer.summary(threads)})")
+        if out_of_time and done < total:
+            tqdm.write(f"[{name}] stopping at step {done} of {total}: its {minutes:g} minutes are spent")
+            break
     bar.close()
+    if done == end < total:
+        tqdm.write(f"[{name}] ending at step {done} of {total}, as asked")
+    return done
 
 
-def _settings_record(cfg: BaseModelConfig, settings: TrainSettings) -> dict:
-    return {"model": dataclasses.asdict(cfg), "train": dataclasses.asdict(settings)}
+class _StepBatches(torch.utils.data.Dataset):
+    def __init__(self, make: Callable[[int], dict], start: int, total: int):
+        self.make, self.start, self.total = make, start, total
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __getitem__(self, i: int) -> dict:
+        return self.make(self.start + i)
+
+
+def step_batches(make: Callable[[int], dict], start: int, total: int, workers: int):
+    """``make(step)`` for ``step = start .. total - 1``, in order, prepared by ``workers`` forked processes ahead of
+    use (``workers=0``: here, when asked for)."""
+    if workers <= 0 or total <= start:
+        return (make(step) for step in range(start, total))
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(make, start, total),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4,
+        multiprocessing_context="fork",
+    )
+    return iter(loader)
+
+
+def _settings_record(cfg: BaseModelConfig, settings: TrainSettings, steps_done: int | None = None) -> dict:
+    record = {"model": dataclasses.asdict(cfg), "train": dataclasses.asdict(settings)}
+    if steps_done is not None:
+        record["steps_done"] = steps_done
+    return record
 
 
 # ---------------------------------------------------------------------------
@@ -558,7 +616,10 @@ def _tokenize(tokenizer, texts: list[str], device: torch.device, pad_to_max: boo
 def text_embeddings(clip, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
     """Normalised CLIP text embeddings. CLIP's text tower is causal and pools at the EOS token, so padding to the
     batch's longest text gives the same embeddings as padding to ``model_max_length``."""
-    ids = _tokenize(tokenizer, texts, device, pad_to_max=False)
+    return text_embeddings_of_ids(clip, _tokenize(tokenizer, texts, device, pad_to_max=False))
+
+
+def text_embeddings_of_ids(clip, ids: torch.Tensor) -> torch.Tensor:
     emb = clip.get_text_features(input_ids=ids)
     emb = getattr(emb, "pooler_output", emb)
     return F.normalize(emb, dim=-1)
@@ -707,23 +768,36 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         flush=True,
     )
 
-    def step_fn(step: int) -> float:
+    def make_batch(step: int) -> dict:
         rng = random.Random(step_seed(settings.seed, "clip", step))
         picked, captions, negative_scenes, negatives = clip_batch(
             scenes, rng, settings.clip_batch, settings.clip_hard_captions
         )
-        same = same_scene_mask(picked, picked + negative_scenes, device)
-        pixels = clip_pixels(render_batch(picked)).to(device)
+        return {
+            "step": step,
+            "pixels": clip_pixels(render_batch(picked)),
+            "ids": _tokenize(tokenizer, captions + negatives, torch.device("cpu"), pad_to_max=False),
+            "n_captions": len(captions),
+            "same": same_scene_mask(picked, picked + negative_scenes, torch.device("cpu")),
+            "image_targets": torch.tensor([scene_targets(x) for x in picked]),
+            "text_targets": torch.tensor([scene_targets(x) for x in picked + negative_scenes]),
+        }
+
+    batches = step_batches(make_batch, start, settings.clip_steps, settings.loader_workers)
+
+    def step_fn(step: int) -> float:
+        batch = next(batches)
+        assert batch["step"] == step
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        n_captions = batch["n_captions"]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings.clip_steps, settings.clip_lr, 100)
-        image_emb = image_embeddings(clip, pixels)
-        all_text = text_embeddings(clip, tokenizer, captions + negatives, device)
-        loss = clip_loss(clip, image_emb, all_text[: len(captions)], all_text[len(captions) :], same)
+        image_emb = image_embeddings(clip, batch["pixels"])
+        all_text = text_embeddings_of_ids(clip, batch["ids"])
+        loss = clip_loss(clip, image_emb, all_text[:n_captions], all_text[n_captions:], batch["same"])
         if settings.clip_attribute_weight > 0:
-            image_targets = torch.tensor([scene_targets(x) for x in picked], device=device)
-            text_targets = torch.tensor([scene_targets(x) for x in picked + negative_scenes], device=device)
-            aux = heads.loss(heads.read_image(image_emb), image_targets)
-            aux = aux + heads.loss(heads.read_text(all_text), text_targets)
+            aux = heads.loss(heads.read_image(image_emb), batch["image_targets"])
+            aux = aux + heads.loss(heads.read_text(all_text), batch["text_targets"])
             loss = loss + settings.clip_attribute_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -735,7 +809,17 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         weights = {**prefixed("clip", clip.state_dict()), **prefixed("heads", heads.state_dict())}
         ckpt.save(step, weights, {"optimizer": opt.state_dict()})
 
-    _loop("clip", settings.clip_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
+    done = _loop(
+        "clip",
+        settings.clip_steps,
+        start,
+        step_fn,
+        save_fn,
+        settings.ckpt_every,
+        settings.threads,
+        settings.clip_minutes,
+        settings.clip_stop_step,
+    )
 
     clip = clip.to("cpu").eval()
     processor = CLIPImageProcessor(
@@ -762,7 +846,7 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings), indent=1))
+    (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings, done), indent=1))
     return final
 
 
@@ -851,7 +935,9 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     )
     float_keys = [k for k, v in ema.items() if v.is_floating_point()]
 
-    def step_fn(step: int) -> float:
+    latent_shape = tuple(latents.shape[1:])
+
+    def make_batch(step: int) -> dict:
         g = torch.Generator().manual_seed(step_seed(settings.seed, "unet", step))
         rng = random.Random(step_seed(settings.seed, "unet", step))
         b = settings.unet_batch
@@ -867,10 +953,24 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
                         scenes[i], None if u < settings.caption_dropout + settings.canonical_captions else rng
                     )
                 )
-        cond = encode_prompts(text_encoder, tokenizer, texts, device)
-        x0 = latents[idx].to(device)
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g).to(device)
+        return {
+            "step": step,
+            "idx": idx,
+            "ids": _tokenize(tokenizer, texts, torch.device("cpu"), pad_to_max=True),
+            "noise": torch.randn((b, *latent_shape), generator=g),
+            "t": torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g),
+        }
+
+    batches = step_batches(make_batch, start, settings.unet_steps, settings.loader_workers)
+
+    def step_fn(step: int) -> float:
+        batch = next(batches)
+        assert batch["step"] == step
+        with torch.no_grad():
+            cond = text_encoder(batch["ids"].to(device))[0]
+        x0 = latents[batch["idx"]].to(device)
+        noise = batch["noise"].to(device)
+        t = batch["t"].to(device)
         noisy = noise_scheduler.add_noise(x0, noise, t)
         target = noise_scheduler.get_velocity(x0, noise, t)
         for group in opt.param_groups:
@@ -884,8 +984,7 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         decay = min(settings.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             current = unet.state_dict()
-            for k in float_keys:
-                ema[k].lerp_(current[k], 1 - decay)
+            torch._foreach_lerp_([ema[k] for k in float_keys], [current[k] for k in float_keys], 1 - decay)
         return float(loss.detach())
 
     def save_fn(step: int) -> None:
@@ -895,12 +994,22 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
             {"optimizer": opt.state_dict()},
         )
 
-    _loop("unet", settings.unet_steps, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
+    done = _loop(
+        "unet",
+        settings.unet_steps,
+        start,
+        step_fn,
+        save_fn,
+        settings.ckpt_every,
+        settings.threads,
+        settings.unet_minutes,
+        settings.unet_stop_step,
+    )
 
     unet.load_state_dict(ema)
     vae = AutoencoderKL.from_pretrained(current_vae_path(out_dir))  # decoder-fine-tuned if that stage ran
     save_base_pipeline(final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg)
-    (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings), indent=1))
+    (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings, done), indent=1))
     return final
 
 
@@ -1010,6 +1119,9 @@ def train_base(
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(settings.threads)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     record = out_dir / "work" / "config.json"
     if cfg is None:
         cfg = _load_config(out_dir, "toy")
