@@ -49,17 +49,31 @@ def test_text_encoder_is_the_clip_text_tower(pipe):
     )
 
 
-def test_generated_backgrounds_follow_the_caption(pipe):
-    """Measured on 200 captions (50 steps): backgrounds 100% right, every attribute right 3% (one shape) — the
-    text-to-image bars (80% / 50%) are not met yet; shapes' positions and kinds do not follow the text."""
+@pytest.mark.parametrize("n_shapes, at_least", [("one", 7), ("two", 6)])
+def test_generations_show_their_caption(pipe, n_shapes, at_least):
+    """Measured on 100 + 100 held-out captions (50 steps): every attribute right in 99% of one-shape and 99% of
+    two-shape generations (bars: 80% and 50%). Here: 8 captions each, at 20 steps."""
     from ip2p.toy.captions import caption
     from ip2p.toy.quality import DEFAULT_GUIDANCE, generate, judge_samples
     from ip2p.toy.train_base import heldout_scenes
 
-    scenes = heldout_scenes()["one"][:8]
+    scenes = heldout_scenes()[n_shapes][:8]
     images = generate(pipe, [caption(s) for s in scenes], DEFAULT_GUIDANCE, steps=20, seed=0)
-    _, rates = judge_samples(images, scenes)
-    assert rates["background"] >= 0.85
+    flags, _ = judge_samples(images, scenes)
+    assert sum(flags) >= at_least
+
+
+def test_clip_tells_one_attribute_apart():
+    """Measured on 500 held-out scenes: top-1 76% against 9 one-attribute distractors (bar 90%, not met; chance
+    10%). Here: 60 scenes."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from ip2p.toy.quality import clip_retrieval
+    from ip2p.toy.train_base import heldout_scenes
+
+    clip = CLIPModel.from_pretrained(CLIP, local_files_only=True).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP, local_files_only=True)
+    assert clip_retrieval(clip, tokenizer, heldout_scenes()["mixed"][:60])["clip_top1"] >= 0.6
 
 
 EDITOR = toy_model_path("editor")
@@ -73,8 +87,8 @@ def test_bundle_fits_its_budget():
 
 @pytest.mark.skipif(not (EDITOR / "model_index.json").is_file(), reason="the toy editor is not bundled")
 def test_bundled_editor_loads_in_diffusers_and_follows_background_instructions():
-    """Measured on 300 held-out scenes: background edits right in 98% (the edit types its synthesized pairs
-    show faithfully); other shape edits mostly wrong (README, the toy editor). Here: 6 background edits."""
+    """Measured on 300 held-out scenes at image guidance 1.5: background edits right in 100% (56 of 56), style
+    80%, recolour 44%, add 39%, change kind 12%, remove 6% (README, the toy editor). Here: 6 background edits."""
     import random
 
     from diffusers import StableDiffusionInstructPix2PixPipeline
