@@ -74,8 +74,13 @@ SD15_VAE = dict(
 )
 # openai/clip-vit-large-patch14's text tower (vocabulary: our byte-level tokenizer's; same compute per token).
 CLIP_L_TEXT = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
 )
 
 CONFIGS = {
@@ -101,13 +106,22 @@ def build(name: str):
 
         torch.manual_seed(0)
         tokenizer = build_clip_tokenizer(model_max_length=77)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id, **CLIP_L_TEXT,
-        ))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **CLIP_L_TEXT,
+            )
+        )
         return EditComponents(
-            unet=UNet2DConditionModel(**SD15_UNET), vae=AutoencoderKL(**SD15_VAE), text_encoder=text_encoder,
-            tokenizer=tokenizer, scheduler=tiny_scheduler(), name="sd15-random",
+            unet=UNet2DConditionModel(**SD15_UNET),
+            vae=AutoencoderKL(**SD15_VAE),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=tiny_scheduler(),
+            name="sd15-random",
         )
     raise SystemExit(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
 
@@ -128,11 +142,18 @@ def bench(name: str, repeats: int | None, dtype: str, threads: int | None = None
     components = build(name)
     build_s = time.perf_counter() - t0
 
-    ours = EditPipeline(components, device="cpu", dtype=dtype)  # moves the shared modules to the dtype, eval mode
+    ours = EditPipeline(
+        components, device="cpu", dtype=dtype
+    )  # moves the shared modules to the dtype, eval mode
     theirs = StableDiffusionInstructPix2PixPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=type(components.scheduler).from_config(components.scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=type(components.scheduler).from_config(components.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     theirs.set_progress_bar_config(disable=True)
 
@@ -140,13 +161,26 @@ def bench(name: str, repeats: int | None, dtype: str, threads: int | None = None
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
 
     def run_ours() -> np.ndarray:
-        result = ours(image, prompt, seed=seed, num_inference_steps=steps, resolution=size,
-                      text_guidance_scale=7.5, image_guidance_scale=1.5)
+        result = ours(
+            image,
+            prompt,
+            seed=seed,
+            num_inference_steps=steps,
+            resolution=size,
+            text_guidance_scale=7.5,
+            image_guidance_scale=1.5,
+        )
         return np.asarray(result.images[0])
 
     def run_theirs() -> np.ndarray:
-        result = theirs(prompt=prompt, image=image, num_inference_steps=steps, guidance_scale=7.5,
-                        image_guidance_scale=1.5, generator=torch.Generator("cpu").manual_seed(seed))
+        result = theirs(
+            prompt=prompt,
+            image=image,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            image_guidance_scale=1.5,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        )
         return np.asarray(result.images[0])
 
     def timed(fn):
@@ -164,13 +198,22 @@ def bench(name: str, repeats: int | None, dtype: str, threads: int | None = None
     med_ours, med_theirs = statistics.median(times["ours"]), statistics.median(times["diffusers"])
     pixel_diff = int(np.abs(out_ours.astype(np.int16) - out_theirs.astype(np.int16)).max())
     return dict(
-        config=name, resolution=size, steps=steps, dtype=str(ours.dtype).removeprefix("torch."),
-        threads=torch.get_num_threads(), repeats=repeats, build_s=round(build_s, 2),
-        params_millions={k: round(params_millions(getattr(components, k)), 1) for k in ("unet", "vae", "text_encoder")},
-        warmup_s={"ours": warm_ours, "diffusers": warm_theirs}, times_s=times,
+        config=name,
+        resolution=size,
+        steps=steps,
+        dtype=str(ours.dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        repeats=repeats,
+        build_s=round(build_s, 2),
+        params_millions={
+            k: round(params_millions(getattr(components, k)), 1) for k in ("unet", "vae", "text_encoder")
+        },
+        warmup_s={"ours": warm_ours, "diffusers": warm_theirs},
+        times_s=times,
         median_s={"ours": med_ours, "diffusers": med_theirs},
         min_s={"ours": min(times["ours"]), "diffusers": min(times["diffusers"])},
-        ratio_median=med_ours / med_theirs, ratio_min=min(times["ours"]) / min(times["diffusers"]),
+        ratio_median=med_ours / med_theirs,
+        ratio_min=min(times["ours"]) / min(times["diffusers"]),
         max_pixel_diff_same_seed=pixel_diff,
     )
 
@@ -194,10 +237,18 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="tiny,sd15", help="comma-separated: " + ", ".join(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per pipeline (default: tiny 10, sd15 2), after one warm-up run each")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for every config (default: tiny 1, sd15 torch's own)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per pipeline (default: tiny 10, sd15 2), after one warm-up run each",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for every config (default: tiny 1, sd15 torch's own)",
+    )
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
@@ -216,26 +267,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench_edit] {n} ...", file=sys.stderr, flush=True)
         load_before = os.getloadavg()
         row = bench(n, args.repeats, args.dtype, args.threads)
-        row.update(when=time.strftime("%Y-%m-%dT%H:%M:%S%z"), note=args.note,
-                   loadavg_before=load_before, loadavg_after=os.getloadavg())
+        row.update(
+            when=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            note=args.note,
+            loadavg_before=load_before,
+            loadavg_after=os.getloadavg(),
+        )
         rows.append(row)
     # Keep earlier results of other (config, dtype) pairs in the file; replace those measured now.
     previous = json.loads(args.out.read_text()).get("results", []) if args.out.is_file() else []
     measured = {(r["config"], r["dtype"]) for r in rows}
     kept = [r for r in previous if (r.get("config"), r.get("dtype")) not in measured]
     report = dict(
-        benchmark="bench_edit", bar_ratio=BAR,
+        benchmark="bench_edit",
+        bar_ratio=BAR,
         machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
-        versions=dict(python=platform.python_version(), torch=torch.__version__, diffusers=diffusers.__version__,
-                      transformers=transformers.__version__),
+        versions=dict(
+            python=platform.python_version(),
+            torch=torch.__version__,
+            diffusers=diffusers.__version__,
+            transformers=transformers.__version__,
+        ),
         results=kept + rows,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(rows))
     for r in rows:
-        print(f"{r['config']}: load average {r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after; "
-              f"same-seed outputs differ by at most {r['max_pixel_diff_same_seed']}/255")
+        print(
+            f"{r['config']}: load average {r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after; "
+            f"same-seed outputs differ by at most {r['max_pixel_diff_same_seed']}/255"
+        )
     print(f"written to {args.out}")
     return 0
 

@@ -37,8 +37,13 @@ def make_data(folder: Path, n: int, size: int) -> str:
     for _ in range(n):
         scene = random_scene(rng)
         edit = random_edit(scene, rng)
-        rows.append({"original_image": render(scene, size=size), "edit_prompt": edit.instruction,
-                     "edited_image": render(edit.after, size=size)})
+        rows.append(
+            {
+                "original_image": render(scene, size=size),
+                "edit_prompt": edit.instruction,
+                "edited_image": render(edit.after, size=size),
+            }
+        )
     return str(write_parquet_shard(rows, folder / "pairs.parquet"))
 
 
@@ -48,9 +53,16 @@ def make_base(folder: Path) -> str:
     from ip2p.tiny import tiny_components
 
     c = tiny_components(edit=False)
-    StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                            scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder / "base")
+    StableDiffusionPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        scheduler=c.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder / "base")
     return str(folder / "base")
 
 
@@ -63,9 +75,15 @@ def reference_loop(base: str, data: str, steps: int, batch: int, size: int) -> f
     from ip2p.datasets import open_edit_dataset
     from ip2p.models import to_edit_unet
 
-    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False)
-    unet, vae, text_encoder, tokenizer = to_edit_unet(pipe.unet).train(), pipe.vae, pipe.text_encoder, pipe.tokenizer
+    pipe = StableDiffusionPipeline.from_pretrained(
+        base, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    unet, vae, text_encoder, tokenizer = (
+        to_edit_unet(pipe.unet).train(),
+        pipe.vae,
+        pipe.text_encoder,
+        pipe.tokenizer,
+    )
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -75,8 +93,13 @@ def reference_loop(base: str, data: str, steps: int, batch: int, size: int) -> f
     generator = torch.Generator().manual_seed(0)
 
     def tokenize(texts):
-        return tokenizer(texts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                         return_tensors="pt").input_ids
+        return tokenizer(
+            texts,
+            max_length=tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
 
     def preprocess(indices):
         # The script: resize to the resolution, crop, flip, to [-1, 1], per example.
@@ -89,7 +112,11 @@ def reference_loop(base: str, data: str, steps: int, batch: int, size: int) -> f
                 o, e = o[:, ::-1], e[:, ::-1]
             originals.append(torch.from_numpy(o.copy()).permute(2, 0, 1))
             editeds.append(torch.from_numpy(e.copy()).permute(2, 0, 1))
-        return torch.stack(originals), torch.stack(editeds), tokenize([dataset[i].edit_prompt for i in indices])
+        return (
+            torch.stack(originals),
+            torch.stack(editeds),
+            tokenize([dataset[i].edit_prompt for i in indices]),
+        )
 
     def step(k):
         indices = [(k * batch + j) % len(dataset) for j in range(batch)]
@@ -123,9 +150,20 @@ def reference_loop(base: str, data: str, steps: int, batch: int, size: int) -> f
 def ours(base: str, data: str, steps: int, batch: int, size: int, cache: bool, out: Path) -> float:
     from ip2p.train import TrainConfig, Trainer
 
-    config = TrainConfig(base_model=base, data=[data], output_dir=str(out), resolution=size, min_resize=size,
-                         max_resize=size, train_batch_size=batch, max_train_steps=steps + 1, device="cpu",
-                         cache_latents=cache, checkpointing_steps=10**9, validation_steps=0)
+    config = TrainConfig(
+        base_model=base,
+        data=[data],
+        output_dir=str(out),
+        resolution=size,
+        min_resize=size,
+        max_resize=size,
+        train_batch_size=batch,
+        max_train_steps=steps + 1,
+        device="cpu",
+        cache_latents=cache,
+        checkpointing_steps=10**9,
+        validation_steps=0,
+    )
     trainer = Trainer(config)
     if cache:
         trainer.build_cache()  # once per dataset; reported separately below
@@ -137,7 +175,9 @@ def ours(base: str, data: str, steps: int, batch: int, size: int, cache: bool, o
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
     parser.add_argument("--batch", type=int, default=16, help="examples per step")
     parser.add_argument("--size", type=int, default=64, help="image side")
@@ -150,31 +190,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base, data = make_base(tmp), make_data(tmp, n=4 * args.batch, size=args.size)
-        results: dict[str, list[float]] = {"reference (diffusers example's step)": [], "ip2p train": [],
-                                           "ip2p train --cache-latents": []}
+        results: dict[str, list[float]] = {
+            "reference (diffusers example's step)": [],
+            "ip2p train": [],
+            "ip2p train --cache-latents": [],
+        }
         cache_start = time.perf_counter()
         ours(base, data, 1, args.batch, args.size, True, tmp / "cache-run")  # builds the cache once
         cache_seconds = time.perf_counter() - cache_start
         for r in range(args.repeats):
             results["reference (diffusers example's step)"].append(
-                reference_loop(base, data, args.steps, args.batch, args.size))
-            results["ip2p train"].append(ours(base, data, args.steps, args.batch, args.size, False, tmp / f"a{r}"))
+                reference_loop(base, data, args.steps, args.batch, args.size)
+            )
+            results["ip2p train"].append(
+                ours(base, data, args.steps, args.batch, args.size, False, tmp / f"a{r}")
+            )
             results["ip2p train --cache-latents"].append(
-                ours(base, data, args.steps, args.batch, args.size, True, tmp / "cache-run"))
+                ours(base, data, args.steps, args.batch, args.size, True, tmp / "cache-run")
+            )
     ref = statistics.median(results["reference (diffusers example's step)"])
-    print(f"\n{args.steps} steps x batch {args.batch} at {args.size} px, tiny model, {args.threads} threads, "
-          f"median of {args.repeats}")
+    print(
+        f"\n{args.steps} steps x batch {args.batch} at {args.size} px, tiny model, {args.threads} threads, "
+        f"median of {args.repeats}"
+    )
     print("| contender | samples/s | ratio to reference |\n| --- | --- | --- |")
     summary = {}
     for name, values in results.items():
         median = statistics.median(values)
         summary[name] = {"samples_per_second": median, "ratio": median / ref, "runs": values}
         print(f"| {name} | {median:.1f} | {median / ref:.2f} |")
-    print(f"(building the latent cache: {cache_seconds:.1f} s for {4 * args.batch} examples, once per dataset)")
+    print(
+        f"(building the latent cache: {cache_seconds:.1f} s for {4 * args.batch} examples, once per dataset)"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "results": summary, "cache_build_seconds": cache_seconds},
-                              indent=2))
+    out.write_text(
+        json.dumps(
+            {"settings": vars(args), "results": summary, "cache_build_seconds": cache_seconds}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

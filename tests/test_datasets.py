@@ -15,17 +15,35 @@ from ip2p.datasets import (
 
 
 def _rows(n):
-    return [{"original_prompt": f"a {i}", "original_image": Image.new("RGB", (8, 8), (i, 0, 0)),
-             "edit_prompt": f"edit {i}", "edited_prompt": f"b {i}", "edited_image": Image.new("RGB", (8, 8), (0, i, 0)),
-             "seed": i} for i in range(n)]
+    return [
+        {
+            "original_prompt": f"a {i}",
+            "original_image": Image.new("RGB", (8, 8), (i, 0, 0)),
+            "edit_prompt": f"edit {i}",
+            "edited_prompt": f"b {i}",
+            "edited_image": Image.new("RGB", (8, 8), (0, i, 0)),
+            "seed": i,
+        }
+        for i in range(n)
+    ]
 
 
 def test_shards_are_read_by_hf_datasets_with_images_decoded(tmp_path):
     write_parquet_shard(_rows(3), tmp_path / "shard-0.parquet")
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "*.parquet"), split="train")
-    assert ds.column_names == ["original_prompt", "original_image", "edit_prompt", "edited_prompt", "edited_image",
-                               "seed"]
-    assert isinstance(ds[2]["original_image"], Image.Image) and ds[2]["original_image"].getpixel((0, 0)) == (2, 0, 0)
+    assert ds.column_names == [
+        "original_prompt",
+        "original_image",
+        "edit_prompt",
+        "edited_prompt",
+        "edited_image",
+        "seed",
+    ]
+    assert isinstance(ds[2]["original_image"], Image.Image) and ds[2]["original_image"].getpixel((0, 0)) == (
+        2,
+        0,
+        0,
+    )
     assert not list(tmp_path.glob(".*")), "no temporary file may remain"
 
 
@@ -42,22 +60,37 @@ def test_reader_indexes_several_shards(tmp_path):
 def test_official_schema_written_by_hf_datasets(tmp_path):
     """A file as the official dataset ships it (written by `datasets` itself, images as Image features)."""
     rows = _rows(2)
-    features = datasets.Features({"original_prompt": datasets.Value("string"), "original_image": datasets.Image(),
-                                  "edit_prompt": datasets.Value("string"), "edited_prompt": datasets.Value("string"),
-                                  "edited_image": datasets.Image()})
+    features = datasets.Features(
+        {
+            "original_prompt": datasets.Value("string"),
+            "original_image": datasets.Image(),
+            "edit_prompt": datasets.Value("string"),
+            "edited_prompt": datasets.Value("string"),
+            "edited_image": datasets.Image(),
+        }
+    )
     datasets.Dataset.from_list([{k: r[k] for k in features} for r in rows], features=features).to_parquet(
-        str(tmp_path / "train-00000-of-00001.parquet"))
+        str(tmp_path / "train-00000-of-00001.parquet")
+    )
     ds = open_edit_dataset(str(tmp_path / "train-*.parquet"))
     assert len(ds) == 2 and ds[1].edit_prompt == "edit 1"
     assert ds[1].original_image.getpixel((0, 0)) == (1, 0, 0)
 
 
 def test_diffusers_example_column_names_and_custom_columns(tmp_path):
-    rows = [{"input_image": r["original_image"], "edit_prompt": r["edit_prompt"], "edited_image": r["edited_image"]}
-            for r in _rows(2)]
+    rows = [
+        {
+            "input_image": r["original_image"],
+            "edit_prompt": r["edit_prompt"],
+            "edited_image": r["edited_image"],
+        }
+        for r in _rows(2)
+    ]
     write_parquet_shard(rows, tmp_path / "x.parquet", image_columns=("input_image", "edited_image"))
     assert open_edit_dataset(tmp_path / "x.parquet")[0].original_image.size == (8, 8)
-    rows = [{"src": r["original_image"], "text": r["edit_prompt"], "dst": r["edited_image"]} for r in _rows(2)]
+    rows = [
+        {"src": r["original_image"], "text": r["edit_prompt"], "dst": r["edited_image"]} for r in _rows(2)
+    ]
     write_parquet_shard(rows, tmp_path / "y.parquet", image_columns=("src", "dst"))
     ds = ParquetEditDataset([tmp_path / "y.parquet"], Columns("src", "text", "dst"))
     assert ds[1].edit_prompt == "edit 1"
@@ -70,7 +103,9 @@ def test_original_repository_folder_format(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         key = "input" if i == 0 else "caption"  # both keys exist in the wild
-        (folder / "prompt.json").write_text(json.dumps({key: f"cap {i}", "edit": f"do {i}", "output": f"out {i}"}))
+        (folder / "prompt.json").write_text(
+            json.dumps({key: f"cap {i}", "edit": f"do {i}", "output": f"out {i}"})
+        )
         for seed in (11, 22):
             Image.new("RGB", (8, 8), (seed, 0, 0)).save(folder / f"{seed}_0.jpg", quality=100)
             Image.new("RGB", (8, 8), (0, seed, 0)).save(folder / f"{seed}_1.jpg", quality=100)

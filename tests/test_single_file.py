@@ -54,8 +54,12 @@ def sd_like_components(seed: int = 0) -> EditComponents:
     tokenizer = build_clip_tokenizer(model_max_length=77)
     text_encoder = tiny_text_encoder(tokenizer, hidden_size=32, seed=seed + 2)
     return EditComponents(
-        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder, tokenizer=tokenizer,
-        scheduler=tiny_scheduler(), name="sd-like",
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=tiny_scheduler(),
+        name="sd-like",
     )
 
 
@@ -71,7 +75,9 @@ def original(tmp_path_factory):
     save_file(checkpoint, root / "ip2p.safetensors")
     # As a Lightning checkpoint: the weights under "state_dict", plus plain numbers (weights_only accepts them).
     torch.save({"state_dict": checkpoint, "global_step": 22000}, root / "ip2p.ckpt")
-    return dict(components=components, folder=folder, configs_only=configs_only, checkpoint=checkpoint, root=root)
+    return dict(
+        components=components, folder=folder, configs_only=configs_only, checkpoint=checkpoint, root=root
+    )
 
 
 def _image(size=64, seed=0) -> Image.Image:
@@ -86,17 +92,26 @@ def test_checkpoint_has_the_original_layout(original):
     assert UNET_PREFIX + "input_blocks.3.0.op.weight" in keys
     assert UNET_PREFIX + "output_blocks.5.2.conv.weight" in keys  # upsampler after an attention
     assert UNET_PREFIX + "output_blocks.2.1.conv.weight" in keys  # upsampler of the level without attention
-    assert keys["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (32, 32, 1, 1)  # 1x1 conv, not linear
+    assert keys["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (
+        32,
+        32,
+        1,
+        1,
+    )  # 1x1 conv, not linear
     assert "first_stage_model.decoder.up.3.block.0.conv1.weight" in keys
     assert CLIP_PREFIX + "text_model.embeddings.position_embedding.weight" in keys
-    assert all(k.startswith((UNET_PREFIX, "first_stage_model.", CLIP_PREFIX, "betas", "alphas")) for k in keys)
+    assert all(
+        k.startswith((UNET_PREFIX, "first_stage_model.", CLIP_PREFIX, "betas", "alphas")) for k in keys
+    )
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 @pytest.mark.parametrize("config", ["folder", "configs_only"])
 def test_single_file_loads_the_same_weights(original, suffix, config):
     """The configs-only folder proves the weights come from the file, not from the config folder."""
-    loaded = load_pipeline_components(original["root"] / f"ip2p{suffix}", edit=True, config=str(original[config]))
+    loaded = load_pipeline_components(
+        original["root"] / f"ip2p{suffix}", edit=True, config=str(original[config])
+    )
     ref = original["components"]
     for name in ("unet", "vae", "text_encoder"):
         expected, got = getattr(ref, name).state_dict(), getattr(loaded, name).state_dict()
@@ -121,7 +136,10 @@ def folder_edit(original):
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
 def test_edit_from_single_file_equals_edit_from_folder(original, folder_edit, suffix):
     from_file = EditPipeline.from_pretrained(
-        str(original["root"] / f"ip2p{suffix}"), device="cpu", dtype="fp32", config=str(original["configs_only"])
+        str(original["root"] / f"ip2p{suffix}"),
+        device="cpu",
+        dtype="fp32",
+        config=str(original["configs_only"]),
     )
     a = folder_edit
     b = from_file(_image(), "make it blue", **_EDIT)
@@ -165,7 +183,10 @@ def test_text_file_raises_model_load_error(original, tmp_path):
 
 def test_incomplete_checkpoint_raises_model_load_error(original, tmp_path):
     """A missing weight must not load as an empty (meta) tensor that fails later, far from the cause."""
-    for dropped in ("cond_stage_model.transformer.text_model.final_layer_norm.weight", UNET_PREFIX + "out.2.weight"):
+    for dropped in (
+        "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+        UNET_PREFIX + "out.2.weight",
+    ):
         path = tmp_path / "incomplete.safetensors"
         save_file({k: v for k, v in original["checkpoint"].items() if k != dropped}, path)
         _assert_one_line_error(path, original["configs_only"])

@@ -16,9 +16,21 @@ from safetensors.torch import load_file
 from ip2p.datasets import write_parquet_shard
 from ip2p.train import TrainConfig, Trainer, augment_params, example_seed, train
 
-FAST = dict(resolution=32, min_resize=32, max_resize=36, train_batch_size=2, max_train_steps=4,
-            checkpointing_steps=2, validation_steps=0, num_validation_examples=1, validation_inference_steps=2,
-            log_every=1, use_ema=True, ema_decay=0.99, learning_rate=1e-3)
+FAST = dict(
+    resolution=32,
+    min_resize=32,
+    max_resize=36,
+    train_batch_size=2,
+    max_train_steps=4,
+    checkpointing_steps=2,
+    validation_steps=0,
+    num_validation_examples=1,
+    validation_inference_steps=2,
+    log_every=1,
+    use_ema=True,
+    ema_decay=0.99,
+    learning_rate=1e-3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +39,16 @@ def base_model(tmp_path_factory):
 
     c = tiny_components(edit=False)
     folder = tmp_path_factory.mktemp("base") / "t2i"
-    StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                            scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)
+    StableDiffusionPipeline(
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        scheduler=c.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
     return str(folder)
 
 
@@ -44,16 +63,24 @@ def pairs(tmp_path_factory):
     for _ in range(12):
         scene = random_scene(rng)
         edit = random_edit(scene, rng)
-        rows.append({"original_prompt": caption(scene), "original_image": render(scene, size=32),
-                     "edit_prompt": edit.instruction, "edited_prompt": caption(edit.after),
-                     "edited_image": render(edit.after, size=32)})
+        rows.append(
+            {
+                "original_prompt": caption(scene),
+                "original_image": render(scene, size=32),
+                "edit_prompt": edit.instruction,
+                "edited_prompt": caption(edit.after),
+                "edited_image": render(edit.after, size=32),
+            }
+        )
     path = tmp_path_factory.mktemp("data") / "shard-00000.parquet"
     write_parquet_shard(rows, path)
     return str(path)
 
 
 def _config(base_model, pairs, out, **kw):
-    return TrainConfig(base_model=base_model, data=[pairs], output_dir=str(out), device="cpu", **{**FAST, **kw})
+    return TrainConfig(
+        base_model=base_model, data=[pairs], output_dir=str(out), device="cpu", **{**FAST, **kw}
+    )
 
 
 def test_keyed_randomness_is_a_pure_function_of_seed_and_position():
@@ -83,21 +110,30 @@ def test_train_writes_checkpoints_metrics_validation_and_a_loadable_model(base_m
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] > 0 for r in rows)
     assert list((tmp_path / "validation").glob("step-*.png"))
     reference = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     assert reference.unet.config.in_channels == 8
     ema = load_file(tmp_path / "checkpoints" / "checkpoint-4" / "ema.safetensors")
     torch.testing.assert_close(reference.unet.conv_in.weight, ema["conv_in.weight"])  # EMA weights exported
     from ip2p.pipeline import EditPipeline
 
     result = EditPipeline.from_pretrained(str(folder), device="cpu")(
-        reference.image_processor.postprocess(torch.zeros(1, 3, 32, 32))[0], "x", seed=0, num_inference_steps=2,
-        resolution=32)
+        reference.image_processor.postprocess(torch.zeros(1, 3, 32, 32))[0],
+        "x",
+        seed=0,
+        num_inference_steps=2,
+        resolution=32,
+    )
     assert result.images[0].size == (32, 32)
 
 
 def _weights(folder):
-    return load_file(folder / "checkpoints" / sorted(
-        (p.name for p in (folder / "checkpoints").iterdir()), key=lambda n: int(n.split("-")[1]))[-1] / "unet.safetensors")
+    return load_file(
+        folder
+        / "checkpoints"
+        / sorted((p.name for p in (folder / "checkpoints").iterdir()), key=lambda n: int(n.split("-")[1]))[-1]
+        / "unet.safetensors"
+    )
 
 
 def _cli(args, **kw):
@@ -106,11 +142,38 @@ def _cli(args, **kw):
 
 
 def _flags(base_model, pairs, out, steps=6):
-    return ["--base-model", base_model, "--data", pairs, "--output-dir", str(out), "--device", "cpu",
-            "--resolution", "32", "--min-resize", "32", "--max-resize", "36", "--train-batch-size", "2",
-            "--max-train-steps", str(steps), "--checkpointing-steps", "1", "--validation-steps", "0",
-            "--num-validation-examples", "0", "--learning-rate", "1e-3", "--ema-decay", "0.99",
-            "--checkpoints-total-limit", "10"]
+    return [
+        "--base-model",
+        base_model,
+        "--data",
+        pairs,
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--resolution",
+        "32",
+        "--min-resize",
+        "32",
+        "--max-resize",
+        "36",
+        "--train-batch-size",
+        "2",
+        "--max-train-steps",
+        str(steps),
+        "--checkpointing-steps",
+        "1",
+        "--validation-steps",
+        "0",
+        "--num-validation-examples",
+        "0",
+        "--learning-rate",
+        "1e-3",
+        "--ema-decay",
+        "0.99",
+        "--checkpoints-total-limit",
+        "10",
+    ]
 
 
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(base_model, pairs, tmp_path):
@@ -144,53 +207,152 @@ def test_cached_latents_train_like_the_uncached_path(base_model, pairs, tmp_path
     cached = Trainer(_config(base_model, pairs, tmp_path / "cached", cache_latents=True, **kw))
     cached.train()
     assert (tmp_path / "cached" / "cache" / "latents-32.safetensors").is_file()
-    for p, q in zip(plain.accelerator.unwrap_model(plain.unet).parameters(),
-                    cached.accelerator.unwrap_model(cached.unet).parameters(), strict=True):
+    for p, q in zip(
+        plain.accelerator.unwrap_model(plain.unet).parameters(),
+        cached.accelerator.unwrap_model(cached.unet).parameters(),
+        strict=True,
+    ):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(base_model, pairs, tmp_path):
-    common = ["--base-model", base_model, "--data", pairs, "--device", "cpu", "--resolution", "32",
-              "--min-resize", "32", "--max-resize", "36", "--max-train-steps", "2", "--checkpointing-steps", "2",
-              "--validation-steps", "0", "--num-validation-examples", "0", "--learning-rate", "1e-3",
-              # Adam divides by sqrt(v): on the first steps it turns float noise in near-zero gradients into
-              # full +-lr updates. A large epsilon makes the update proportional to the gradient, so
-              # equal gradients (what DDP must give) show as equal weights.
-              "--adam-epsilon", "1.0", "--max-grad-norm", "0"]
+    common = [
+        "--base-model",
+        base_model,
+        "--data",
+        pairs,
+        "--device",
+        "cpu",
+        "--resolution",
+        "32",
+        "--min-resize",
+        "32",
+        "--max-resize",
+        "36",
+        "--max-train-steps",
+        "2",
+        "--checkpointing-steps",
+        "2",
+        "--validation-steps",
+        "0",
+        "--num-validation-examples",
+        "0",
+        "--learning-rate",
+        "1e-3",
+        # Adam divides by sqrt(v): on the first steps it turns float noise in near-zero gradients into
+        # full +-lr updates. A large epsilon makes the update proportional to the gradient, so
+        # equal gradients (what DDP must give) show as equal weights.
+        "--adam-epsilon",
+        "1.0",
+        "--max-grad-norm",
+        "0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    one = subprocess.run([sys.executable, "-m", "ip2p.cli", "train", *common, "--train-batch-size", "4",
-                          "--output-dir", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ip2p.cli",
+            "train",
+            *common,
+            "--train-batch-size",
+            "4",
+            "--output-dir",
+            str(tmp_path / "one"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     # accelerate 1.x starts several CPU processes with --cpu only through mpirun; --multi_gpu starts them through
     # torchrun, and --device cpu makes each a gloo (MULTI_CPU) process.
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "ip2p.cli", "train", *common, "--train-batch-size", "2",
-                          "--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "ip2p.cli",
+            "train",
+            *common,
+            "--train-batch-size",
+            "2",
+            "--output-dir",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    init = Trainer(TrainConfig(base_model=base_model, data=[pairs], output_dir=str(tmp_path / "init"),
-                               device="cpu", resolution=32, min_resize=32, max_resize=36))
+    init = Trainer(
+        TrainConfig(
+            base_model=base_model,
+            data=[pairs],
+            output_dir=str(tmp_path / "init"),
+            device="cpu",
+            resolution=32,
+            min_resize=32,
+            max_resize=36,
+        )
+    )
     start = init.accelerator.unwrap_model(init.unet).state_dict()
     # The updates themselves must agree (weights alone hide small updates under the weights' size).
     delta_a = torch.cat([(a[k] - start[k]).flatten() for k in a])
     delta_b = torch.cat([(b[k] - start[k]).flatten() for k in a])
     assert delta_a.norm() > 0
     assert (delta_a - delta_b).norm() <= 1e-3 * delta_a.norm()
-    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-              for run in ("one", "two")]
+    losses = [
+        [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_bad_data_and_flags_are_one_line_errors(base_model, tmp_path, capsys):
     from ip2p.cli import main
 
-    assert main(["train", "--base-model", base_model, "--data", str(tmp_path / "none.parquet"),
-                 "--output-dir", str(tmp_path / "o")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--base-model",
+                base_model,
+                "--data",
+                str(tmp_path / "none.parquet"),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "no such file" in capsys.readouterr().err
     (tmp_path / "bad.parquet").write_text("not parquet")
-    assert main(["train", "--base-model", base_model, "--data", str(tmp_path / "bad.parquet"),
-                 "--output-dir", str(tmp_path / "o")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--base-model",
+                base_model,
+                "--data",
+                str(tmp_path / "bad.parquet"),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "not a readable Parquet file" in capsys.readouterr().err
     assert main(["train", "--base-model", base_model, "--data", "x", "--mixed-precision", "fp8"]) == 1
     assert "mixed_precision" in capsys.readouterr().err

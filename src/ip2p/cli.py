@@ -1087,7 +1087,9 @@ def _toy_parser(sub: argparse._SubParsersAction) -> None:
         "images: the share of pairs whose input shows the caption, whose edit is right and whose other attributes "
         "are unchanged, per edit type.",
     )
-    q.add_argument("data", nargs="+", help="Parquet files/folders (official schema) or an original-format folder")
+    q.add_argument(
+        "data", nargs="+", help="Parquet files/folders (official schema) or an original-format folder"
+    )
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_toy, toy_main="judge-pairs")
@@ -1117,7 +1119,9 @@ def cmd_toy(args: argparse.Namespace) -> int:
         from ip2p.toy.judge_pairs import format_report, judge_pairs
 
         try:
-            report = judge_pairs(args.data if len(args.data) > 1 else args.data[0], progress=not args.no_progress)
+            report = judge_pairs(
+                args.data if len(args.data) > 1 else args.data[0], progress=not args.no_progress
+            )
         except (DatasetError, ValueError, OSError) as exc:
             raise CLIError(str(exc)) from exc
         print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -88,7 +88,9 @@ class ParquetEditDataset(Sequence[EditExample]):
                 columns = Columns(original_image="input_image")
             missing = [c for c in (columns.original_image, columns.edit_prompt) if c not in names]
             if missing:
-                raise DatasetError(f"{path}: missing column(s) {missing}; it has {sorted(names)} (set the column names)")
+                raise DatasetError(
+                    f"{path}: missing column(s) {missing}; it has {sorted(names)} (set the column names)"
+                )
             self._handles.append(handle)
             for group in range(handle.num_row_groups):
                 rows = handle.metadata.row_group(group).num_rows
@@ -133,7 +135,9 @@ class OriginalFolderDataset(Sequence[EditExample]):
         self.root = Path(root)
         seeds_file = self.root / "seeds.json"
         if not seeds_file.is_file():
-            raise DatasetError(f"{self.root}: no seeds.json (not a folder in the original repository's format)")
+            raise DatasetError(
+                f"{self.root}: no seeds.json (not a folder in the original repository's format)"
+            )
         try:
             listing = json.loads(seeds_file.read_text())
         except json.JSONDecodeError as exc:
@@ -157,7 +161,9 @@ class OriginalFolderDataset(Sequence[EditExample]):
         )
 
 
-def open_edit_dataset(source: str | os.PathLike | Sequence[str], columns: Columns = Columns()) -> Sequence[EditExample]:
+def open_edit_dataset(
+    source: str | os.PathLike | Sequence[str], columns: Columns = Columns()
+) -> Sequence[EditExample]:
     """Open Parquet files (paths or globs, or a folder of them) or an original-format folder."""
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     files: list[str] = []
@@ -189,8 +195,11 @@ def image_to_cell(image: Image.Image, format: str = "PNG") -> dict[str, Any]:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def write_parquet_shard(rows: list[dict[str, Any]], path: str | os.PathLike, image_columns: Sequence[str] = (
-        "original_image", "edited_image")) -> Path:
+def write_parquet_shard(
+    rows: list[dict[str, Any]],
+    path: str | os.PathLike,
+    image_columns: Sequence[str] = ("original_image", "edited_image"),
+) -> Path:
     """Write rows as a Parquet shard that ``datasets.load_dataset("parquet", ...)`` decodes, atomically.
 
     Image columns hold PIL images or {bytes, path} cells; they are stored with the Hugging Face ``Image`` feature
@@ -229,6 +238,13 @@ def write_parquet_shard(rows: list[dict[str, Any]], path: str | os.PathLike, ima
 def _feature_of(arrow_type) -> dict[str, Any]:
     import pyarrow as pa
 
-    names = {pa.string(): "string", pa.large_string(): "large_string", pa.int64(): "int64", pa.float64(): "float64",
-             pa.float32(): "float32", pa.int32(): "int32", pa.bool_(): "bool"}
+    names = {
+        pa.string(): "string",
+        pa.large_string(): "large_string",
+        pa.int64(): "int64",
+        pa.float64(): "float64",
+        pa.float32(): "float32",
+        pa.int32(): "int32",
+        pa.bool_(): "bool",
+    }
     return {"dtype": names.get(arrow_type, "string"), "_type": "Value"}

@@ -41,11 +41,17 @@ def _help(text: str, **kw: Any) -> Any:
 class TrainConfig:
     """Settings of ``ip2p train``. Defaults are the paper's (and the original ``configs/train.yaml``)."""
 
-    base_model: str = _help("text-to-image model to start from (diffusers folder, hub id, 'tiny'), or an editing "
-                            "model to continue", default="runwayml/stable-diffusion-v1-5")
-    data: list[str] = _help("Parquet files/globs/folders (official schema) or an original-format folder",
-                            default_factory=list)
-    output_dir: str = _help("where checkpoints, logs, validation grids and the final model go", default="runs/train")
+    base_model: str = _help(
+        "text-to-image model to start from (diffusers folder, hub id, 'tiny'), or an editing "
+        "model to continue",
+        default="runwayml/stable-diffusion-v1-5",
+    )
+    data: list[str] = _help(
+        "Parquet files/globs/folders (official schema) or an original-format folder", default_factory=list
+    )
+    output_dir: str = _help(
+        "where checkpoints, logs, validation grids and the final model go", default="runs/train"
+    )
     original_image_column: str = _help("column of the input image", default="original_image")
     edit_prompt_column: str = _help("column of the instruction", default="edit_prompt")
     edited_image_column: str = _help("column of the edited image", default="edited_image")
@@ -53,8 +59,9 @@ class TrainConfig:
     min_resize: int = _help("random resize lower bound before cropping (paper: 256)", default=256)
     max_resize: int = _help("random resize upper bound before cropping (paper: 288)", default=288)
     flip_prob: float = _help("probability of a horizontal flip of both images (paper: 0.5)", default=0.5)
-    train_batch_size: int = _help("examples per process per micro-batch (paper: 32 x 8 GPUs x 4 accumulation)",
-                                  default=32)
+    train_batch_size: int = _help(
+        "examples per process per micro-batch (paper: 32 x 8 GPUs x 4 accumulation)", default=32
+    )
     gradient_accumulation_steps: int = _help("micro-batches per optimizer step (paper: 4)", default=1)
     max_train_steps: int = _help("optimizer steps (paper: 10,000)", default=10_000)
     learning_rate: float = _help("AdamW learning rate, constant (paper: 1e-4)", default=1e-4)
@@ -64,8 +71,9 @@ class TrainConfig:
     adam_weight_decay: float = _help("AdamW weight decay (torch's default, as the original)", default=1e-2)
     adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
     max_grad_norm: float = _help("gradient clipping norm (0 disables)", default=1.0)
-    conditioning_dropout_prob: float = _help("probability of each dropout case: text only, both, image only "
-                                             "(paper: 0.05)", default=0.05)
+    conditioning_dropout_prob: float = _help(
+        "probability of each dropout case: text only, both, image only (paper: 0.05)", default=0.05
+    )
     use_ema: bool = _help("keep an EMA of the UNet and export it (paper: yes)", default=True)
     ema_decay: float = _help("EMA decay, with the (1+n)/(10+n) warm-up (paper: 0.9999)", default=0.9999)
     mixed_precision: str = _help("no, fp16 or bf16", default="no")
@@ -75,11 +83,16 @@ class TrainConfig:
     validation_steps: int = _help("write a validation grid every N steps (0: only at the end)", default=500)
     num_validation_examples: int = _help("examples in the validation grid (the first of the data)", default=4)
     validation_inference_steps: int = _help("sampler steps of validation edits", default=20)
-    validation_resolution: int = _help("resolution of validation edits (0: the training resolution)", default=0)
+    validation_resolution: int = _help(
+        "resolution of validation edits (0: the training resolution)", default=0
+    )
     log_every: int = _help("log metrics every N steps", default=10)
     tensorboard: bool = _help("also log to TensorBoard (needs the tensorboard package)", default=False)
-    cache_latents: bool = _help("encode images and instructions once and train from the cache (no random "
-                                "resize/crop then; flips kept)", default=False)
+    cache_latents: bool = _help(
+        "encode images and instructions once and train from the cache (no random "
+        "resize/crop then; flips kept)",
+        default=False,
+    )
     seed: int = _help("seed of every random choice in the run", default=42)
     device: str = _help("cpu to force the CPU; otherwise accelerate's choice", default="auto")
 
@@ -89,9 +102,16 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not (self.min_resize <= self.max_resize and self.resolution <= self.min_resize):
-            raise ValueError(f"need resolution <= min_resize <= max_resize, got {self.resolution}, "
-                             f"{self.min_resize}, {self.max_resize}")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps"):
+            raise ValueError(
+                f"need resolution <= min_resize <= max_resize, got {self.resolution}, "
+                f"{self.min_resize}, {self.max_resize}"
+            )
+        for name in (
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "max_train_steps",
+            "checkpointing_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -100,9 +120,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},  # the defaults: 256 px, lr 1e-4 constant, EMA 0.9999, dropout 0.05
     # The toy world at 64 px: random resize 64-72 then crop 64, as the paper's 256-288 -> 256.
     # No flips: toy instructions name positions ("the star on the left"), which a flip would contradict.
-    "toy": dict(resolution=64, min_resize=64, max_resize=72, flip_prob=0.0, train_batch_size=32, learning_rate=2e-4,
-                max_train_steps=3000, checkpointing_steps=250, validation_steps=500, ema_decay=0.999,
-                num_validation_examples=8, validation_inference_steps=20),
+    "toy": dict(
+        resolution=64,
+        min_resize=64,
+        max_resize=72,
+        flip_prob=0.0,
+        train_batch_size=32,
+        learning_rate=2e-4,
+        max_train_steps=3000,
+        checkpointing_steps=250,
+        validation_steps=500,
+        ema_decay=0.999,
+        num_validation_examples=8,
+        validation_inference_steps=20,
+    ),
 }
 
 
@@ -127,8 +158,14 @@ def augment_params(rng: random.Random, resize: tuple[int, int], crop: int, flip_
     return size, left, top, rng.random() < flip_prob
 
 
-def joint_augment(original: Image.Image, edited: Image.Image, rng: random.Random, resize: tuple[int, int],
-                  crop: int, flip_prob: float) -> tuple[Image.Image, Image.Image]:
+def joint_augment(
+    original: Image.Image,
+    edited: Image.Image,
+    rng: random.Random,
+    resize: tuple[int, int],
+    crop: int,
+    flip_prob: float,
+) -> tuple[Image.Image, Image.Image]:
     """The same augmentation for both images (paper section 3.2: resize 256-288, crop 256, flip 0.5)."""
     size, left, top, flip = augment_params(rng, resize, crop, flip_prob)
     out = []
@@ -168,8 +205,14 @@ class Trainer:
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             cpu=config.device == "cpu",
         )
-        self.dataset = dataset if dataset is not None else open_edit_dataset(
-            config.data, Columns(config.original_image_column, config.edit_prompt_column, config.edited_image_column))
+        self.dataset = (
+            dataset
+            if dataset is not None
+            else open_edit_dataset(
+                config.data,
+                Columns(config.original_image_column, config.edit_prompt_column, config.edited_image_column),
+            )
+        )
         if len(self.dataset) == 0:
             raise ValueError("the training data is empty")
 
@@ -178,7 +221,9 @@ class Trainer:
             to_edit_unet(components.unet)
         self.components = components
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            config.mixed_precision, torch.float32
+        )
         device = self.accelerator.device
         for frozen in (components.vae, components.text_encoder):
             frozen.requires_grad_(False).eval().to(device, self.weight_dtype)
@@ -186,13 +231,23 @@ class Trainer:
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.optimizer = torch.optim.AdamW(
-            unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-            weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+            unet.parameters(),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
         )
-        self.lr_lambda = lambda step: min(1.0, (step + 1) / max(1, config.lr_warmup_steps)) if config.lr_warmup_steps else 1.0
+        self.lr_lambda = lambda step: (
+            min(1.0, (step + 1) / max(1, config.lr_warmup_steps)) if config.lr_warmup_steps else 1.0
+        )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
-        self.ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=type(unet),
-                            model_config=unet.config) if config.use_ema else None
+        self.ema = (
+            EMAModel(
+                unet.parameters(), decay=config.ema_decay, model_cls=type(unet), model_config=unet.config
+            )
+            if config.use_ema
+            else None
+        )
         self.step = 0
         self._resume()  # before prepare(): plain modules and optimizer
         self.unet, self.optimizer = self.accelerator.prepare(unet, self.optimizer)
@@ -205,8 +260,9 @@ class Trainer:
     @torch.no_grad()
     def _encode_text(self, texts: list[str]) -> torch.Tensor:
         tok = self.components.tokenizer
-        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
+        ids = tok(
+            texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         return self.components.text_encoder(ids.to(self.accelerator.device))[0].float()  # (B, T, D)
 
     @torch.no_grad()
@@ -238,7 +294,9 @@ class Trainer:
         indices = [self._example_index(p) for p in positions]
         if self.cache is not None:
             # The same draws as the uncached path with min_resize = max_resize = resolution.
-            flips = torch.tensor([augment_params(r, (c.resolution,) * 2, c.resolution, c.flip_prob)[3] for r in rngs])
+            flips = torch.tensor(
+                [augment_params(r, (c.resolution,) * 2, c.resolution, c.flip_prob)[3] for r in rngs]
+            )
             cached = {k: v[indices] for k, v in self.cache.items()}
             pick = lambda a, b: torch.where(flips[:, None, None, None], b, a)  # noqa: E731
             mean, std = pick(cached["mean"], cached["mean_flip"]), pick(cached["std"], cached["std_flip"])
@@ -248,8 +306,14 @@ class Trainer:
             originals, editeds, prompts = [], [], []
             for idx, rng in zip(indices, rngs, strict=True):
                 ex = self.dataset[idx]
-                o, e = joint_augment(ex.original_image, ex.edited_image, rng, (c.min_resize, c.max_resize),
-                                     c.resolution, c.flip_prob)
+                o, e = joint_augment(
+                    ex.original_image,
+                    ex.edited_image,
+                    rng,
+                    (c.min_resize, c.max_resize),
+                    c.resolution,
+                    c.flip_prob,
+                )
                 originals.append(o)
                 editeds.append(e)
                 prompts.append(ex.edit_prompt)
@@ -259,15 +323,24 @@ class Trainer:
         device = self.accelerator.device
         # Fixed order of draws per example: dropout, timestep, noise, posterior sample.
         uniform = torch.stack([torch.rand((), generator=g) for g in gens])
-        timesteps = torch.stack([torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (), generator=g)
-                                 for g in gens])
+        timesteps = torch.stack(
+            [torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (), generator=g) for g in gens]
+        )
         noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
         eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
-        latents = (mean + std * eps.to(mean.device)) * self.components.vae.config.scaling_factor  # target latents
-        text, image = apply_conditioning_dropout(text.to(device), image.to(device), self.null_text,
-                                                 uniform.to(device), c.conditioning_dropout_prob)
-        return {"latents": latents.to(device), "image": image, "text": text, "noise": noise.to(device),
-                "timesteps": timesteps.to(device)}
+        latents = (
+            mean + std * eps.to(mean.device)
+        ) * self.components.vae.config.scaling_factor  # target latents
+        text, image = apply_conditioning_dropout(
+            text.to(device), image.to(device), self.null_text, uniform.to(device), c.conditioning_dropout_prob
+        )
+        return {
+            "latents": latents.to(device),
+            "image": image,
+            "text": text,
+            "noise": noise.to(device),
+            "timesteps": timesteps.to(device),
+        }
 
     @torch.no_grad()
     def build_cache(self) -> None:
@@ -281,17 +354,26 @@ class Trainer:
 
             self.cache = load_file(path)
             return
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                                ("mean", "std", "image", "mean_flip", "std_flip", "image_flip", "text")}
+        parts: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("mean", "std", "image", "mean_flip", "std_flip", "image_flip", "text")
+        }
         todo = range(len(self.dataset))
-        for start in tqdm(range(0, len(todo), 32), desc="caching latents", disable=not self.accelerator.is_main_process):
-            exs = [self.dataset[i] for i in todo[start:start + 32]]
+        for start in tqdm(
+            range(0, len(todo), 32), desc="caching latents", disable=not self.accelerator.is_main_process
+        ):
+            exs = [self.dataset[i] for i in todo[start : start + 32]]
             for flip in (False, True):
                 suffix = "_flip" if flip else ""
                 o, e = [], []
                 for ex in exs:
-                    a, b = joint_augment(ex.original_image, ex.edited_image, random.Random(0),
-                                         (c.resolution, c.resolution), c.resolution, 1.0 if flip else 0.0)
+                    a, b = joint_augment(
+                        ex.original_image,
+                        ex.edited_image,
+                        random.Random(0),
+                        (c.resolution, c.resolution),
+                        c.resolution,
+                        1.0 if flip else 0.0,
+                    )
                     o.append(a)
                     e.append(b)
                 mean, std = self._encode_images(pil_to_tensor(e))
@@ -315,7 +397,9 @@ class Trainer:
         if c.cache_latents:
             self.build_cache()
         writer = self._tensorboard() if c.tensorboard and acc.is_main_process else None
-        bar = tqdm(total=c.max_train_steps, initial=self.step, desc="training", disable=not acc.is_main_process)
+        bar = tqdm(
+            total=c.max_train_steps, initial=self.step, desc="training", disable=not acc.is_main_process
+        )
         timer, seen = time.perf_counter(), 0
         while self.step < c.max_train_steps:
             mean_loss = self.train_step()
@@ -324,8 +408,15 @@ class Trainer:
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             if self.step % c.log_every == 0 or self.step == c.max_train_steps:
                 elapsed = time.perf_counter() - timer
-                self._log({"step": self.step, "loss": mean_loss, "lr": self.lr_scheduler.get_last_lr()[0],
-                           "samples_per_second": seen / max(elapsed, 1e-9)}, writer)
+                self._log(
+                    {
+                        "step": self.step,
+                        "loss": mean_loss,
+                        "lr": self.lr_scheduler.get_last_lr()[0],
+                        "samples_per_second": seen / max(elapsed, 1e-9),
+                    },
+                    writer,
+                )
                 timer, seen = time.perf_counter(), 0
             if self.step % c.checkpointing_steps == 0 or self.step == c.max_train_steps:
                 self.save_checkpoint()
@@ -359,14 +450,18 @@ class Trainer:
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         noisy = self.noise_scheduler.add_noise(batch["latents"], batch["noise"], batch["timesteps"])
         target = diffusion_target(self.noise_scheduler, batch["latents"], batch["noise"], batch["timesteps"])
-        x = torch.cat([noisy, batch["image"]], dim=1)  # (B, 8, h, w): noisy target latent + input-image latent
+        x = torch.cat(
+            [noisy, batch["image"]], dim=1
+        )  # (B, 8, h, w): noisy target latent + input-image latent
         with self.accelerator.autocast():
             pred = self.unet(x, batch["timesteps"], encoder_hidden_states=batch["text"].to(x.dtype)).sample
         return F.mse_loss(pred.float(), target.float())
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
-        found = [p for p in (self.out / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        found = [
+            p for p in (self.out / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+        ]
         return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
     def save_checkpoint(self) -> Path | None:
@@ -386,12 +481,17 @@ class Trainer:
             save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
             if self.ema is not None:
                 names = [n for n, _ in unet.named_parameters()]
-                save_file({n: p.contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
-                          tmp / "ema.safetensors")
+                save_file(
+                    {n: p.contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
+                    tmp / "ema.safetensors",
+                )
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            state = {"step": self.step, "lr_scheduler": self.lr_scheduler.state_dict(),
-                     "ema_optimization_step": self.ema.optimization_step if self.ema else None,
-                     "config": asdict(self.config)}
+            state = {
+                "step": self.step,
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "ema_optimization_step": self.ema.optimization_step if self.ema else None,
+                "config": asdict(self.config),
+            }
             (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
             if final.exists():
                 shutil.rmtree(final)
@@ -440,9 +540,17 @@ class Trainer:
         target = self.out / "model"
         if self.accelerator.is_main_process:
             c = self.components
-            save_edit_model(EditComponents(
-                unet=self._final_unet(), vae=c.vae.float(), text_encoder=c.text_encoder.float(), tokenizer=c.tokenizer,
-                scheduler=EulerAncestralDiscreteScheduler.from_config(c.scheduler.config), name=str(target)), target)
+            save_edit_model(
+                EditComponents(
+                    unet=self._final_unet(),
+                    vae=c.vae.float(),
+                    text_encoder=c.text_encoder.float(),
+                    tokenizer=c.tokenizer,
+                    scheduler=EulerAncestralDiscreteScheduler.from_config(c.scheduler.config),
+                    name=str(target),
+                ),
+                target,
+            )
         return target
 
     @torch.no_grad()
@@ -454,16 +562,31 @@ class Trainer:
         from ip2p.pipeline import EditPipeline
 
         c, comps = self.config, self.components
-        pipe = EditPipeline(EditComponents(self._final_unet(), comps.vae, comps.text_encoder, comps.tokenizer,
-                                           comps.scheduler, name="validation"), device=self.accelerator.device,
-                            dtype=self.weight_dtype if self.weight_dtype != torch.float16 or
-                            self.accelerator.device.type != "cpu" else torch.float32)
+        pipe = EditPipeline(
+            EditComponents(
+                self._final_unet(),
+                comps.vae,
+                comps.text_encoder,
+                comps.tokenizer,
+                comps.scheduler,
+                name="validation",
+            ),
+            device=self.accelerator.device,
+            dtype=self.weight_dtype
+            if self.weight_dtype != torch.float16 or self.accelerator.device.type != "cpu"
+            else torch.float32,
+        )
         tiles, labels = [], []
         size = c.validation_resolution or c.resolution
         for i in range(min(c.num_validation_examples, len(self.dataset))):
             ex = self.dataset[i]
-            result = pipe(ex.original_image, ex.edit_prompt, seed=i, num_inference_steps=c.validation_inference_steps,
-                          resolution=size)
+            result = pipe(
+                ex.original_image,
+                ex.edit_prompt,
+                seed=i,
+                num_inference_steps=c.validation_inference_steps,
+                resolution=size,
+            )
             target = ex.edited_image or ex.original_image
             tiles += [result.input_image, target.resize(result.input_image.size), result.images[0]]
             labels += [ex.edit_prompt, "target", "edit"]
@@ -517,7 +640,7 @@ def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> No
 def train(config: TrainConfig, dataset: Sequence[EditExample] | None = None) -> Path:
     """Train an editor per ``config``; returns the exported model folder. Example::
 
-        train(TrainConfig(base_model="path/to/sd", data=["pairs/*.parquet"], output_dir="runs/editor"))
+    train(TrainConfig(base_model="path/to/sd", data=["pairs/*.parquet"], output_dir="runs/editor"))
     """
     return Trainer(config, dataset).train()
 
@@ -531,4 +654,3 @@ def apply_preset(name: str, overrides: dict[str, Any]) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return TrainConfig(**{**PRESETS[name], **overrides})
-

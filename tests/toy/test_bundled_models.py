@@ -106,6 +106,8 @@ def test_bundled_editor_loads_in_diffusers_and_follows_background_instructions()
     rng = random.Random(7)
     edits = [random_edit(s, rng, "background") for s in heldout_scenes()["mixed"][:6]]
     config = EditConfig(num_inference_steps=20, resolution=64)
-    outs = ours.edit_batch([render(e.before) for e in edits], [e.instruction for e in edits], list(range(6)), config)
+    outs = ours.edit_batch(
+        [render(e.before) for e in edits], [e.instruction for e in edits], list(range(6)), config
+    )
     assert [o.size for o in outs] == [(64, 64)] * 6
     assert sum(read_scene(o).background == e.after.background for o, e in zip(outs, edits, strict=True)) >= 5

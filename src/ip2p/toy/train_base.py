@@ -24,6 +24,9 @@ its latest checkpoint when run again, and is skipped when its final output exist
 Usage::
 
     python -m ip2p.toy.train_base --out runs/toy [--device cuda] [--steps-vae N --steps-clip N --steps-unet N]
+    # on a GPU: batches prepared by 10 processes, a time slot per stage (scripts/build_toy.sh BASE=gpu: the bundled
+    # weights' recipe, with the steps that such a run reached)
+    python -m ip2p.toy.train_base --out runs/toy --device cuda --loader-workers 10 --clip-minutes 2 --unet-minutes 4.5
 """
 
 from __future__ import annotations
