@@ -356,7 +356,7 @@ def _loop(
     timer = _Timer()
     smooth = None
     deadline = time.monotonic() + 60 * minutes if minutes > 0 else None
-    end = stop if 0 < stop < total else total
+    end = _stage_end(total, stop)
     bar = tqdm(range(start, end), initial=start, total=total, desc=name, dynamic_ncols=True, mininterval=5)
     done = start
     for step in bar:
@@ -376,6 +376,11 @@ def _loop(
     if done == end < total:
         tqdm.write(f"[{name}] ending at step {done} of {total}, as asked")
     return done
+
+
+def _stage_end(total: int, stop: int) -> int:
+    """The step a stage ends at: ``stop`` if it cuts the schedule of ``total`` short, else ``total``."""
+    return stop if 0 < stop < total else total
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -786,7 +791,8 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
             "text_targets": torch.tensor([scene_targets(x) for x in picked + negative_scenes]),
         }
 
-    batches = step_batches(make_batch, start, settings.clip_steps, settings.loader_workers)
+    end = _stage_end(settings.clip_steps, settings.clip_stop_step)
+    batches = step_batches(make_batch, start, end, settings.loader_workers)
 
     def step_fn(step: int) -> float:
         batch = next(batches)
@@ -893,13 +899,6 @@ def load_text_encoder(clip_dir: Path, device: torch.device):
     return text_encoder, tokenizer
 
 
-def encode_prompts(text_encoder, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
-    """The UNet's conditioning exactly as StableDiffusionPipeline computes it (padded to model_max_length)."""
-    ids = _tokenize(tokenizer, texts, device, pad_to_max=True)
-    with torch.no_grad():
-        return text_encoder(ids)[0]
-
-
 def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
     """Train the UNet on cached latents with v-prediction over a zero-terminal-SNR schedule; save the pipeline."""
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -959,12 +958,14 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         return {
             "step": step,
             "idx": idx,
+            # the UNet's conditioning as StableDiffusionPipeline computes it: padded to model_max_length
             "ids": _tokenize(tokenizer, texts, torch.device("cpu"), pad_to_max=True),
             "noise": torch.randn((b, *latent_shape), generator=g),
             "t": torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g),
         }
 
-    batches = step_batches(make_batch, start, settings.unet_steps, settings.loader_workers)
+    end = _stage_end(settings.unet_steps, settings.unet_stop_step)
+    batches = step_batches(make_batch, start, end, settings.loader_workers)
 
     def step_fn(step: int) -> float:
         batch = next(batches)
