@@ -711,6 +711,13 @@ def _finetune_text_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoints", type=int, default=None, help="how many recent checkpoints to keep")
     p.add_argument("--no-resume", action="store_true", help="start over, deleting the output's checkpoints")
     p.add_argument(
+        "--relabel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="toy seeds only: rename colours, kinds, sizes, cells, backgrounds and styles every epoch "
+        "(the toy preset does)",
+    )
+    p.add_argument(
         "--seed", type=int, default=None, help="seed of initialisation and data order (default: 0)"
     )
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None, help="autocast on GPU")
@@ -748,6 +755,7 @@ def cmd_finetune_text(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             keep_checkpoints=args.keep_checkpoints,
             resume=False if args.no_resume else None,
+            relabel=args.relabel,
             seed=args.seed,
             mixed_precision=args.mixed_precision,
             cpu=args.cpu,

@@ -4,7 +4,7 @@ import random
 
 from ip2p.text.backends import FakeGenerator
 from ip2p.text.finetune import SeedDataset
-from ip2p.text.format import DELIMITER_1, Triplet
+from ip2p.text.format import DELIMITER_1, Triplet, parse_completion
 from ip2p.text.sources import read_seed_triplets
 from ip2p.text.toy_lm import (
     build_toy_model,
@@ -12,6 +12,7 @@ from ip2p.text.toy_lm import (
     heldout_toy_captions,
     measure_validity,
     paraphrase,
+    relabel,
     triplet_is_valid,
 )
 
@@ -40,6 +41,36 @@ def test_paraphrase_keeps_the_edit_and_varies_the_wording():
     assert sum(p.input != t.input for p, t in pairs) > 650 and sum(p.edit != t.edit for p, t in pairs) > 550
     odd = Triplet("not a toy caption", "x", "y")
     assert paraphrase(odd, rng) == odd
+
+
+def test_relabel_renames_symbols_and_keeps_triplets_valid():
+    from ip2p.toy.captions import parse_caption
+    from ip2p.toy.edits import edit_type_of
+
+    seeds = read_seed_triplets("toy")
+    rng = random.Random(0)
+    renamed = [relabel(t, rng) for t in seeds]
+    assert all(triplet_is_valid(r) for r in renamed)  # edits commute with renaming: every one of the 700
+    pairs = list(zip(renamed, seeds, strict=True))
+    assert all(edit_type_of(r.edit) == edit_type_of(t.edit) for r, t in pairs)
+    shapes = [(len(parse_caption(r.input).shapes), len(parse_caption(t.input).shapes)) for r, t in pairs]
+    assert all(a == b for a, b in shapes)  # the same structure ...
+    assert sum(parse_caption(r.input) != parse_caption(t.input) for r, t in pairs) > 650  # ... other scenes
+    colours = {s.color for r in renamed for s in parse_caption(r.input).shapes}
+    assert len(colours) == 6
+    odd = Triplet("not a toy caption", "x", "y")
+    assert relabel(odd, rng) == odd
+
+
+def test_seed_dataset_relabels_when_asked():
+    tok = build_toy_tokenizer()
+    seeds = read_seed_triplets("toy")[:8]
+    data = SeedDataset(seeds, tok, 512, paraphrase_seed=0, relabel=True)
+    texts = [tok.decode(data[i]["input_ids"], skip_special_tokens=True) for i in range(8)]
+    assert texts == [tok.decode(data[i]["input_ids"], skip_special_tokens=True) for i in range(8)]
+    parsed = [Triplet(t.split("\n##\n")[0], *parse_completion(t.split("\n##\n")[1])) for t in texts]
+    assert all(triplet_is_valid(t) for t in parsed)
+    assert sum(p.input != s.input for p, s in zip(parsed, seeds, strict=True)) >= 7
 
 
 def test_seed_dataset_paraphrases_per_epoch_deterministically():

@@ -260,3 +260,39 @@ def test_a_stage_out_of_minutes_finishes_with_what_it_has_and_stop_step_repeats_
     train_base(tmp_path / "repeat", "cpu", preset("test"), again, stages=(stage,))
     assert Checkpointer(repeat).latest() == 1
     _assert_same_checkpoints(ckpts, repeat, 1)
+
+
+def test_clip_vision_tunes_the_image_tower_alone_and_resumes_exactly(trained, tmp_path):
+    from transformers import CLIPModel
+
+    out, _ = trained
+
+    def run(name, schedule):
+        folder = tmp_path / name
+        shutil.copytree(out, folder)
+        for steps in schedule:  # each run ends the stage; removing its record makes the next one resume
+            (folder / "work" / "clip_vision" / "settings.json").unlink(missing_ok=True)
+            train_base(
+                folder, "cpu", preset("test"), tiny_settings(clip_vision_steps=steps), stages=("clip_vision",)
+            )
+        return folder
+
+    straight, resumed = run("straight", [2]), run("resumed", [1, 2])
+    ckpts = ("work", "clip_vision", "checkpoints")
+    _assert_same_checkpoints(straight.joinpath(*ckpts), resumed.joinpath(*ckpts), 2)
+    before = CLIPModel.from_pretrained(out / "clip").state_dict()
+    after = CLIPModel.from_pretrained(straight / "clip").state_dict()
+    vision = [k for k in before if k.startswith(("vision_model.", "visual_projection."))]
+    assert vision and all(
+        torch.equal(before[k], after[k]) for k in before if k not in vision
+    )  # text side as is
+    assert sum(not torch.equal(before[k], after[k]) for k in vision) > len(vision) // 2
+    assert (straight / "clip" / "tokenizer_config.json").is_file()
+    with pytest.raises(FileNotFoundError, match="run the clip stage first"):
+        train_base(
+            tmp_path / "empty",
+            "cpu",
+            preset("test"),
+            tiny_settings(clip_vision_steps=1),
+            stages=("clip_vision",),
+        )

@@ -55,6 +55,7 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512  # tokens; longer ones are cut (the human-written triplets are < 100 GPT-2 tokens)
     paraphrase: bool = False  # toy world only: re-phrase both captions of each seed triplet every epoch
+    relabel: bool = False  # toy world only: also rename its symbols (colours, kinds, ...) every epoch
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -145,9 +146,15 @@ class SeedDataset(torch.utils.data.Dataset):
     """Encoded seed triplets; with ``paraphrase_seed``, toy triplets re-phrased per epoch (set :attr:`epoch`)."""
 
     def __init__(
-        self, triplets: list[Triplet], tokenizer, max_length: int, paraphrase_seed: int | None = None
+        self,
+        triplets: list[Triplet],
+        tokenizer,
+        max_length: int,
+        paraphrase_seed: int | None = None,
+        relabel: bool = False,
     ):
         self.triplets = triplets
+        self.relabel = relabel
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.paraphrase_seed = paraphrase_seed
@@ -165,12 +172,13 @@ class SeedDataset(torch.utils.data.Dataset):
             return self._fixed[index]
         import random
 
-        from ip2p.text.toy_lm import paraphrase
+        from ip2p.text.toy_lm import paraphrase, relabel
 
         rng = random.Random(
             f"{self.paraphrase_seed}/{self.epoch}/{index}"
         )  # a function of (seed, epoch, item)
-        return self._encode(paraphrase(self.triplets[index], rng))
+        augment = relabel if self.relabel else paraphrase
+        return self._encode(augment(self.triplets[index], rng))
 
 
 def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -296,7 +304,13 @@ def finetune(
 
     model, tokenizer = load_for_training(config)
     triplets = read_seed_triplets(config.seeds)
-    dataset = SeedDataset(triplets, tokenizer, config.max_length, config.seed if config.paraphrase else None)
+    dataset = SeedDataset(
+        triplets,
+        tokenizer,
+        config.max_length,
+        config.seed if config.paraphrase or config.relabel else None,
+        relabel=config.relabel,
+    )
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,

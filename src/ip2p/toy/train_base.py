@@ -14,6 +14,7 @@ Layout of ``out_dir``::
     work/data/       pre-rendered training scenes (images.npy, scenes.json)
     work/vae/        checkpoints of the VAE stage, and final/ (AutoencoderKL)
     work/clip/       checkpoints of the CLIP stage
+    work/clip_vision/  checkpoints of the optional image-tower fine-tuning (settings.json once it has ended)
     work/unet/       latent cache and checkpoints of the UNet stage
 
 Every stage is reproducible (all randomness of step ``i`` is drawn from generators seeded by (seed, stage, i)),
@@ -114,6 +115,12 @@ class TrainSettings:
     clip_hard_captions: int = 2  # extra one-attribute-distractor captions per image
     clip_lr: float = 1e-3
     clip_attribute_weight: float = 1.0  # auxiliary attribute read-outs (see AttributeHeads); 0 turns them off
+    # Stage "clip_vision" (optional, after "clip"): the image tower fine-tuned against the frozen text tower, with
+    # the CLIP stage's batches and losses. The text tower, hence the UNet's text encoder, is left as it is, so this
+    # stage can also run after the UNet stage; it rewrites clip/ when it ends.
+    clip_vision_steps: int = 0
+    clip_vision_lr: float = 3e-4
+    clip_vision_warmup: int = 50
     # UNet
     unet_steps: int = 2800
     unet_batch: int = 64
@@ -859,6 +866,122 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     return final
 
 
+def clip_vision_done_path(out_dir: Path) -> Path:
+    return Path(out_dir) / "work" / "clip_vision" / "settings.json"
+
+
+def _is_vision_weight(name: str) -> bool:
+    return name.startswith(("vision_model.", "visual_projection."))
+
+
+def train_clip_vision(
+    out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device
+) -> Path:
+    """Fine-tune CLIP's image tower and projection against its frozen text tower; rewrite ``out_dir/clip``.
+
+    A CLIP trained jointly under a time limit can end with a text tower that tells one-attribute variants apart
+    better than its image tower does (the bundled one: 75.8% top-1 against one-attribute distractors). Training the
+    image side alone, with the CLIP stage's hard negatives and attribute heads (image heads only), raises that
+    without touching the text embeddings the UNet was trained on: the text tower, its projection and the logit
+    scale are frozen, and the stage's test checks that they come out bit for bit the same.
+    """
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from .render import render_batch
+
+    out_dir = Path(out_dir)
+    final = clip_final_path(out_dir)
+    done_path = clip_vision_done_path(out_dir)
+    if done_path.is_file():
+        return final
+    if not (final / "config.json").is_file():
+        raise FileNotFoundError(f"the clip_vision stage fine-tunes {final}: run the clip stage first")
+    work = done_path.parent
+    tokenizer = CLIPTokenizer.from_pretrained(final)
+    clip = CLIPModel.from_pretrained(final, dtype=torch.float32).to(device)
+    for name, param in clip.named_parameters():
+        param.requires_grad_(_is_vision_weight(name))
+    clip.eval()
+    clip.vision_model.train()
+    heads = AttributeHeads(cfg.clip.projection_dim).to(device)
+    params = [p for p in clip.parameters() if p.requires_grad] + list(heads.image.parameters())
+    opt = torch.optim.AdamW(params, lr=settings.clip_vision_lr, weight_decay=0.05)
+    ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
+    start = 0
+    loaded = ckpt.load()
+    if loaded is not None:
+        weights, state = loaded
+        clip.load_state_dict(unprefixed("vision", weights), strict=False)
+        heads.image.load_state_dict(unprefixed("heads", weights))
+        opt.load_state_dict(state["optimizer"])
+        _optimizer_to(opt, device)
+        start = int(state["step"])
+    scenes = training_scenes(settings.n_scenes, settings.seed)
+    print(
+        f"CLIP image tower: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters, text tower frozen, "
+        f"resuming at step {start}",
+        flush=True,
+    )
+
+    def make_batch(step: int) -> dict:
+        rng = random.Random(step_seed(settings.seed, "clip_vision", step))
+        picked, captions, negative_scenes, negatives = clip_batch(
+            scenes, rng, settings.clip_batch, settings.clip_hard_captions
+        )
+        return {
+            "step": step,
+            "pixels": clip_pixels(render_batch(picked)),
+            "ids": _tokenize(tokenizer, captions + negatives, torch.device("cpu"), pad_to_max=False),
+            "n_captions": len(captions),
+            "same": same_scene_mask(picked, picked + negative_scenes, torch.device("cpu")),
+            "image_targets": torch.tensor([scene_targets(x) for x in picked]),
+        }
+
+    total = settings.clip_vision_steps
+    batches = step_batches(make_batch, start, total, settings.loader_workers)
+
+    def step_fn(step: int) -> float:
+        batch = next(batches)
+        assert batch["step"] == step
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        n_captions = batch["n_captions"]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, settings.clip_vision_lr, settings.clip_vision_warmup)
+        with torch.no_grad():
+            all_text = text_embeddings_of_ids(clip, batch["ids"])
+        image_emb = image_embeddings(clip, batch["pixels"])
+        loss = clip_loss(clip, image_emb, all_text[:n_captions], all_text[n_captions:], batch["same"])
+        if settings.clip_attribute_weight > 0:
+            aux = heads.loss(heads.read_image(image_emb), batch["image_targets"])
+            loss = loss + settings.clip_attribute_weight * aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    def save_fn(step: int) -> None:
+        vision = {k: v for k, v in clip.state_dict().items() if _is_vision_weight(k)}
+        weights = {**prefixed("vision", vision), **prefixed("heads", heads.image.state_dict())}
+        ckpt.save(step, weights, {"optimizer": opt.state_dict()})
+
+    done = _loop("clip_vision", total, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
+    clip = clip.to("cpu").eval()
+    tmp = Path(tempfile.mkdtemp(prefix=".clip.", dir=final.parent))
+    try:
+        shutil.copytree(final, tmp, dirs_exist_ok=True)  # tokenizer and image processor
+        clip.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _atomic_write(
+        done_path, lambda p: Path(p).write_text(json.dumps(_settings_record(cfg, settings, done), indent=1))
+    )
+    return final
+
+
 # ---------------------------------------------------------------------------
 # UNet
 # ---------------------------------------------------------------------------
@@ -1110,7 +1233,7 @@ def train_base(
     device: str = "auto",
     cfg: BaseModelConfig | None = None,
     settings: TrainSettings | None = None,
-    stages: Iterable[str] = ("vae", "vae_decoder", "clip", "unet"),
+    stages: Iterable[str] = ("vae", "vae_decoder", "clip", "clip_vision", "unet"),
 ) -> dict[str, Path]:
     """Train (or resume, or skip what is done) the VAE, CLIP and the UNet; returns the final folders.
 
@@ -1141,6 +1264,8 @@ def train_base(
         out["vae"] = train_vae_decoder(out_dir, cfg, settings, dev)
     if "clip" in stages:
         out["clip"] = train_clip(out_dir, cfg, settings, dev)
+    if "clip_vision" in stages and settings.clip_vision_steps > 0:
+        out["clip"] = train_clip_vision(out_dir, cfg, settings, dev)
     if "unet" in stages:
         out["base"] = train_unet(out_dir, cfg, settings, dev)
     return out
@@ -1154,8 +1279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="toy", help="architecture preset: toy (default) or test (tiny)")
     p.add_argument(
         "--stages",
-        default="vae,vae_decoder,clip,unet",
-        help="comma-separated stages to run, in this order (vae_decoder only runs with --vae-decoder-steps N)",
+        default="vae,vae_decoder,clip,clip_vision,unet",
+        help="comma-separated stages to run, in this order (vae_decoder only runs with --vae-decoder-steps N, "
+        "clip_vision with --clip-vision-steps N)",
     )
     for f in dataclasses.fields(TrainSettings):
         flag = "--" + f.name.replace("_", "-")
