@@ -42,9 +42,16 @@ if want base; then
   say "base ($BASE recipe): VAE, CLIP, UNet"
   $IP2P toy train-base --out "$RUNS/toy" --stages vae
   $IP2P toy train-base --out "$RUNS/toy" --stages clip,unet $BASE_FLAGS
+  # CLIP's image tower alone, against its frozen text tower (the UNet's text encoder stays as it is); 2-core CPU
+  $IP2P toy train-base --out "$RUNS/toy" --stages clip_vision --device cpu --n-scenes 40000 --ckpt-every 200 \
+    --clip-vision-steps 1800 --clip-batch 64 --clip-hard-captions 4
 fi
 if want quality; then say "quality bars"; $IP2P toy quality --model "$RUNS/toy" --out "$RUNS/toy/quality"; fi
-if want lm; then say "language model"; $IP2P finetune-text --preset toy -o "$RUNS/toy-lm"; fi
+if want lm; then
+  say "language model: re-phrased seeds from scratch, then relabelled seeds"
+  $IP2P finetune-text --preset toy -o "$RUNS/toy-lm-phrase"
+  $IP2P finetune-text --preset toy-relabel --model "$RUNS/toy-lm-phrase" -o "$RUNS/toy-lm"
+fi
 if want triplets; then
   say "triplets (stage 1)"
   $IP2P gen-text "toy:$CAPTIONS" -o "$RUNS/toy-data/triplets.jsonl" --backend hf --model "$RUNS/toy-lm"

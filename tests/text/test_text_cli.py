@@ -122,6 +122,13 @@ def test_finetune_text_then_gen_text_with_the_hf_backend(tmp_path, capsys):
     assert "trained 2 steps" in capsys.readouterr().out
     saved = json.loads((model / "finetune_config.json").read_text())
     assert saved["model"] == "toy" and saved["seeds"] == "toy" and saved["max_steps"] == 2
+    # the toy LM's second phase: the first phase's model on relabelled seeds
+    phase2 = tmp_path / "toy-lm-2"
+    argv = ["finetune-text", "--preset", "toy-relabel", "--model", str(model), "-o", str(phase2)]
+    assert main([*argv, "--max-steps", "2", "--batch-size", "4", "--no-progress", "--cpu"]) == 0
+    capsys.readouterr()
+    saved = json.loads((phase2 / "finetune_config.json").read_text())
+    assert saved["model"] == str(model) and saved["relabel"] and saved["paraphrase"]
     out = tmp_path / "t.jsonl"
     args = [
         "gen-text",
@@ -152,6 +159,8 @@ def test_finetune_text_bad_inputs(tmp_path, capsys):
     assert "no model: give --model" in capsys.readouterr().err
     assert main(["finetune-text", "--preset", "toy", "--lora", "-o", str(tmp_path)]) == 1
     assert "LoRA adapts a pretrained model" in capsys.readouterr().err
+    assert main(["finetune-text", "--preset", "toy-relabel", "-o", str(tmp_path)]) == 1
+    assert "no model: give --model" in capsys.readouterr().err
 
 
 def test_every_flag_has_help():
