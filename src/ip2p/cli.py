@@ -720,7 +720,7 @@ def _finetune_text_parser(sub: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="toy seeds only: rename colours, kinds, sizes, cells, backgrounds and styles every epoch "
-        "(the toy preset does)",
+        "(the toy-relabel preset does)",
     )
     p.add_argument(
         "--seed", type=int, default=None, help="seed of initialisation and data order (default: 0)"

@@ -288,6 +288,14 @@ def test_clip_vision_tunes_the_image_tower_alone_and_resumes_exactly(trained, tm
     )  # text side as is
     assert sum(not torch.equal(before[k], after[k]) for k in vision) > len(vision) // 2
     assert (straight / "clip" / "tokenizer_config.json").is_file()
+    resumed_clip = CLIPModel.from_pretrained(resumed / "clip").state_dict()
+    assert all(
+        torch.equal(after[k], resumed_clip[k]) for k in after
+    )  # the resumed run ends where the straight one does
+    # cut between the two renames of the final swap: the next run puts clip/ back
+    (resumed / "clip").rename(resumed / ".clip.replaced")
+    train_base(resumed, "cpu", preset("test"), tiny_settings(clip_vision_steps=2), stages=("clip_vision",))
+    assert (resumed / "clip" / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="run the clip stage first"):
         train_base(
             tmp_path / "empty",

@@ -8,8 +8,10 @@ optimizer, scheduler, RNG and data order) are written every ``checkpoint_every``
 the same output folder resumes from the latest one, ending with the same weights as an uninterrupted run (a
 rerun of a finished job does nothing).
 
-Presets: ``paper`` (1 epoch, as the paper's fine-tune) and ``toy`` (a ~0.9 M-parameter Llama-style LM trained from
-scratch on the 700 toy seed triplets, re-phrased every epoch; ``ip2p finetune-text --preset toy --output runs/toy-lm``).
+Presets: ``paper`` (1 epoch, as the paper's fine-tune), ``toy`` (a ~0.9 M-parameter Llama-style LM trained from
+scratch on the 700 toy seed triplets, re-phrased every epoch; ``ip2p finetune-text --preset toy``) and
+``toy-relabel`` (its second phase, on seeds also relabelled every epoch: ``--preset toy-relabel --model
+runs/toy-lm-phrase``, written to ``runs/toy-lm``).
 """
 
 from __future__ import annotations
@@ -76,7 +78,12 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         if not self.model:
-            raise ValueError("no model: give --model (a causal LM folder or hub id) or --preset toy")
+            raise ValueError(
+                "no model: give --model (a causal LM folder or hub id; for --preset toy-relabel, the folder "
+                "that --preset toy wrote) or --preset toy"
+            )
+        if self.model != "toy" and Path(self.model).resolve() == Path(self.output).resolve():
+            raise ValueError(f"--output is the model being fine-tuned ({self.model}): write elsewhere")
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -107,7 +114,7 @@ PRESETS: dict[str, FinetuneConfig] = {
     "toy": FinetuneConfig(
         model="toy",
         seeds="toy",
-        output="runs/toy-lm",
+        output="runs/toy-lm-phrase",
         paraphrase=True,
         epochs=200,
         learning_rate=2e-3,
@@ -159,7 +166,8 @@ def encode_example(tokenizer, triplet: Triplet, max_length: int) -> dict[str, li
 
 
 class SeedDataset(torch.utils.data.Dataset):
-    """Encoded seed triplets; with ``paraphrase_seed``, toy triplets re-phrased per epoch (set :attr:`epoch`)."""
+    """Encoded seed triplets; with ``paraphrase_seed``, toy triplets re-phrased per epoch (set :attr:`epoch`), and
+    with ``relabel`` also renamed (:func:`ip2p.text.toy_lm.relabel`)."""
 
     def __init__(
         self,
@@ -173,6 +181,8 @@ class SeedDataset(torch.utils.data.Dataset):
         self.relabel = relabel
         self.tokenizer = tokenizer
         self.max_length = max_length
+        if relabel and paraphrase_seed is None:
+            raise ValueError("relabelling draws from the per-epoch generator: give paraphrase_seed")
         self.paraphrase_seed = paraphrase_seed
         self.epoch = 0
         self._fixed = None if paraphrase_seed is not None else [self._encode(t) for t in triplets]

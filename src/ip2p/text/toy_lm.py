@@ -257,8 +257,9 @@ def relabel(triplet: Triplet, rng: random.Random) -> Triplet:
     scenes and to the instruction, which is then written anew (referring expressions are chosen for the renamed
     scene). Edits commute with such renamings, so a valid triplet stays valid. GPT-3 knew that "red" and "blue", or
     "top left" and "bottom", are interchangeable in a sentence; a model trained from scratch on 700 triplets does
-    not, and learns to copy attribute words it has seen together in the seeds instead (measured: see the toy preset
-    in :mod:`ip2p.text.finetune`). Triplets that do not parse are returned unchanged.
+    not, and learns to copy attribute words it has seen together in the seeds instead (the toy-relabel preset of
+    :mod:`ip2p.text.finetune`: valid triplets on held-out captions 58.9% -> 70.8%). Triplets that do not parse are
+    returned unchanged.
     """
     from dataclasses import replace
 

@@ -20,7 +20,7 @@ Layout of ``out_dir``::
 Every stage is reproducible (all randomness of step ``i`` is drawn from generators seeded by (seed, stage, i)),
 checkpoints every ``ckpt_every`` steps (weights as safetensors, optimizer state and RNG states through
 ``torch.save``, loaded with ``weights_only=True``; each file written to a temporary name and renamed), resumes from
-its latest checkpoint when run again, and is skipped when its final output exists.
+its latest checkpoint when run again, and is skipped when its final output exists (clip_vision: its settings.json).
 
 Usage::
 
@@ -866,6 +866,17 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     return final
 
 
+def _atomic_copytree(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def clip_vision_done_path(out_dir: Path) -> Path:
     return Path(out_dir) / "work" / "clip_vision" / "settings.json"
 
@@ -881,9 +892,12 @@ def train_clip_vision(
 
     A CLIP trained jointly under a time limit can end with a text tower that tells one-attribute variants apart
     better than its image tower does (the bundled one: 75.8% top-1 against one-attribute distractors). Training the
-    image side alone, with the CLIP stage's hard negatives and attribute heads (image heads only), raises that
+    image side alone, with the CLIP stage's batches of hard negatives and fresh image attribute heads, raises that
     without touching the text embeddings the UNet was trained on: the text tower, its projection and the logit
     scale are frozen, and the stage's test checks that they come out bit for bit the same.
+
+    The stage starts from a copy of ``clip/`` taken when it first runs (``work/clip_vision/start``), so rerunning it
+    never tunes an already tuned tower; it refuses to go on if ``clip/``'s text tower has changed since.
     """
     from transformers import CLIPModel, CLIPTokenizer
 
@@ -892,13 +906,25 @@ def train_clip_vision(
     out_dir = Path(out_dir)
     final = clip_final_path(out_dir)
     done_path = clip_vision_done_path(out_dir)
+    work = done_path.parent
+    source, backup = work / "start", final.parent / ".clip.replaced"
+    if backup.is_dir() and not final.exists():  # a swap below was cut between its two renames
+        os.replace(backup, final)
     if done_path.is_file():
         return final
     if not (final / "config.json").is_file():
         raise FileNotFoundError(f"the clip_vision stage fine-tunes {final}: run the clip stage first")
-    work = done_path.parent
-    tokenizer = CLIPTokenizer.from_pretrained(final)
-    clip = CLIPModel.from_pretrained(final, dtype=torch.float32).to(device)
+    if not (source / "config.json").is_file():
+        _atomic_copytree(final, source)
+    tokenizer = CLIPTokenizer.from_pretrained(source)
+    clip = CLIPModel.from_pretrained(source, dtype=torch.float32).to(device)
+    current = load_file(final / "model.safetensors")
+    text = {k: v for k, v in clip.state_dict().items() if not _is_vision_weight(k)}
+    if any(not torch.equal(v.cpu(), current[k].to(v.dtype)) for k, v in text.items() if k in current):
+        raise ValueError(
+            f"{final}'s text tower differs from the one this stage started from ({source}): the CLIP stage ran "
+            f"again; delete {work} to tune the new CLIP"
+        )
     for name, param in clip.named_parameters():
         param.requires_grad_(_is_vision_weight(name))
     clip.eval()
@@ -911,7 +937,9 @@ def train_clip_vision(
     loaded = ckpt.load()
     if loaded is not None:
         weights, state = loaded
-        clip.load_state_dict(unprefixed("vision", weights), strict=False)
+        missing, unexpected = clip.load_state_dict(unprefixed("vision", weights), strict=False)
+        if unexpected or any(_is_vision_weight(k) for k in missing):
+            raise ValueError(f"{ckpt.folder}: not a clip_vision checkpoint of this CLIP")
         heads.image.load_state_dict(unprefixed("heads", weights))
         opt.load_state_dict(state["optimizer"])
         _optimizer_to(opt, device)
@@ -969,10 +997,12 @@ def train_clip_vision(
     clip = clip.to("cpu").eval()
     tmp = Path(tempfile.mkdtemp(prefix=".clip.", dir=final.parent))
     try:
-        shutil.copytree(final, tmp, dirs_exist_ok=True)  # tokenizer and image processor
+        shutil.copytree(source, tmp, dirs_exist_ok=True)  # tokenizer and image processor
         clip.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(final)
+        shutil.rmtree(backup, ignore_errors=True)
+        os.replace(final, backup)  # two renames: a crash between them is repaired when the stage runs again
         os.replace(tmp, final)
+        shutil.rmtree(backup)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
