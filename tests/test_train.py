@@ -103,6 +103,34 @@ def test_training_starts_from_the_text_to_image_unet_with_zero_extra_channels(ba
     assert not any(p.requires_grad for p in trainer.components.text_encoder.parameters())
 
 
+def test_latent_target_is_a_posterior_sample_or_its_mean(base_model, pairs, tmp_path):
+    """The paper's target is a posterior draw; ``latent_target="mean"`` (the toy preset) takes the mean, with every
+    other draw of the batch unchanged."""
+    kw = dict(min_resize=32, max_resize=32, flip_prob=0.0, num_validation_examples=0)
+    sampled = Trainer(_config(base_model, pairs, tmp_path / "s", **kw))
+    meaned = Trainer(_config(base_model, pairs, tmp_path / "m", latent_target="mean", **kw))
+    positions = sampled._positions(0, 0)
+    a, b = sampled._batch(positions), meaned._batch(positions)
+    for key in ("noise", "timesteps", "text", "image"):
+        torch.testing.assert_close(a[key], b[key])
+    dataset = sampled.dataset
+    from PIL import Image
+
+    from ip2p.imaging import pil_to_tensor
+
+    lanczos = Image.Resampling.LANCZOS  # joint_augment's resize, here to the crop size itself
+    edited = [
+        dataset[sampled._example_index(p)].edited_image.convert("RGB").resize((32, 32), lanczos)
+        for p in positions
+    ]
+    mean, std = meaned._encode_images(pil_to_tensor(edited))
+    scale = meaned.components.vae.config.scaling_factor
+    torch.testing.assert_close(b["latents"], mean * scale, rtol=1e-4, atol=1e-5)
+    assert (a["latents"] - b["latents"]).abs().max() > 1e-3  # the sampled target carries posterior noise
+    with pytest.raises(ValueError, match="latent_target"):
+        _config(base_model, pairs, tmp_path / "x", latent_target="mode").validate()
+
+
 def test_train_writes_checkpoints_metrics_validation_and_a_loadable_model(base_model, pairs, tmp_path):
     folder = train(_config(base_model, pairs, tmp_path))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
