@@ -686,6 +686,33 @@ def clip_loss(
     return 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(t2i, target))
 
 
+def clip_batch_maker(
+    scenes: list[Scene], tokenizer, settings: TrainSettings, stage: str, text_targets: bool
+) -> Callable[[int], dict]:
+    """``make(step)``: a CLIP stage's batch of step ``step`` (drawn from ``(seed, stage, step)``), ready for the
+    loss; with ``text_targets``, also the attribute targets of every caption (the text heads' labels)."""
+    from .render import render_batch
+
+    def make(step: int) -> dict:
+        rng = random.Random(step_seed(settings.seed, stage, step))
+        picked, captions, negative_scenes, negatives = clip_batch(
+            scenes, rng, settings.clip_batch, settings.clip_hard_captions
+        )
+        batch = {
+            "step": step,
+            "pixels": clip_pixels(render_batch(picked)),
+            "ids": _tokenize(tokenizer, captions + negatives, torch.device("cpu"), pad_to_max=False),
+            "n_captions": len(captions),
+            "same": same_scene_mask(picked, picked + negative_scenes, torch.device("cpu")),
+            "image_targets": torch.tensor([scene_targets(x) for x in picked]),
+        }
+        if text_targets:
+            batch["text_targets"] = torch.tensor([scene_targets(x) for x in picked + negative_scenes])
+        return batch
+
+    return make
+
+
 def same_scene_mask(picked: list[Scene], candidates: list[Scene], device: torch.device) -> torch.Tensor:
     ids: dict[Scene, int] = {}
     a = torch.tensor([ids.setdefault(s, len(ids)) for s in picked])
@@ -748,8 +775,6 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     """Train CLIP contrastively with one-attribute hard negatives; save it with its tokenizer and processor."""
     from transformers import CLIPImageProcessor, CLIPTokenizer
 
-    from .render import render_batch
-
     out_dir = Path(out_dir)
     final = clip_final_path(out_dir)
     if (final / "config.json").is_file():
@@ -783,20 +808,7 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         flush=True,
     )
 
-    def make_batch(step: int) -> dict:
-        rng = random.Random(step_seed(settings.seed, "clip", step))
-        picked, captions, negative_scenes, negatives = clip_batch(
-            scenes, rng, settings.clip_batch, settings.clip_hard_captions
-        )
-        return {
-            "step": step,
-            "pixels": clip_pixels(render_batch(picked)),
-            "ids": _tokenize(tokenizer, captions + negatives, torch.device("cpu"), pad_to_max=False),
-            "n_captions": len(captions),
-            "same": same_scene_mask(picked, picked + negative_scenes, torch.device("cpu")),
-            "image_targets": torch.tensor([scene_targets(x) for x in picked]),
-            "text_targets": torch.tensor([scene_targets(x) for x in picked + negative_scenes]),
-        }
+    make_batch = clip_batch_maker(scenes, tokenizer, settings, "clip", text_targets=True)
 
     end = _stage_end(settings.clip_steps, settings.clip_stop_step)
     batches = step_batches(make_batch, start, end, settings.loader_workers)
@@ -901,8 +913,6 @@ def train_clip_vision(
     """
     from transformers import CLIPModel, CLIPTokenizer
 
-    from .render import render_batch
-
     out_dir = Path(out_dir)
     final = clip_final_path(out_dir)
     done_path = clip_vision_done_path(out_dir)
@@ -951,19 +961,7 @@ def train_clip_vision(
         flush=True,
     )
 
-    def make_batch(step: int) -> dict:
-        rng = random.Random(step_seed(settings.seed, "clip_vision", step))
-        picked, captions, negative_scenes, negatives = clip_batch(
-            scenes, rng, settings.clip_batch, settings.clip_hard_captions
-        )
-        return {
-            "step": step,
-            "pixels": clip_pixels(render_batch(picked)),
-            "ids": _tokenize(tokenizer, captions + negatives, torch.device("cpu"), pad_to_max=False),
-            "n_captions": len(captions),
-            "same": same_scene_mask(picked, picked + negative_scenes, torch.device("cpu")),
-            "image_targets": torch.tensor([scene_targets(x) for x in picked]),
-        }
+    make_batch = clip_batch_maker(scenes, tokenizer, settings, "clip_vision", text_targets=False)
 
     total = settings.clip_vision_steps
     batches = step_batches(make_batch, start, total, settings.loader_workers)
