@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from ip2p.text.backends import FakeGenerator
 from ip2p.text.finetune import SeedDataset
 from ip2p.text.format import DELIMITER_1, Triplet, parse_completion
@@ -100,11 +102,23 @@ def test_measure_validity_with_an_oracle_and_a_liar(tmp_path):
     captions = heldout_toy_captions(12)
     good = measure_validity(FakeGenerator(oracle), captions, tmp_path / "good.jsonl")
     assert good["valid_raw"] == good["valid_filtered"] == good["yield"] == 1.0
+    assert all(row["valid"] == 1.0 for row in good["by_type"].values())
+    assert sum(row["share"] for row in good["by_type"].values()) == pytest.approx(1.0)
+    assert "unreadable" not in good["by_type"]
     liar = FakeGenerator(
         lambda text, seed: "remove the shapes" if seed % 2 else f"x{DELIMITER_1}{text}, changed"
     )
     bad = measure_validity(liar, captions, tmp_path / "bad.jsonl")
     assert bad["valid_raw"] == 0.0 and bad["valid_filtered"] == 0.0
+
+    def mislabeller(text, seed):  # asks for a new background but restyles the shapes
+        scene = parse_caption(text)
+        asked = random_edit(scene, random.Random(seed), "background")
+        done = random_edit(scene, random.Random(seed), "style")
+        return f"{asked.instruction}{DELIMITER_1}{caption(done.after)}"
+
+    wrong = measure_validity(FakeGenerator(mislabeller), captions, tmp_path / "wrong.jsonl")
+    assert wrong["kept"] > 0 and wrong["by_type"] == {"background": {"share": 1.0, "valid": 0.0}}
 
 
 def test_toy_model_size():

@@ -139,10 +139,13 @@ def measure_validity(
 
     ``valid_raw``: first tries (unparsable ones count as invalid) over all captions; ``valid_filtered``: triplets
     kept by :func:`ip2p.text.generate.generate_triplets` (paper retries and filters) over the kept ones;
-    ``yield``: kept over captions.
+    ``yield``: kept over captions. ``by_type``: for each edit type the instructions ask for (as the toy grammar
+    reads them; ``unreadable`` otherwise), its share of the kept triplets and the share of those that are valid; a
+    sampler can trade the mix for validity (a lower temperature asks for the easy global edits more often).
     """
     from ip2p.text.format import parse_completion
     from ip2p.text.generate import GenerateConfig, generate_triplets
+    from ip2p.toy.edits import edit_type_of
     from ip2p.toy.seeds import read_jsonl
 
     recorder = _FirstTryRecorder(backend)
@@ -157,13 +160,25 @@ def measure_validity(
         )
         raw_valid += parsed is not None and triplet_is_valid(Triplet(caption, *parsed))
     kept = [Triplet.from_dict(row) for row in read_jsonl(output)]
-    kept_valid = sum(triplet_is_valid(t) for t in kept)
+    verdicts = [triplet_is_valid(t) for t in kept]
+    kept_valid = sum(verdicts)
+    counts: dict[str, list[int]] = {}
+    for triplet, valid in zip(kept, verdicts, strict=True):
+        try:
+            kind = edit_type_of(triplet.edit)
+        except ValueError:
+            kind = "unreadable"
+        counts.setdefault(kind, [0, 0])
+        counts[kind][0] += 1
+        counts[kind][1] += valid
+    by_type = {kind: {"share": n / len(kept), "valid": v / n} for kind, (n, v) in sorted(counts.items())}
     return {
         "captions": len(captions),
         "valid_raw": raw_valid / max(len(captions), 1),
         "kept": len(kept),
         "valid_filtered": kept_valid / max(len(kept), 1),
         "yield": len(kept) / max(len(captions), 1),
+        "by_type": by_type,
         "rejected_attempts": dict(report.rejected_attempts),
         "seconds": report.seconds,
     }
@@ -174,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
+    from ip2p.text.backends import SamplingConfig
     from ip2p.text.hf import HFGenerator
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -184,10 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=None, help="where to write the triplets (default: MODEL/eval.jsonl)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="sampling temperature (default: %(default)s, the paper's)",
+    )
     args = parser.parse_args(argv)
+    if args.temperature <= 0:
+        parser.error(f"--temperature must be > 0, got {args.temperature}")
     from ip2p.text.sources import read_seed_triplets
 
-    generator = HFGenerator.from_pretrained(args.model, batch_size=32, device=args.device)
+    sampling = SamplingConfig(temperature=args.temperature)
+    generator = HFGenerator.from_pretrained(args.model, sampling=sampling, batch_size=32, device=args.device)
     output = args.output or str(Path(args.model) / "eval.jsonl")
     saved = Path(args.model) / "finetune_config.json"
     seeds = json.loads(saved.read_text()).get("seeds") or "toy" if saved.is_file() else "toy"
