@@ -45,7 +45,7 @@ if want base; then
   $IP2P toy train-base --out "$RUNS/toy" --stages clip,unet $BASE_FLAGS
   # CLIP's image tower alone, against its frozen text tower (the UNet's text encoder stays as it is); 2-core CPU
   $IP2P toy train-base --out "$RUNS/toy" --stages clip_vision --device cpu --n-scenes 40000 --ckpt-every 200 \
-    --clip-vision-steps 1800 --clip-batch 64 --clip-hard-captions 4
+    --clip-vision-steps 3000 --clip-batch 64 --clip-hard-captions 4
 fi
 if want quality; then say "quality bars"; $IP2P toy quality --model "$RUNS/toy" --out "$RUNS/toy/quality"; fi
 if want lm; then

@@ -64,8 +64,8 @@ def test_generations_show_their_caption(pipe, n_shapes, at_least):
 
 
 def test_clip_tells_one_attribute_apart():
-    """Measured on 500 held-out scenes: top-1 89% against 9 one-attribute distractors (bar 90%, not met; chance
-    10%). Here: 60 scenes."""
+    """Measured on 500 held-out scenes: top-1 90.8% against 9 one-attribute distractors (bar 90%; chance 10%).
+    Here: the first 60 scenes (85%)."""
     from transformers import CLIPModel, CLIPTokenizer
 
     from ip2p.toy.quality import clip_retrieval
@@ -73,7 +73,7 @@ def test_clip_tells_one_attribute_apart():
 
     clip = CLIPModel.from_pretrained(CLIP, local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(CLIP, local_files_only=True)
-    assert clip_retrieval(clip, tokenizer, heldout_scenes()["mixed"][:60])["clip_top1"] >= 0.75
+    assert clip_retrieval(clip, tokenizer, heldout_scenes()["mixed"][:60])["clip_top1"] >= 0.8
 
 
 def test_clip_text_tower_is_the_base_models_text_encoder():
