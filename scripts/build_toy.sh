@@ -7,13 +7,15 @@
 #   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
 #
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle
+# Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
+# of that size and exactness would buy; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
 #             then CLIP and UNet on 40,000 scenes in larger batches, with batches prepared by 10 processes;
 #             the two stops are where that run's time limits (2 and 4.5 minutes) ended it
 #   BASE=cpu  the 2-core recipe (under 3 hours here); it does not reach the quality bars (README)
-# Either way the base step ends by tuning CLIP's image tower alone on the CPU (1,800 steps, about 35 minutes).
+# Either way the base step ends by tuning CLIP's image tower alone on the CPU (3,000 steps, about 55 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
@@ -23,6 +25,7 @@ CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 
 STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
+PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet evaluations, for the CPU (README)
 # extra flags per stage, e.g. on a GPU: PAIRS_FLAGS="--dtype fp32" EVAL_FLAGS="--batch-size 64 --dtype fp32"
 PAIRS_FLAGS=${PAIRS_FLAGS:-}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
@@ -60,12 +63,12 @@ fi
 if want pairs; then
   say "pairs (stage 2): $WORKERS single-threaded workers over the shards"
   for ((w = 0; w < WORKERS; w++)); do
-    OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset toy \
+    OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset "$PAIRS_PRESET" \
       --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress $PAIRS_FLAGS &
   done
   wait
   # a last pass writes the manifest and report over every shard
-  $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset toy \
+  $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset "$PAIRS_PRESET" \
     --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" $PAIRS_FLAGS
 fi
 if want editor; then
@@ -93,6 +96,22 @@ if want exact-eval; then
   $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 7.5 \
     --image-guidance 1.0,1.5,2.0 -o "$RUNS/toy-eval-exact" $EVAL_FLAGS
+fi
+if want scale; then
+  say "scale ablation data: 20,000 toy triplets (seed 12345, not the seed set's) and their exact pairs"
+  $IP2P toy seeds -o "$RUNS/toy-scale/triplets.jsonl" -n 20000 --seed 12345
+  $IP2P toy exact-pairs "$RUNS/toy-scale/triplets.jsonl" -o "$RUNS/toy-scale/exact-pairs"
+fi
+if want scale-editor; then
+  say "scale ablation editor (1,500 steps)"
+  $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-scale/exact-pairs" \
+    --output-dir "$RUNS/toy-scale/editor" --cache-latents --max-train-steps 1500 $TRAIN_FLAGS
+fi
+if want scale-eval; then
+  say "scale ablation evaluation"
+  $IP2P evaluate --model "$RUNS/toy-scale/editor/model" --methods ip2p --clip "$RUNS/toy/clip" \
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
+    --image-guidance 1.5 -o "$RUNS/toy-scale/eval" $EVAL_FLAGS
 fi
 if want figure; then
   say "README figure and table"
