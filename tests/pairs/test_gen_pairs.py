@@ -242,6 +242,8 @@ def test_triplets_accept_caption_for_input_and_presets_resolve(triplets_file, ca
     assert rows[1]["input"] == rows[1]["caption"] == "two green squares" and len(rows) == 4
     toy, paper = apply_preset("toy"), apply_preset("paper")
     assert (toy.resolution, toy.num_candidates, toy.steps, toy.clip) == (64, 4, 20, "toy")
+    fast = apply_preset("toy-fast", {"steps": 12})
+    assert (fast.num_candidates, fast.steps, fast.scheduler, fast.clip) == (2, 12, "dpmpp_2m", "toy")
     assert (paper.resolution, paper.num_candidates, paper.steps, paper.top_k) == (512, 100, 100, 1)
     assert (paper.clip_threshold, paper.clip_dir_threshold, paper.clip_img_threshold) == (0.2, 0.2, 0.75)
     with pytest.raises(SystemExit) as exit_:
