@@ -173,25 +173,17 @@ class PairsConfig:
             raise ValueError(f"{self.triplets}: no such file")
 
 
+# The toy world at 64 px: fewer candidates and steps, all candidates of a triplet in one UNet call. On the
+# 2-core CPU a triplet costs about 4 s with 4 candidates (4 x 2 images x 2 guidance branches x 20 steps).
+_TOY: dict[str, Any] = dict(
+    model="toy", clip="toy", resolution=64, num_candidates=4, steps=20, batch_size=4, shard_size=16
+)
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},  # 512 px, 100 candidates x 100 steps, thresholds 0.2 / 0.2 / 0.75, SD 1.5, CLIP ViT-L/14
-    # The toy world at 64 px: fewer candidates and steps, all candidates of a triplet in one UNet call. On the
-    # 2-core CPU a triplet costs about 4 s with 4 candidates (4 x 2 images x 2 guidance branches x 20 steps).
-    "toy": dict(
-        model="toy", clip="toy", resolution=64, num_candidates=4, steps=20, batch_size=4, shard_size=16
-    ),
+    "toy": _TOY,
     # The toy world on the 2-core CPU's budget: 2 candidates, 10 DPM-Solver++ steps (a quarter of the UNet
     # evaluations of "toy"), for more pairs at some cost in faithfulness (README, "The toy editor").
-    "toy-fast": dict(
-        model="toy",
-        clip="toy",
-        resolution=64,
-        num_candidates=2,
-        steps=10,
-        scheduler="dpmpp_2m",
-        batch_size=2,
-        shard_size=16,
-    ),
+    "toy-fast": {**_TOY, "num_candidates": 2, "steps": 10, "scheduler": "dpmpp_2m", "batch_size": 2},
 }
 
 

@@ -207,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         help="sampling temperature (default: %(default)s, the paper's)",
     )
     args = parser.parse_args(argv)
-    if args.temperature <= 0:
-        parser.error(f"--temperature must be > 0, got {args.temperature}")
+    sampling = SamplingConfig(temperature=args.temperature)
+    try:
+        sampling.validate()
+    except ValueError as e:
+        parser.error(str(e))
     from ip2p.text.sources import read_seed_triplets
 
-    sampling = SamplingConfig(temperature=args.temperature)
     generator = HFGenerator.from_pretrained(args.model, sampling=sampling, batch_size=32, device=args.device)
     output = args.output or str(Path(args.model) / "eval.jsonl")
     saved = Path(args.model) / "finetune_config.json"
