@@ -1,0 +1,207 @@
+"""Denoising loss by noise level: does an editor read its input image?
+
+On pairs of a dataset, with the same noise for every model, the loss each model makes at fixed timesteps:
+
+- an editor, conditioned on the input image and the instruction (as it is trained and used);
+- a text-to-image model, conditioned on the output caption: a model told the edited image in words.
+
+At high noise levels the noisy latent says almost nothing, and what a model predicts comes from its conditions. An
+editor that copies what the instruction leaves alone should then do at least as well as the text-to-image model
+(where captions are complete, as in the toy world) or much better (where they are not). An editor far worse than it
+at high noise draws the image anew instead of copying it, which the oracle then sees as attributes not preserved.
+
+    python -m ip2p.loss_probe --data PAIRS --base T2I_MODEL --editor EDITOR [--editor EDITOR2 ...]
+
+Targets are posterior means (deterministic); the loss is the scheduler's own (epsilon, v or sample prediction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from ip2p.datasets import EditExample
+from ip2p.imaging import pil_to_tensor
+from ip2p.models import EditComponents
+
+DEFAULT_TIMESTEPS = (50, 250, 500, 750, 950, 999)
+
+
+class ProbeError(ValueError):
+    """A bad input to the probe, with a one-line reason."""
+
+
+def _square(image: Image.Image, resolution: int) -> Image.Image:
+    image = image.convert("RGB")
+    return image if image.size == (resolution, resolution) else image.resize((resolution,) * 2, Image.BICUBIC)
+
+
+@torch.no_grad()
+def encode_text(components: EditComponents, texts: Sequence[str]) -> torch.Tensor:
+    tok = components.tokenizer
+    ids = tok(
+        list(texts),
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return components.text_encoder(ids)[0].float()
+
+
+@torch.no_grad()
+def encode_images(components: EditComponents, images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
+    """Posterior means, unscaled, (N, C, h, w)."""
+    pixels = pil_to_tensor([_square(im, resolution) for im in images])
+    return components.vae.encode(pixels).latent_dist.mean.float()
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict, per the scheduler's prediction type."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    if kind == "sample":
+        return latents
+    raise ProbeError(f"unknown prediction type {kind!r}")
+
+
+@torch.no_grad()
+def loss_by_timestep(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    text: torch.Tensor,
+    image: torch.Tensor | None = None,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[int, float]:
+    """Mean squared error of ``unet``'s prediction at each timestep, on scaled ``latents`` with text states
+    ``text`` and, for an editor, the unscaled image latents ``image`` concatenated to its input."""
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    out: dict[int, float] = {}
+    for step in timesteps:
+        if not 0 <= step < scheduler.config.num_train_timesteps:
+            raise ProbeError(f"timestep {step} is outside 0..{scheduler.config.num_train_timesteps - 1}")
+        t = torch.full((len(latents),), int(step), dtype=torch.long)
+        noisy = scheduler.add_noise(latents, noise, t)
+        target = training_target(scheduler, latents, noise, t)
+        total = 0.0
+        for i in range(0, len(latents), batch_size):
+            x = noisy[i : i + batch_size]
+            if image is not None:
+                x = torch.cat([x, image[i : i + batch_size]], dim=1)
+            pred = unet(x, t[i : i + batch_size], encoder_hidden_states=text[i : i + batch_size]).sample
+            total += float(((pred.float() - target[i : i + batch_size]) ** 2).sum())
+        out[int(step)] = total / target.numel()
+    return out
+
+
+def probe(
+    examples: Sequence[EditExample],
+    editors: dict[str, EditComponents],
+    base: EditComponents | None = None,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    resolution: int = 64,
+    seed: int = 0,
+) -> dict[str, dict[int, float]]:
+    """Loss by timestep of each editor (image + instruction) and of ``base`` (output caption), on the same
+    targets and noise. Targets are encoded by the first model's VAE (all must share one, as editors trained from a
+    base do)."""
+    if not examples:
+        raise ProbeError("no examples to probe")
+    if any(ex.edited_image is None for ex in examples):
+        raise ProbeError("every example needs an edited image (the target)")
+    models = list(editors.values()) + ([base] if base is not None else [])
+    if not models:
+        raise ProbeError("nothing to probe: give an editor or a base model")
+    vae_owner = models[0]
+    scheduler = vae_owner.scheduler
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(scheduler.config)
+    sf = vae_owner.vae.config.scaling_factor
+    latents = encode_images(vae_owner, [ex.edited_image for ex in examples], resolution) * sf
+    results: dict[str, dict[int, float]] = {}
+    if base is not None:
+        captions = [ex.edited_prompt for ex in examples]
+        if any(not c for c in captions):
+            raise ProbeError("the base model needs output captions (edited_prompt) for every example")
+        results["base + output caption"] = loss_by_timestep(
+            base.unet, scheduler, latents, encode_text(base, captions), None, timesteps, seed
+        )
+    for name, comp in editors.items():
+        if comp.unet.config.in_channels != 2 * comp.vae.config.latent_channels:
+            raise ProbeError(
+                f"{name} is not an editing model (its UNet takes {comp.unet.config.in_channels} channels)"
+            )
+        image = encode_images(comp, [ex.original_image for ex in examples], resolution)
+        text = encode_text(comp, [ex.edit_prompt for ex in examples])
+        results[name] = loss_by_timestep(comp.unet, scheduler, latents, text, image, timesteps, seed)
+    return results
+
+
+def format_table(results: dict[str, dict[int, float]]) -> str:
+    steps = sorted({t for r in results.values() for t in r})
+    width = max(len(n) for n in results) + 2
+    lines = ["model".ljust(width) + "".join(f"t={t:<8}" for t in steps)]
+    for name, row in results.items():
+        lines.append(name.ljust(width) + "".join(f"{row[t]:<10.4f}" for t in steps))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ip2p.loss_probe``: denoising loss by timestep of editors and of a text-to-image model."""
+    import argparse
+    import json
+    import sys
+
+    from ip2p.datasets import open_edit_dataset
+    from ip2p.models import ModelLoadError, load_pipeline_components
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", required=True, help="pairs with targets: our Parquet shards or a folder of them"
+    )
+    parser.add_argument("--editor", action="append", default=[], help="an editing model (repeatable)")
+    parser.add_argument("--base", default=None, help="a text-to-image model, conditioned on output captions")
+    parser.add_argument("-n", type=int, default=192, help="pairs, the first N (default: %(default)s)")
+    parser.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)), help="comma-separated")
+    parser.add_argument("--resolution", type=int, default=64, help="image side (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        timesteps = [int(t) for t in args.timesteps.split(",")]
+        if args.n < 1:
+            raise ProbeError(f"-n must be at least 1, got {args.n}")
+        dataset = open_edit_dataset(args.data)
+        examples = [dataset[i] for i in range(min(args.n, len(dataset)))]
+        editors = {path: load_pipeline_components(path, edit=True) for path in args.editor}
+        base = load_pipeline_components(args.base, edit=False) if args.base else None
+        for comp in [*editors.values(), *([base] if base else [])]:
+            comp.unet.eval()
+        results = probe(examples, editors, base, timesteps, args.resolution, args.seed)
+    except (ProbeError, ModelLoadError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{len(examples)} pairs of {args.data}, noise seed {args.seed}, loss per the scheduler's prediction type"
+    )
+    print(format_table(results))
+    if args.json:
+        from pathlib import Path
+
+        from ip2p.evaluate import _write_text
+
+        _write_text(Path(args.json), json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
