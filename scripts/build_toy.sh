@@ -8,7 +8,8 @@
 #
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
-# of that size and exactness would buy; README)
+# of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
+# targets, 1,500 to 6,000 steps: what a longer schedule buys on top, and the loss probe; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
@@ -112,6 +113,38 @@ if want scale-eval; then
   $IP2P evaluate --model "$RUNS/toy-scale/editor/model" --methods ip2p --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
     --image-guidance 1.5 -o "$RUNS/toy-scale/eval" $EVAL_FLAGS
+fi
+if want scale-long; then
+  say "scale ablation editor, posterior-mean targets, to 1,500, 4,000 and 6,000 steps (shares scale-editor's cache)"
+  mkdir -p "$RUNS/toy-scale/editor-long/cache"
+  for f in "$RUNS"/toy-scale/editor/cache/*.safetensors; do
+    if [[ -e "$f" && ! -e "$RUNS/toy-scale/editor-long/cache/${f##*/}" ]]; then
+      ln "$f" "$RUNS/toy-scale/editor-long/cache/"
+    fi
+  done
+  # One run, resumed to each stop (constant learning rate: the same weights as one uninterrupted run); each stop's
+  # exported EMA model is kept as model-STEPS.
+  for n in 1500 4000 6000; do
+    [[ -f "$RUNS/toy-scale/editor-long/model-$n/model_index.json" ]] && continue
+    $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-scale/exact-pairs" \
+      --output-dir "$RUNS/toy-scale/editor-long" --cache-latents --latent-target mean --max-train-steps "$n" \
+      $TRAIN_FLAGS
+    rm -rf "$RUNS/toy-scale/editor-long/model-$n.tmp"
+    cp -r "$RUNS/toy-scale/editor-long/model" "$RUNS/toy-scale/editor-long/model-$n.tmp"
+    mv "$RUNS/toy-scale/editor-long/model-$n.tmp" "$RUNS/toy-scale/editor-long/model-$n"
+  done
+fi
+if want scale-long-eval; then
+  say "scale ablation evaluation, longer schedule"
+  for n in 1500 4000 6000; do
+    $IP2P evaluate --model "$RUNS/toy-scale/editor-long/model-$n" --methods ip2p --clip "$RUNS/toy/clip" \
+      --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
+      --image-guidance 1.5 -o "$RUNS/toy-scale/eval-long-$n" $EVAL_FLAGS
+  done
+  $PY -m ip2p.loss_probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
+    --editor "$RUNS/toy-scale/editor/model" --editor "$RUNS/toy-scale/editor-long/model-1500" \
+    --editor "$RUNS/toy-scale/editor-long/model-4000" --editor "$RUNS/toy-scale/editor-long/model-6000" \
+    -n 192 --json "$RUNS/toy-scale/loss-probe.json"
 fi
 if want figure; then
   say "README figure and table"
