@@ -52,10 +52,15 @@ def encode_text(components: EditComponents, texts: Sequence[str]) -> torch.Tenso
 
 
 @torch.no_grad()
-def encode_images(components: EditComponents, images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
-    """Posterior means, unscaled, (N, C, h, w)."""
-    pixels = pil_to_tensor([_square(im, resolution) for im in images])
-    return components.vae.encode(pixels).latent_dist.mean.float()
+def encode_images(
+    components: EditComponents, images: Sequence[Image.Image], resolution: int, batch_size: int = 16
+) -> torch.Tensor:
+    """Posterior means, unscaled, (N, C, h, w), encoded ``batch_size`` images at a time."""
+    means = []
+    for i in range(0, len(images), batch_size):
+        pixels = pil_to_tensor([_square(im, resolution) for im in images[i : i + batch_size]])
+        means.append(components.vae.encode(pixels).latent_dist.mean.float())
+    return torch.cat(means)
 
 
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -121,10 +126,9 @@ def probe(
     if not models:
         raise ProbeError("nothing to probe: give an editor or a base model")
     vae_owner = models[0]
-    scheduler = vae_owner.scheduler
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler.from_config(scheduler.config)
+    scheduler = DDPMScheduler.from_config(vae_owner.scheduler.config)  # the training noise schedule
     sf = vae_owner.vae.config.scaling_factor
     latents = encode_images(vae_owner, [ex.edited_image for ex in examples], resolution) * sf
     results: dict[str, dict[int, float]] = {}
