@@ -141,6 +141,9 @@ if want scale-long-eval; then
       --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
       --image-guidance 1.5 -o "$RUNS/toy-scale/eval-long-$n" $EVAL_FLAGS
   done
+  $IP2P evaluate --model "$RUNS/toy-scale/editor-long/model-4000" --methods ip2p --clip "$RUNS/toy/clip" \
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3 \
+    --image-guidance 2.0,2.5 -o "$RUNS/toy-scale/eval-long-4000-image-guidance" $EVAL_FLAGS
   $PY -m ip2p.loss_probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
     --editor "$RUNS/toy-scale/editor/model" --editor "$RUNS/toy-scale/editor-long/model-1500" \
     --editor "$RUNS/toy-scale/editor-long/model-4000" --editor "$RUNS/toy-scale/editor-long/model-6000" \

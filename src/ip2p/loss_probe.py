@@ -12,7 +12,7 @@ at high noise draws the image anew instead of copying it, which the oracle then 
 
     python -m ip2p.loss_probe --data PAIRS --base T2I_MODEL --editor EDITOR [--editor EDITOR2 ...]
 
-Targets are posterior means (deterministic); the loss is the scheduler's own (epsilon, v or sample prediction).
+Targets are posterior means (deterministic); the loss is the training loss (epsilon or v prediction).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from PIL import Image
 from ip2p.datasets import EditExample
 from ip2p.imaging import pil_to_tensor
 from ip2p.models import EditComponents
+from ip2p.train import diffusion_target
 
 DEFAULT_TIMESTEPS = (50, 250, 500, 750, 950, 999)
 
@@ -38,41 +39,21 @@ def _square(image: Image.Image, resolution: int) -> Image.Image:
     return image if image.size == (resolution, resolution) else image.resize((resolution,) * 2, Image.BICUBIC)
 
 
-@torch.no_grad()
-def encode_text(components: EditComponents, texts: Sequence[str]) -> torch.Tensor:
-    tok = components.tokenizer
-    ids = tok(
-        list(texts),
-        padding="max_length",
-        max_length=tok.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    return components.text_encoder(ids)[0].float()
+def _encoders(components: EditComponents):
+    """The editing pipeline's own text and image encoders, in fp32 on the CPU (where the probe's tensors live)."""
+    from ip2p.pipeline import EditPipeline
+
+    return EditPipeline(components, device="cpu", dtype="fp32")
 
 
-@torch.no_grad()
-def encode_images(
-    components: EditComponents, images: Sequence[Image.Image], resolution: int, batch_size: int = 16
-) -> torch.Tensor:
-    """Posterior means, unscaled, (N, C, h, w), encoded ``batch_size`` images at a time."""
-    means = []
-    for i in range(0, len(images), batch_size):
-        pixels = pil_to_tensor([_square(im, resolution) for im in images[i : i + batch_size]])
-        means.append(components.vae.encode(pixels).latent_dist.mean.float())
-    return torch.cat(means)
-
-
-def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet learns to predict, per the scheduler's prediction type."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    if kind == "sample":
-        return latents
-    raise ProbeError(f"unknown prediction type {kind!r}")
+def encode_images(pipe, images: Sequence[Image.Image], resolution: int, batch_size: int = 16) -> torch.Tensor:
+    """Posterior means (the mode), unscaled, (N, C, h, w), encoded ``batch_size`` images at a time."""
+    return torch.cat(
+        [
+            pipe.encode_image(pil_to_tensor([_square(im, resolution) for im in images[i : i + batch_size]]))
+            for i in range(0, len(images), batch_size)
+        ]
+    ).float()
 
 
 @torch.no_grad()
@@ -95,7 +76,7 @@ def loss_by_timestep(
             raise ProbeError(f"timestep {step} is outside 0..{scheduler.config.num_train_timesteps - 1}")
         t = torch.full((len(latents),), int(step), dtype=torch.long)
         noisy = scheduler.add_noise(latents, noise, t)
-        target = training_target(scheduler, latents, noise, t)
+        target = diffusion_target(scheduler, latents, noise, t)
         total = 0.0
         for i in range(0, len(latents), batch_size):
             x = noisy[i : i + batch_size]
@@ -125,27 +106,28 @@ def probe(
     models = list(editors.values()) + ([base] if base is not None else [])
     if not models:
         raise ProbeError("nothing to probe: give an editor or a base model")
-    vae_owner = models[0]
     from diffusers import DDPMScheduler
 
-    scheduler = DDPMScheduler.from_config(vae_owner.scheduler.config)  # the training noise schedule
-    sf = vae_owner.vae.config.scaling_factor
-    latents = encode_images(vae_owner, [ex.edited_image for ex in examples], resolution) * sf
+    scheduler = DDPMScheduler.from_config(models[0].scheduler.config)  # the training noise schedule
+    sf = models[0].vae.config.scaling_factor
+    latents = encode_images(_encoders(models[0]), [ex.edited_image for ex in examples], resolution) * sf
     results: dict[str, dict[int, float]] = {}
     if base is not None:
         captions = [ex.edited_prompt for ex in examples]
         if any(not c for c in captions):
             raise ProbeError("the base model needs output captions (edited_prompt) for every example")
+        text = _encoders(base).encode_text(captions).float()
         results["base + output caption"] = loss_by_timestep(
-            base.unet, scheduler, latents, encode_text(base, captions), None, timesteps, seed
+            base.unet, scheduler, latents, text, None, timesteps, seed
         )
     for name, comp in editors.items():
         if comp.unet.config.in_channels != 2 * comp.vae.config.latent_channels:
             raise ProbeError(
                 f"{name} is not an editing model (its UNet takes {comp.unet.config.in_channels} channels)"
             )
-        image = encode_images(comp, [ex.original_image for ex in examples], resolution)
-        text = encode_text(comp, [ex.edit_prompt for ex in examples])
+        pipe = _encoders(comp)
+        image = encode_images(pipe, [ex.original_image for ex in examples], resolution)
+        text = pipe.encode_text([ex.edit_prompt for ex in examples]).float()
         results[name] = loss_by_timestep(comp.unet, scheduler, latents, text, image, timesteps, seed)
     return results
 
@@ -188,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         examples = [dataset[i] for i in range(min(args.n, len(dataset)))]
         editors = {path: load_pipeline_components(path, edit=True) for path in args.editor}
         base = load_pipeline_components(args.base, edit=False) if args.base else None
-        for comp in [*editors.values(), *([base] if base else [])]:
-            comp.unet.eval()
         results = probe(examples, editors, base, timesteps, args.resolution, args.seed)
     except (ProbeError, ModelLoadError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
