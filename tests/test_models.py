@@ -28,6 +28,22 @@ def test_to_edit_unet_keeps_the_output_for_any_extra_channels():
     assert unet.conv_in.weight[:, 4:].abs().sum() == 0
 
 
+def test_to_edit_unet_copy_init_sees_the_mean_of_latent_and_scaled_image():
+    unet = tiny_unet(in_channels=4, seed=1).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=g)
+    image = torch.randn(2, 4, 16, 16, generator=g)
+    text = torch.randn(2, 7, 32, generator=g)
+    t = torch.tensor([10, 999])
+    with torch.no_grad():
+        expected = unet((x + 0.25 * image) / 2, t, encoder_hidden_states=text).sample
+        to_edit_unet(unet, init="copy", image_scale=0.25)
+        got = unet(torch.cat([x, image], dim=1), t, encoder_hidden_states=text).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="zeros or copy"):
+        to_edit_unet(tiny_unet(in_channels=4), init="ones")
+
+
 def test_saved_model_loads_in_diffusers_and_here(make_components, tmp_path):
     components = make_components()
     folder = save_edit_model(components, tmp_path / "model")

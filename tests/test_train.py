@@ -103,6 +103,17 @@ def test_training_starts_from_the_text_to_image_unet_with_zero_extra_channels(ba
     assert not any(p.requires_grad for p in trainer.components.text_encoder.parameters())
 
 
+def test_copy_init_starts_the_image_channels_from_the_latent_channels(base_model, pairs, tmp_path):
+    trainer = Trainer(_config(base_model, pairs, tmp_path, conv_in_init="copy"))
+    conv = trainer.accelerator.unwrap_model(trainer.unet).conv_in
+    base = StableDiffusionPipeline.from_pretrained(base_model).unet.conv_in
+    scale = trainer.components.vae.config.scaling_factor
+    torch.testing.assert_close(conv.weight[:, :4], base.weight / 2)
+    torch.testing.assert_close(conv.weight[:, 4:], base.weight * scale / 2)
+    with pytest.raises(ValueError, match="conv_in_init"):
+        _config(base_model, pairs, tmp_path / "x", conv_in_init="random").validate()
+
+
 def test_latent_target_is_a_posterior_sample_or_its_mean(base_model, pairs, tmp_path):
     """The paper's target is a posterior draw; ``latent_target="mean"`` (the toy preset) takes the mean, with every
     other draw of the batch unchanged."""

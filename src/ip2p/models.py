@@ -57,20 +57,32 @@ class EditComponents:
         return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
 
-def to_edit_unet(unet: UNet2DConditionModel, extra_channels: int = 4) -> UNet2DConditionModel:
+def to_edit_unet(
+    unet: UNet2DConditionModel, extra_channels: int = 4, init: str = "zeros", image_scale: float = 1.0
+) -> UNet2DConditionModel:
     """Turn a text-to-image UNet into an editing UNet, in place (paper section 3.2).
 
-    The input convolution gains ``extra_channels`` input channels for the image condition. Their weights are zero
-    and the original weights and bias are kept, so at initialisation the output equals the text-to-image model's
-    for any value of the extra channels (the original repository does the same; diffusers' training script
-    re-initialises the bias, which changes the model).
+    The input convolution gains ``extra_channels`` input channels for the image condition. With ``init="zeros"``
+    (the paper's) their weights are zero and the original weights and bias are kept, so at initialisation the
+    output equals the text-to-image model's for any value of the extra channels (the original repository does the
+    same; diffusers' training script re-initialises the bias, which changes the model).
+
+    With ``init="copy"`` the latent channels' weights are duplicated onto the extra channels and both halves are
+    halved, as Marigold (Ke et al., CVPR 2024) initialises its image-conditioned UNet: at initialisation the model
+    sees the mean of the noisy latent and of the image condition times ``image_scale`` (pass the VAE's scaling
+    factor, since the condition is the unscaled latent), so the image enters the base model's own features from
+    the first step instead of being learnt from zero.
 
     Example:
         >>> unet = to_edit_unet(UNet2DConditionModel.from_pretrained("path/to/sd", subfolder="unet"))
         >>> unet.config.in_channels
         8
     """
+    if init not in ("zeros", "copy"):
+        raise ValueError(f"init must be zeros or copy, got {init!r}")
     old = unet.conv_in
+    if init == "copy" and extra_channels != old.in_channels:
+        raise ValueError(f"init='copy' needs as many extra channels as latent ones ({old.in_channels})")
     new = torch.nn.Conv2d(
         old.in_channels + extra_channels,
         old.out_channels,
@@ -82,8 +94,12 @@ def to_edit_unet(unet: UNet2DConditionModel, extra_channels: int = 4) -> UNet2DC
     )
     with torch.no_grad():
         new.weight.zero_()
-        new.weight[:, : old.in_channels].copy_(old.weight)  # (out, in + extra, k, k)
         new.bias.copy_(old.bias)
+        if init == "zeros":
+            new.weight[:, : old.in_channels].copy_(old.weight)  # (out, in + extra, k, k)
+        else:
+            new.weight[:, : old.in_channels].copy_(old.weight / 2)
+            new.weight[:, old.in_channels :].copy_(old.weight * (image_scale / 2))
     unet.conv_in = new
     unet.register_to_config(in_channels=old.in_channels + extra_channels)
     return unet

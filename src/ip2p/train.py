@@ -98,12 +98,19 @@ class TrainConfig:
         "diffusers) or mean (the posterior mean; for a VAE whose posterior noise is not small, as the toy one's)",
         default="sample",
     )
+    conv_in_init: str = _help(
+        "how the input convolution's image channels start: zeros (the paper's: the model starts as the "
+        "text-to-image one) or copy (Marigold's: the latent channels' weights, halved on both)",
+        default="zeros",
+    )
     seed: int = _help("seed of every random choice in the run", default=42)
     device: str = _help("cpu to force the CPU; otherwise accelerate's choice", default="auto")
 
     def validate(self) -> None:
         if self.latent_target not in ("sample", "mean"):
             raise ValueError(f"latent_target must be sample or mean, got {self.latent_target!r}")
+        if self.conv_in_init not in ("zeros", "copy"):
+            raise ValueError(f"conv_in_init must be zeros or copy, got {self.conv_in_init!r}")
         if not self.data:
             raise ValueError("no training data: pass --data PATH")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -229,7 +236,11 @@ class Trainer:
 
         components = load_pipeline_components_for_training(config.base_model, load_pipeline_components)
         if components.unet.config.in_channels == components.vae.config.latent_channels:
-            to_edit_unet(components.unet)
+            to_edit_unet(
+                components.unet,
+                init=config.conv_in_init,
+                image_scale=components.vae.config.scaling_factor,
+            )
         self.components = components
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
