@@ -9,7 +9,8 @@
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
 # of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
-# targets, 1,500 to 6,000 steps: what a longer schedule buys on top, and the loss probe; README)
+# targets, 1,500 to 6,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
+# (Marigold's initialisation of the image channels instead of zeros; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
@@ -148,6 +149,24 @@ if want scale-long-eval; then
     --editor "$RUNS/toy-scale/editor/model" --editor "$RUNS/toy-scale/editor-long/model-1500" \
     --editor "$RUNS/toy-scale/editor-long/model-4000" --editor "$RUNS/toy-scale/editor-long/model-6000" \
     -n 192 --json "$RUNS/toy-scale/loss-probe.json"
+fi
+if want scale-copy; then
+  say "scale ablation editor with Marigold's initialisation of the image channels (1,500 steps), its evaluation and probe"
+  mkdir -p "$RUNS/toy-scale/editor-copy/cache"
+  for f in "$RUNS"/toy-scale/editor/cache/*.safetensors; do
+    if [[ -e "$f" && ! -e "$RUNS/toy-scale/editor-copy/cache/${f##*/}" ]]; then
+      ln "$f" "$RUNS/toy-scale/editor-copy/cache/"
+    fi
+  done
+  $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-scale/exact-pairs" \
+    --output-dir "$RUNS/toy-scale/editor-copy" --cache-latents --latent-target mean --conv-in-init copy \
+    --max-train-steps 1500 $TRAIN_FLAGS
+  $IP2P evaluate --model "$RUNS/toy-scale/editor-copy/model" --methods ip2p --clip "$RUNS/toy/clip" \
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3 \
+    --image-guidance 1.5 -o "$RUNS/toy-scale/eval-copy" $EVAL_FLAGS
+  $PY -m ip2p.loss_probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
+    --editor "$RUNS/toy-scale/editor-long/model-1500" --editor "$RUNS/toy-scale/editor-copy/model" \
+    -n 192 --json "$RUNS/toy-scale/loss-probe-copy.json"
 fi
 if want figure; then
   say "README figure and table"
