@@ -43,6 +43,13 @@ esac
 
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+# share_cache FROM TO: hard-link FROM's latent cache into TO's, so that a second run on the same data skips encoding
+share_cache() {
+  mkdir -p "$2/cache"
+  for f in "$1"/cache/*.safetensors; do
+    if [[ -e "$f" && ! -e "$2/cache/${f##*/}" ]]; then ln "$f" "$2/cache/"; fi
+  done
+}
 
 if want base; then
   say "base ($BASE recipe): VAE, CLIP, UNet"
@@ -117,12 +124,7 @@ if want scale-eval; then
 fi
 if want scale-long; then
   say "scale ablation editor, posterior-mean targets, to 1,500, 4,000 and 6,000 steps (shares scale-editor's cache)"
-  mkdir -p "$RUNS/toy-scale/editor-long/cache"
-  for f in "$RUNS"/toy-scale/editor/cache/*.safetensors; do
-    if [[ -e "$f" && ! -e "$RUNS/toy-scale/editor-long/cache/${f##*/}" ]]; then
-      ln "$f" "$RUNS/toy-scale/editor-long/cache/"
-    fi
-  done
+  share_cache "$RUNS/toy-scale/editor" "$RUNS/toy-scale/editor-long"
   # One run, resumed to each stop (constant learning rate: the same weights as one uninterrupted run); each stop's
   # exported EMA model is kept as model-STEPS.
   for n in 1500 4000 6000; do
@@ -152,12 +154,7 @@ if want scale-long-eval; then
 fi
 if want scale-copy; then
   say "scale ablation editor with Marigold's initialisation of the image channels (1,500 steps), its evaluation and probe"
-  mkdir -p "$RUNS/toy-scale/editor-copy/cache"
-  for f in "$RUNS"/toy-scale/editor/cache/*.safetensors; do
-    if [[ -e "$f" && ! -e "$RUNS/toy-scale/editor-copy/cache/${f##*/}" ]]; then
-      ln "$f" "$RUNS/toy-scale/editor-copy/cache/"
-    fi
-  done
+  share_cache "$RUNS/toy-scale/editor" "$RUNS/toy-scale/editor-copy"
   $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-scale/exact-pairs" \
     --output-dir "$RUNS/toy-scale/editor-copy" --cache-latents --latent-target mean --conv-in-init copy \
     --max-train-steps 1500 $TRAIN_FLAGS
