@@ -9,7 +9,7 @@
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
 # of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
-# targets, 1,500 to 6,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
+# targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
 # (Marigold's initialisation of the image channels instead of zeros; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
@@ -123,11 +123,11 @@ if want scale-eval; then
     --image-guidance 1.5 -o "$RUNS/toy-scale/eval" $EVAL_FLAGS
 fi
 if want scale-long; then
-  say "scale ablation editor, posterior-mean targets, to 1,500, 4,000 and 6,000 steps (shares scale-editor's cache)"
+  say "scale ablation editor, posterior-mean targets, to 1,500, 4,000, 6,000, 7,500 and 9,000 steps (shares scale-editor's cache)"
   share_cache "$RUNS/toy-scale/editor" "$RUNS/toy-scale/editor-long"
   # One run, resumed to each stop (constant learning rate: the same weights as one uninterrupted run); each stop's
   # exported EMA model is kept as model-STEPS.
-  for n in 1500 4000 6000; do
+  for n in 1500 4000 6000 7500 9000; do
     [[ -f "$RUNS/toy-scale/editor-long/model-$n/model_index.json" ]] && continue
     $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-scale/exact-pairs" \
       --output-dir "$RUNS/toy-scale/editor-long" --cache-latents --latent-target mean --max-train-steps "$n" \
@@ -139,9 +139,11 @@ if want scale-long; then
 fi
 if want scale-long-eval; then
   say "scale ablation evaluation, longer schedule"
-  for n in 1500 4000 6000; do
+  for n in 1500 4000 6000 7500 9000; do
+    text_guidance=3,7.5
+    ((n > 6000)) && text_guidance=3  # the later stops at the better scale only
     $IP2P evaluate --model "$RUNS/toy-scale/editor-long/model-$n" --methods ip2p --clip "$RUNS/toy/clip" \
-      --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
+      --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance "$text_guidance" \
       --image-guidance 1.5 -o "$RUNS/toy-scale/eval-long-$n" $EVAL_FLAGS
   done
   $IP2P evaluate --model "$RUNS/toy-scale/editor-long/model-4000" --methods ip2p --clip "$RUNS/toy/clip" \
@@ -150,6 +152,7 @@ if want scale-long-eval; then
   $PY -m ip2p.loss_probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
     --editor "$RUNS/toy-scale/editor/model" --editor "$RUNS/toy-scale/editor-long/model-1500" \
     --editor "$RUNS/toy-scale/editor-long/model-4000" --editor "$RUNS/toy-scale/editor-long/model-6000" \
+    --editor "$RUNS/toy-scale/editor-long/model-7500" --editor "$RUNS/toy-scale/editor-long/model-9000" \
     -n 192 --json "$RUNS/toy-scale/loss-probe.json"
 fi
 if want scale-copy; then
