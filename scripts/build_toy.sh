@@ -141,7 +141,7 @@ if want scale-long-eval; then
   say "scale ablation evaluation, longer schedule"
   for n in 1500 4000 6000 7500 9000; do
     text_guidance=3,7.5
-    ((n > 6000)) && text_guidance=3  # the later stops at the better scale only
+    ((n == 7500)) && text_guidance=3  # an intermediate stop, at the better scale only
     $IP2P evaluate --model "$RUNS/toy-scale/editor-long/model-$n" --methods ip2p --clip "$RUNS/toy/clip" \
       --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance "$text_guidance" \
       --image-guidance 1.5 -o "$RUNS/toy-scale/eval-long-$n" $EVAL_FLAGS
