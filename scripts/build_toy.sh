@@ -105,6 +105,10 @@ if want exact-eval; then
   $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 7.5 \
     --image-guidance 1.0,1.5,2.0 -o "$RUNS/toy-eval-exact" $EVAL_FLAGS
+  # beside the bundled editor's best setting (README: what the synthesized data costs)
+  $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3 \
+    --image-guidance 1.5 -o "$RUNS/toy-eval-exact-text3" $EVAL_FLAGS
 fi
 if want scale; then
   say "scale ablation data: 20,000 toy triplets (seed 12345, not the seed set's) and their exact pairs"
