@@ -160,6 +160,7 @@ if want scale-long-eval; then
     -n 192 --json "$RUNS/toy-scale/loss-probe.json"
 fi
 if want scale-copy; then
+  # needs scale-editor's cache and, for the probe's comparison, scale-long's 1,500-step model
   say "scale ablation editor with Marigold's initialisation of the image channels (1,500 steps), its evaluation and probe"
   share_cache "$RUNS/toy-scale/editor" "$RUNS/toy-scale/editor-copy"
   $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-scale/exact-pairs" \

@@ -57,6 +57,9 @@ class EditComponents:
         return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
 
+CONV_IN_INITS = ("zeros", "copy")  # how to_edit_unet starts the image channels
+
+
 def to_edit_unet(
     unet: UNet2DConditionModel, extra_channels: int = 4, init: str = "zeros", image_scale: float = 1.0
 ) -> UNet2DConditionModel:
@@ -78,8 +81,8 @@ def to_edit_unet(
         >>> unet.config.in_channels
         8
     """
-    if init not in ("zeros", "copy"):
-        raise ValueError(f"init must be zeros or copy, got {init!r}")
+    if init not in CONV_IN_INITS:
+        raise ValueError(f"init must be {' or '.join(CONV_IN_INITS)}, got {init!r}")
     old = unet.conv_in
     if init == "copy" and extra_channels != old.in_channels:
         raise ValueError(f"init='copy' needs as many extra channels as latent ones ({old.in_channels})")

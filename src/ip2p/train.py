@@ -109,8 +109,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.latent_target not in ("sample", "mean"):
             raise ValueError(f"latent_target must be sample or mean, got {self.latent_target!r}")
-        if self.conv_in_init not in ("zeros", "copy"):
-            raise ValueError(f"conv_in_init must be zeros or copy, got {self.conv_in_init!r}")
+        from ip2p.models import CONV_IN_INITS
+
+        if self.conv_in_init not in CONV_IN_INITS:
+            raise ValueError(f"conv_in_init must be {' or '.join(CONV_IN_INITS)}, got {self.conv_in_init!r}")
         if not self.data:
             raise ValueError("no training data: pass --data PATH")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
