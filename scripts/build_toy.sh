@@ -10,7 +10,8 @@
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
 # of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
 # targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
-# (Marigold's initialisation of the image channels instead of zeros; README)
+# (Marigold's initialisation of the image channels instead of zeros; README), and syn-triplets syn-pairs syn-editor
+# syn-eval (an editor on about 20,000 synthesized pairs: stage 1 on the CPU, stages 2 and 3 on one GPU; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
@@ -32,6 +33,12 @@ PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet evaluations
 PAIRS_FLAGS=${PAIRS_FLAGS:-}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
 EVAL_FLAGS=${EVAL_FLAGS:-}
+# The large synthesized dataset (steps syn-*): captions for stage 1, and the GPU settings of stages 2 and 3 (one
+# H100/H200: candidates of 256 triplets per UNet call in bf16; batch 256, bf16, as many steps as 4 minutes allow)
+SYN_CAPTIONS=${SYN_CAPTIONS:-28000}
+SYN_PAIRS_FLAGS=${SYN_PAIRS_FLAGS:---device cuda --dtype bf16 --batch-size 1024 --shard-size 256}
+SYN_TRAIN_FLAGS=${SYN_TRAIN_FLAGS:---train-batch-size 256 --learning-rate 5e-4 --lr-warmup-steps 200 \
+  --mixed-precision bf16 --max-train-steps 4000 --max-minutes 4 --checkpointing-steps 500 --validation-steps 0}
 BASE=${BASE:-gpu}
 case "$BASE" in
   gpu) BASE_FLAGS="--device cuda --n-scenes 40000 --loader-workers 10 --ckpt-every 500 \
@@ -172,6 +179,31 @@ if want scale-copy; then
   $PY -m ip2p.loss_probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
     --editor "$RUNS/toy-scale/editor-long/model-1500" --editor "$RUNS/toy-scale/editor-copy/model" \
     -n 192 --json "$RUNS/toy-scale/loss-probe-copy.json"
+fi
+if want syn-triplets; then
+  say "large synthesized dataset, stage 1: $SYN_CAPTIONS held-out captions through the toy language model"
+  $IP2P gen-text "toy:$SYN_CAPTIONS" -o "$RUNS/toy-syn/triplets.jsonl" --backend hf --model "$RUNS/toy-lm" \
+    --batch-size 64
+fi
+if want syn-pairs; then
+  say "large synthesized dataset, stage 2: $WORKERS workers, flags: $SYN_PAIRS_FLAGS"
+  for ((w = 0; w < WORKERS; w++)); do
+    $IP2P gen-pairs "$RUNS/toy-syn/triplets.jsonl" -o "$RUNS/toy-syn/pairs" --preset toy --model "$RUNS/toy/base" \
+      --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress --no-report $SYN_PAIRS_FLAGS &
+  done
+  wait
+fi
+if want syn-editor; then
+  say "editor on the large synthesized dataset, flags: $SYN_TRAIN_FLAGS"
+  $IP2P train --preset toy --base-model "$RUNS/toy/base" --data "$RUNS/toy-syn/pairs/data" \
+    --output-dir "$RUNS/toy-syn/editor" --cache-latents --latent-target mean $SYN_TRAIN_FLAGS
+fi
+if want syn-eval; then
+  say "evaluation of the editor on the large synthesized dataset"
+  $IP2P evaluate --model "$RUNS/toy-syn/editor/model" --methods ip2p --clip "$RUNS/toy/clip" \
+    --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
+    --image-guidance 1.5 -o "$RUNS/toy-syn/eval" $EVAL_FLAGS
+  $IP2P toy judge-pairs "$RUNS/toy-syn/pairs" --json > "$RUNS/toy-syn/judge-pairs.json"
 fi
 if want figure; then
   say "README figure and table"

@@ -166,6 +166,30 @@ def test_train_writes_checkpoints_metrics_validation_and_a_loadable_model(base_m
     assert result.images[0].size == (32, 32)
 
 
+def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_resumes(base_model, pairs, tmp_path):
+    train(_config(base_model, pairs, tmp_path / "straight"))
+    out = tmp_path / "timed"
+    folder = train(_config(base_model, pairs, out, max_minutes=0.0))  # out of time after the first step
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-1"]
+    assert (folder / "unet" / "config.json").exists()  # exported at the stop
+    train(_config(base_model, pairs, out))
+    assert "checkpoint-4" in [p.name for p in (out / "checkpoints").iterdir()]
+    a, b = _weights(tmp_path / "straight"), _weights(out)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_bf16_mixed_precision_trains_validates_and_exports(base_model, pairs, tmp_path):
+    folder = train(_config(base_model, pairs, tmp_path, mixed_precision="bf16", max_train_steps=2))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert list((tmp_path / "validation").glob("step-*.png"))  # the edit decodes (fp32 latents, bf16 VAE)
+    assert (
+        load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"].dtype
+        == torch.float32
+    )
+
+
 def _weights(folder):
     return load_file(
         folder

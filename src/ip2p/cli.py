@@ -334,7 +334,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         elif f.name == "data":
             p.add_argument(flag, dest=f.name, nargs="+", default=None, help=text)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "float | None": float}.get(str(f.type), str)
             p.add_argument(
                 flag,
                 dest=f.name,

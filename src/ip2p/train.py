@@ -78,6 +78,11 @@ class TrainConfig:
     ema_decay: float = _help("EMA decay, with the (1+n)/(10+n) warm-up (paper: 0.9999)", default=0.9999)
     mixed_precision: str = _help("no, fp16 or bf16", default="no")
     gradient_checkpointing: bool = _help("trade compute for memory in the UNet", default=False)
+    max_minutes: float | None = _help(
+        "stop after this many minutes of training, with a checkpoint, and export (for time-limited jobs; the "
+        "same command with more time resumes towards max_train_steps)",
+        default=None,
+    )
     checkpointing_steps: int = _help("save a resumable checkpoint every N steps", default=500)
     checkpoints_total_limit: int = _help("keep only the newest N checkpoints", default=2)
     validation_steps: int = _help("write a validation grid every N steps (0: only at the end)", default=500)
@@ -115,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"conv_in_init must be {' or '.join(CONV_IN_INITS)}, got {self.conv_in_init!r}")
         if not self.data:
             raise ValueError("no training data: pass --data PATH")
+        if self.max_minutes is not None and self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be at least 0, got {self.max_minutes}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not (self.min_resize <= self.max_resize and self.resolution <= self.min_resize):
@@ -427,6 +434,7 @@ class Trainer:
             total=c.max_train_steps, initial=self.step, desc="training", disable=not acc.is_main_process
         )
         timer, seen = time.perf_counter(), 0
+        deadline = None if c.max_minutes is None else timer + 60 * c.max_minutes
         while self.step < c.max_train_steps:
             mean_loss = self.train_step()
             seen += c.train_batch_size * acc.num_processes * c.gradient_accumulation_steps
@@ -448,10 +456,25 @@ class Trainer:
                 self.save_checkpoint()
             if c.validation_steps and self.step % c.validation_steps == 0:
                 self.validate()
+            if deadline is not None and self._past(deadline):
+                if self.step % c.checkpointing_steps:
+                    self.save_checkpoint()
+                if acc.is_main_process:
+                    bar.write(f"stopping at step {self.step}: max_minutes ({c.max_minutes}) reached")
+                break
         bar.close()
         if not c.validation_steps or self.step % c.validation_steps:
             self.validate()
         return self.export()
+
+    def _past(self, deadline: float) -> bool:
+        """Whether the main process's clock has passed ``deadline`` (every process stops at the same step)."""
+        over = torch.tensor([float(time.perf_counter() > deadline)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            over = broadcast(over)
+        return bool(over.item())
 
     def train_step(self) -> float:
         """One optimizer step (all micro-batches of it, on every process); returns the mean loss."""

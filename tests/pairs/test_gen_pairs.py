@@ -118,6 +118,27 @@ def test_parquet_output_reads_back_in_the_official_schema(straight):
     assert json.loads((out / "config.json").read_text())["config"]["clip_img_threshold"] == 0.5
 
 
+def test_one_batch_across_triplets_keeps_the_same_pairs(straight, triplets_file, tiny_clip_dir, tmp_path):
+    # All 12 candidates of the 4 triplets in one UNet batch of one shard: 2 calls instead of 16.
+    out = tmp_path / "packed"
+    manifest = generate_pairs(
+        _config(triplets_file, tiny_clip_dir, out, shard_size=4, batch_size=12), progress=False
+    )
+    assert manifest["totals"]["unet_calls"] == 2
+    assert manifest["totals"]["unet_evaluations"] == straight[1]["totals"]["unet_evaluations"]
+    one_by_one = [
+        json.loads(line)
+        for p in sorted((straight[0] / "scores").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    packed = [json.loads(line) for line in (out / "scores" / "shard-00000.jsonl").read_text().splitlines()]
+    assert [(r["item"], r["candidate"], r["seed"], r["passed"], r["kept"]) for r in packed] == [
+        (r["item"], r["candidate"], r["seed"], r["passed"], r["kept"]) for r in one_by_one
+    ]
+    for a, b in zip(packed, one_by_one, strict=True):
+        assert a["clip_sim_dir"] == pytest.approx(b["clip_sim_dir"], abs=1e-4)
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(straight, triplets_file, tiny_clip_dir, tmp_path):
     out = tmp_path / "resumed"
     proc = subprocess.Popen(

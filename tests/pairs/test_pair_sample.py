@@ -61,3 +61,29 @@ def test_p_one_shares_the_layout_of_image_0(sampler):
     together = (copied.images_0 - copied.images_1).abs().mean()
     assert together < apart
     assert copied.p == [1.0, 1.0]
+
+
+def test_candidates_of_several_triplets_share_a_batch(sampler):
+    shape = sampler.latent_shape(32)
+    first, second = ("a red circle", "a blue circle"), ("two green squares", "two green stars")
+    draws = [draw_candidate(s, shape) for s in (1, 2, 3)]
+    alone = [
+        sampler(*first, draws[:2], steps=3, resolution=32),
+        sampler(*second, draws[2:], steps=3, resolution=32),
+    ]
+    shared = sampler(
+        [first[0], first[0], second[0]],
+        [first[1], first[1], second[1]],
+        [draw_candidate(s, shape) for s in (1, 2, 3)],  # fresh generators: they are consumed
+        steps=3,
+        resolution=32,
+    )
+    for name in ("images_0", "images_1"):
+        expected = torch.cat([getattr(alone[0], name), getattr(alone[1], name)])
+        torch.testing.assert_close(getattr(shared, name), expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(shared.images_1[0], alone[1].images_1[0], atol=1e-3)  # the captions matter
+    assert shared.unet_calls == 3
+    with pytest.raises(ValueError, match="one caption pair"):
+        sampler(["a", "b"], ["c", "d"], draws[:2], steps=1, resolution=32, mode="replace")
+    with pytest.raises(ValueError, match="need 2 captions"):
+        sampler(["a"], ["c"], draws[:2], steps=1, resolution=32)

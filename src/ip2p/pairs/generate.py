@@ -34,6 +34,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -230,8 +231,8 @@ class ItemResult:
     kept: list[tuple[dict[str, Any], Image.Image, Image.Image]]
     scores: list[dict[str, Any]]
     passed: int
-    unet_calls: int
-    unet_evaluations: int
+    unet_calls: int  # calls of the batches that held its candidates (shared with other triplets' candidates)
+    unet_evaluations: int  # UNet rows of its own candidates
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -240,18 +241,36 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def generate_item(
-    sampler: PairSampler, scorer: Scorer, triplet: dict[str, Any], item: int, config: PairsConfig
-) -> ItemResult:
-    """All candidates of one triplet, in batches of ``config.batch_size``; keeps the running top k."""
-    caption_0, caption_1 = triplet["input"], triplet["output"]
+def generate_items(
+    sampler: PairSampler,
+    scorer: Scorer,
+    items: list[tuple[int, dict[str, Any]]],
+    config: PairsConfig,
+    counts: dict[str, int] | None = None,
+) -> Iterator[tuple[int, ItemResult]]:
+    """Every candidate of the (item, triplet)s, ``config.batch_size`` at a time; yields each item's result once its
+    last candidate is scored (running top k per item, so at most k + batch_size candidates' images are held).
+
+    In mode "self" a batch runs on across triplets (many small triplets fill a GPU); the other modes edit one
+    caption pair's attention, so their batches stay within a triplet. Every candidate's seed depends on its item
+    and index alone, so the results do not depend on the batching (up to floating-point summation order).
+    ``counts["unet_calls"]`` accumulates the UNet calls (a shared call counted once).
+    """
     shape = sampler.latent_shape(config.resolution)
     thresholds = config.thresholds()
-    best: list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]] = []
-    records: list[dict[str, Any]] = []
-    passed_total = calls = evaluations = 0
-    for start in range(0, config.num_candidates, config.batch_size):
-        indices = range(start, min(start + config.batch_size, config.num_candidates))
+    order = [(item, triplet, j) for item, triplet in items for j in range(config.num_candidates)]
+    if config.mode == "self":
+        chunks = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    else:
+        chunks = [
+            order[i : min(i + config.batch_size, i - j + config.num_candidates)]
+            for i, (_, _, j) in enumerate(order)
+            if j % config.batch_size == 0
+        ]
+    best: dict[int, list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]] = {}
+    records: dict[int, list[dict[str, Any]]] = {}
+    cost = {item: [0, 0, 0] for item, _ in items}  # passed, calls, evaluations
+    for chunk in chunks:
         draws = [
             draw_candidate(
                 candidate_seed(config.seed, item, j),
@@ -259,11 +278,13 @@ def generate_item(
                 (config.min_p2p, config.max_p2p),
                 (config.min_cfg, config.max_cfg),
             )
-            for j in indices
+            for item, _, j in chunk
         ]
+        captions_0 = [t["input"] for _, t, _ in chunk]
+        captions_1 = [t["output"] for _, t, _ in chunk]
         batch = sampler(
-            caption_0,
-            caption_1,
+            captions_0,
+            captions_1,
             draws,
             steps=config.steps,
             resolution=config.resolution,
@@ -271,35 +292,76 @@ def generate_item(
             cross_replace_steps=config.cross_replace_steps,
             max_self_tokens=config.max_self_tokens,
         )
-        k = len(draws)
-        scores = scorer(batch.images_0, batch.images_1, [caption_0] * k, [caption_1] * k)
+        scores = scorer(batch.images_0, batch.images_1, captions_0, captions_1)
         passed = passes_clip_filter(scores, thresholds).tolist()
-        calls += batch.unet_calls
-        evaluations += batch.unet_calls * 4 * k
-        for i, j in enumerate(indices):
+        if counts is not None:
+            counts["unet_calls"] = counts.get("unet_calls", 0) + batch.unet_calls
+        for item in dict.fromkeys(item for item, _, _ in chunk):
+            cost[item][1] += batch.unet_calls
+        for i, (item, _, j) in enumerate(chunk):
             meta = {
                 "seed": batch.seeds[i],
                 "p2p_threshold": batch.p[i],
                 "cfg_scale": batch.guidance_scales[i],
                 **scores.row(i),
             }
-            records.append({"item": item, "candidate": j, **meta, "passed": bool(passed[i]), "kept": False})
+            cost[item][2] += batch.unet_calls * 4
+            records.setdefault(item, []).append(
+                {"item": item, "candidate": j, **meta, "passed": bool(passed[i]), "kept": False}
+            )
             if passed[i]:
-                passed_total += 1
-                best.append((meta, batch.images_0[i], batch.images_1[i]))
-        # Keep only the running top k (images of the others are dropped): same result as ranking all at the end.
-        order = select_top_k(
-            [m["clip_sim_dir"] for m, _, _ in best],
-            [True] * len(best),
-            [m["seed"] for m, _, _ in best],
-            config.top_k,
-        )
-        best = [best[i] for i in order]
-    kept_seeds = {m["seed"] for m, _, _ in best}
-    for record in records:
-        record["kept"] = record["seed"] in kept_seeds
-    kept = [(meta, to_pil(a), to_pil(b)) for meta, a, b in best]
-    return ItemResult(kept, records, passed_total, calls, evaluations)
+                cost[item][0] += 1
+                best.setdefault(item, []).append((meta, batch.images_0[i], batch.images_1[i]))
+        # Keep only each item's running top k (images of the others are dropped): same as ranking all at the end.
+        for item in dict.fromkeys(item for item, _, _ in chunk):
+            kept = best.get(item, [])
+            ranked = select_top_k(
+                [m["clip_sim_dir"] for m, _, _ in kept],
+                [True] * len(kept),
+                [m["seed"] for m, _, _ in kept],
+                config.top_k,
+            )
+            best[item] = [kept[i] for i in ranked]
+        for item in dict.fromkeys(item for item, _, j in chunk if j == config.num_candidates - 1):
+            kept = best.pop(item, [])
+            kept_seeds = {m["seed"] for m, _, _ in kept}
+            item_records = records.pop(item)
+            for record in item_records:
+                record["kept"] = record["seed"] in kept_seeds
+            passed_total, calls, evaluations = cost.pop(item)
+            pil = [(meta, to_pil(a), to_pil(b)) for meta, a, b in kept]
+            yield item, ItemResult(pil, item_records, passed_total, calls, evaluations)
+
+
+def generate_item(
+    sampler: PairSampler, scorer: Scorer, triplet: dict[str, Any], item: int, config: PairsConfig
+) -> ItemResult:
+    """All candidates of one triplet, in batches of ``config.batch_size``; keeps the running top k."""
+    ((_, result),) = generate_items(sampler, scorer, [(item, triplet)], config)
+    return result
+
+
+def _isolating_failures(
+    sampler: PairSampler,
+    scorer: Scorer,
+    items: list[tuple[int, dict[str, Any]]],
+    config: PairsConfig,
+    counts: dict[str, int],
+) -> Iterator[tuple[int, ItemResult | ValueError]]:
+    """``generate_items`` over ``items``; after a ValueError, the items not yet done go one at a time, so that
+    only the triplet that caused it fails (yielded as the error)."""
+    done: set[int] = set()
+    try:
+        for item, result in generate_items(sampler, scorer, items, config, counts):
+            done.add(item)
+            yield item, result
+    except ValueError as exc:
+        if len(items) == 1:
+            yield items[0][0], exc
+            return
+        for pair in items:
+            if pair[0] not in done:
+                yield from _isolating_failures(sampler, scorer, [pair], config, counts)
 
 
 # -- the job -------------------------------------------------------------------------------------------------------
@@ -455,20 +517,18 @@ def run_shard(
     }
     rows, score_lines = [], []
     first, last = shard * config.shard_size, min((shard + 1) * config.shard_size, len(triplets))
-    for item in range(first, last):
+    items = [(item, triplets[item]) for item in range(first, last)]
+    for item, result in _isolating_failures(sampler, scorer, items, config, stats):
         triplet = triplets[item]
         stats["triplets"] += 1
-        try:
-            result = generate_item(sampler, scorer, triplet, item, config)
-        except ValueError as exc:  # a triplet the control cannot handle: recorded, never fatal
-            stats["failures"].append({"item": item, "error": str(exc)})
+        if isinstance(result, ValueError):  # a triplet the control cannot handle: recorded, never fatal
+            stats["failures"].append({"item": item, "error": str(result)})
             result = None
         if result is not None:
             stats["candidates"] += len(result.scores)
             stats["passed"] += result.passed
             stats["pairs"] += len(result.kept)
             stats["triplets_with_pairs"] += bool(result.kept)
-            stats["unet_calls"] += result.unet_calls
             stats["unet_evaluations"] += result.unet_evaluations
             score_lines += [json.dumps(r) for r in result.scores]
             if config.format == "original":

@@ -8,7 +8,7 @@ sampler also adds fresh noise at every step; the original makes it "the same acr
 draws, its generator's state is cloned once per image, so image 0 and image 1 draw identical per-step noise
 (``CandidateDraw.step_generators``). Both guidance branches of an image are one latent, so they share it too.
 
-Several candidates of a triplet go through the UNet together: the batch is (branch, candidate, image), see
+Several candidates (of one triplet, or in mode "self" of several) go through the UNet together: the batch is (branch, candidate, image), see
 ``ip2p.pairs.p2p``. The loop is ``ip2p.sampling.denoise``; the two-branch guidance lives in ``model_fn`` here.
 """
 
@@ -196,8 +196,8 @@ class PairSampler:
     @torch.inference_mode()
     def __call__(
         self,
-        caption_0: str,
-        caption_1: str,
+        caption_0: str | Sequence[str],
+        caption_1: str | Sequence[str],
         draws: Sequence[CandidateDraw],
         *,
         steps: int = 100,
@@ -211,7 +211,8 @@ class PairSampler:
         """Generate one pair per draw, all in one batch.
 
         Args:
-            caption_0, caption_1: the input caption and the edited caption.
+            caption_0, caption_1: the input caption and the edited caption, or one of each per draw: in mode
+                "self" the candidates of several triplets can share the batch (the attention copy is per pair).
             draws: the candidates (``draw_candidate``); their noise must have ``latent_shape(resolution)``.
             steps: sampler steps (paper: 100).
             resolution: image side in pixels (paper: 512).
@@ -230,12 +231,25 @@ class PairSampler:
                 f"resolution {resolution} needs {shape}"
             )
         k = len(draws)
+        captions_0 = [caption_0] * k if isinstance(caption_0, str) else list(caption_0)
+        captions_1 = [caption_1] * k if isinstance(caption_1, str) else list(caption_1)
+        if len(captions_0) != k or len(captions_1) != k:
+            raise ValueError(
+                f"{k} draws need {k} captions of each kind, got {len(captions_0)} and {len(captions_1)}"
+            )
+        if mode != "self" and (len(set(captions_0)) > 1 or len(set(captions_1)) > 1):
+            raise ValueError(f"mode {mode!r} edits one caption pair's attention: batch one triplet at a time")
         scheduler = copy.deepcopy(self.scheduler)  # set_timesteps mutates it
         state = PairAttentionState(
             torch.tensor([d.p for d in draws]), num_steps=steps, cross_replace_steps=cross_replace_steps
         )
-        null, texts = self.encode_text([""]), self.encode_text([caption_0, caption_1])  # (1, T, D), (2, T, D)
-        embeds = torch.cat([null.expand(2 * k, -1, -1), texts.repeat(k, 1, 1)])  # (4K, T, D): uncond, cond
+        pairs = [
+            c for pair in zip(captions_0, captions_1, strict=True) for c in pair
+        ]  # (2K,): (candidate, image)
+        position = {c: i for i, c in enumerate(dict.fromkeys(pairs))}  # each distinct text encoded once
+        texts = self.encode_text(list(position))[[position[c] for c in pairs]]  # (2K, T, D)
+        null = self.encode_text([""])  # (1, T, D)
+        embeds = torch.cat([null.expand(2 * k, -1, -1), texts])  # (4K, T, D): uncond, cond
         scale = torch.tensor([d.guidance_scale for d in draws], device=self.device, dtype=self.dtype)
         scale = scale.repeat_interleave(2).view(2 * k, 1, 1, 1)  # (2K, 1, 1, 1): both images, one scale
         noise = torch.cat([d.noise for d in draws]).repeat_interleave(
@@ -255,7 +269,7 @@ class PairSampler:
             eps_uncond, eps_cond = eps.chunk(2)  # 2 x (2K, C, h, w)
             return classifier_free_guidance(eps_uncond, eps_cond, scale)
 
-        make = self._processor_factory(mode, caption_0, caption_1, state, recorder, max_self_tokens)
+        make = self._processor_factory(mode, captions_0[0], captions_1[0], state, recorder, max_self_tokens)
         with attention_processors(self.components.unet, make):
             latents = denoise(model_fn, noise, scheduler, steps, generator=generators, callback=callback)
         images = self.decode(latents)  # (2K, 3, H, W)
