@@ -180,7 +180,13 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_resumes(base_m
 
 
 def test_bf16_mixed_precision_trains_validates_and_exports(base_model, pairs, tmp_path):
-    folder = train(_config(base_model, pairs, tmp_path, mixed_precision="bf16", max_train_steps=2))
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+    try:
+        folder = train(_config(base_model, pairs, tmp_path, mixed_precision="bf16", max_train_steps=2))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert list((tmp_path / "validation").glob("step-*.png"))  # the edit decodes (fp32 latents, bf16 VAE)
