@@ -6,12 +6,14 @@
 #   RUNS=/data/toy scripts/build_toy.sh
 #   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
 #
-# Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle
+# Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor
+# syn-eval figure bundle. The bundled editor is syn-editor's (20,348 synthesized pairs; stage 1 on the CPU, stages
+# 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the smaller one before it (1,094
+# pairs) and `exact-editor` its ablation on exact pairs.
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
 # of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
 # targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
-# (Marigold's initialisation of the image channels instead of zeros; README), and syn-triplets syn-pairs syn-editor
-# syn-eval (an editor on about 20,000 synthesized pairs: stage 1 on the CPU, stages 2 and 3 on one GPU; README)
+# (Marigold's initialisation of the image channels instead of zeros; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
@@ -25,7 +27,7 @@ RUNS=${RUNS:-runs}
 IP2P=${IP2P:-.venv/bin/ip2p}
 PY=${PY:-.venv/bin/python}
 CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 1)
-STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval figure bundle}
+STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor syn-eval figure bundle}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
 PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet evaluations, for the CPU (README)
@@ -34,11 +36,12 @@ PAIRS_FLAGS=${PAIRS_FLAGS:-}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
 EVAL_FLAGS=${EVAL_FLAGS:-}
 # The large synthesized dataset (steps syn-*): captions for stage 1, and the GPU settings of stages 2 and 3 (one
-# H100/H200: candidates of 256 triplets per UNet call in bf16; batch 256, bf16, as many steps as 4 minutes allow)
+# H100/H200: candidates of 256 triplets per UNet call in bf16; batch 256, bf16, 2,170 steps: where the bundled
+# editor's run was stopped by --max-minutes 4.93)
 SYN_CAPTIONS=${SYN_CAPTIONS:-28000}
 SYN_PAIRS_FLAGS=${SYN_PAIRS_FLAGS:---device cuda --dtype bf16 --batch-size 1024 --shard-size 256}
 SYN_TRAIN_FLAGS=${SYN_TRAIN_FLAGS:---train-batch-size 256 --learning-rate 5e-4 --lr-warmup-steps 200 \
-  --mixed-precision bf16 --max-train-steps 4000 --max-minutes 4 --checkpointing-steps 500 --validation-steps 0}
+  --mixed-precision bf16 --max-train-steps 2170 --checkpointing-steps 500 --validation-steps 0}
 BASE=${BASE:-gpu}
 case "$BASE" in
   gpu) BASE_FLAGS="--device cuda --n-scenes 40000 --loader-workers 10 --ckpt-every 500 \
@@ -199,19 +202,19 @@ if want syn-editor; then
     --output-dir "$RUNS/toy-syn/editor" --cache-latents --latent-target mean $SYN_TRAIN_FLAGS
 fi
 if want syn-eval; then
-  say "evaluation of the editor on the large synthesized dataset"
-  $IP2P evaluate --model "$RUNS/toy-syn/editor/model" --methods ip2p --clip "$RUNS/toy/clip" \
+  say "evaluation of the editor on the large synthesized dataset (the bundled one), against SDEdit"
+  $IP2P evaluate --model "$RUNS/toy-syn/editor/model" --base "$RUNS/toy/base" --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
-    --image-guidance 1.5 -o "$RUNS/toy-syn/eval" $EVAL_FLAGS
+    --image-guidance 1.0,1.5,2.0 --strengths 0.3,0.5,0.7,0.9 -o "$RUNS/toy-syn/eval" $EVAL_FLAGS
   $IP2P toy judge-pairs "$RUNS/toy-syn/pairs" --json > "$RUNS/toy-syn/judge-pairs.json"
 fi
 if want figure; then
   say "README figure and table"
-  $PY scripts/toy_figure.py "$RUNS/toy-eval=synthesized pairs" "$RUNS/toy-eval-exact=exact pairs" -o docs/toy-eval.png
+  $PY scripts/toy_figure.py "$RUNS/toy-syn/eval=20,348 synthesized pairs" -o docs/toy-eval.png
 fi
 if want bundle; then
   say "bundle into the package"
   args=(--base "$RUNS/toy/base" --clip "$RUNS/toy/clip" --lm "$RUNS/toy-lm")
-  [[ -f "$RUNS/toy-editor/model/model_index.json" ]] && args+=(--editor "$RUNS/toy-editor/model")
+  [[ -f "$RUNS/toy-syn/editor/model/model_index.json" ]] && args+=(--editor "$RUNS/toy-syn/editor/model")
   $PY -m ip2p.toy.bundle "${args[@]}"
 fi

@@ -12,6 +12,10 @@ from ip2p.models import TINY_MODEL, TOY_MODEL, toy_model_path
 
 TOY_RESOLUTION = 64
 TOY_STEPS = 20  # the toy editor's preset; the paper's 100 steps change little at 16x16 latents
+# The bundled toy editor's best guidance on 300 held-out edits (README: 41% success at text 3 and image 2, 28% at
+# the paper's 7.5 and 1.5)
+TOY_TEXT_GUIDANCE = 3.0
+TOY_IMAGE_GUIDANCE = 2.0
 
 
 def resolve_demo_model(model: str) -> tuple[str, str | None]:
@@ -49,8 +53,18 @@ def run_demo(
     before = render(scene, size=TOY_RESOLUTION)
 
     pipe = EditPipeline.from_pretrained(name)
+    guidance = (
+        {"text_guidance_scale": TOY_TEXT_GUIDANCE, "image_guidance_scale": TOY_IMAGE_GUIDANCE}
+        if name == TOY_MODEL
+        else {}
+    )
     result = pipe(
-        before, instruction, seed=seed, num_inference_steps=steps or TOY_STEPS, resolution=TOY_RESOLUTION
+        before,
+        instruction,
+        seed=seed,
+        num_inference_steps=steps or TOY_STEPS,
+        resolution=TOY_RESOLUTION,
+        **guidance,
     )
     after = result.images[0]
     out_dir.mkdir(parents=True, exist_ok=True)
