@@ -249,7 +249,8 @@ def generate_items(
     counts: dict[str, int] | None = None,
 ) -> Iterator[tuple[int, ItemResult]]:
     """Every candidate of the (item, triplet)s, ``config.batch_size`` at a time; yields each item's result once its
-    last candidate is scored (running top k per item, so at most k + batch_size candidates' images are held).
+    last candidate is scored (a running top k per item: images of at most k candidates per unfinished triplet,
+    plus one batch, are held).
 
     In mode "self" a batch runs on across triplets (many small triplets fill a GPU); the other modes edit one
     caption pair's attention, so their batches stay within a triplet. Every candidate's seed depends on its item
