@@ -166,9 +166,8 @@ class EditPipeline:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) scaled latents -> (B, 3, H, W) images in about [-1, 1]."""
-        vae = (
-            self.components.vae
-        )  # the sampler's arithmetic may run in fp32 (Euler upcasts), the VAE need not
+        vae = self.components.vae
+        # the sampler's arithmetic may run in fp32 (Euler upcasts), the VAE need not
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
 
     def prepare(self, image: Image.Image | str, config: EditConfig) -> Prepared:

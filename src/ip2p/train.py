@@ -469,12 +469,12 @@ class Trainer:
 
     def _past(self, deadline: float) -> bool:
         """Whether the main process's clock has passed ``deadline`` (every process stops at the same step)."""
-        over = torch.tensor([float(time.perf_counter() > deadline)], device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast
+        over = time.perf_counter() > deadline
+        if self.accelerator.num_processes == 1:
+            return over  # no device tensor, so no synchronisation on every step
+        from accelerate.utils import broadcast
 
-            over = broadcast(over)
-        return bool(over.item())
+        return bool(broadcast(torch.tensor([float(over)], device=self.accelerator.device)).item())
 
     def train_step(self) -> float:
         """One optimizer step (all micro-batches of it, on every process); returns the mean loss."""

@@ -231,8 +231,7 @@ class ItemResult:
     kept: list[tuple[dict[str, Any], Image.Image, Image.Image]]
     scores: list[dict[str, Any]]
     passed: int
-    unet_calls: int  # calls of the batches that held its candidates (shared with other triplets' candidates)
-    unet_evaluations: int  # UNet rows of its own candidates
+    unet_evaluations: int  # UNet rows of its own candidates (calls, shared by triplets, are counted apart)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -270,7 +269,7 @@ def generate_items(
         ]
     best: dict[int, list[tuple[dict[str, Any], torch.Tensor, torch.Tensor]]] = {}
     records: dict[int, list[dict[str, Any]]] = {}
-    cost = {item: [0, 0, 0] for item, _ in items}  # passed, calls, evaluations
+    evaluations = dict.fromkeys((item for item, _ in items), 0)
     for chunk in chunks:
         draws = [
             draw_candidate(
@@ -297,8 +296,6 @@ def generate_items(
         passed = passes_clip_filter(scores, thresholds).tolist()
         if counts is not None:
             counts["unet_calls"] = counts.get("unet_calls", 0) + batch.unet_calls
-        for item in dict.fromkeys(item for item, _, _ in chunk):
-            cost[item][1] += batch.unet_calls
         for i, (item, _, j) in enumerate(chunk):
             meta = {
                 "seed": batch.seeds[i],
@@ -306,15 +303,14 @@ def generate_items(
                 "cfg_scale": batch.guidance_scales[i],
                 **scores.row(i),
             }
-            cost[item][2] += batch.unet_calls * 4
+            evaluations[item] += batch.unet_calls * 4
             records.setdefault(item, []).append(
                 {"item": item, "candidate": j, **meta, "passed": bool(passed[i]), "kept": False}
             )
             if passed[i]:
-                cost[item][0] += 1
                 best.setdefault(item, []).append((meta, batch.images_0[i], batch.images_1[i]))
         # Keep only each item's running top k (images of the others are dropped): same as ranking all at the end.
-        for item in dict.fromkeys(item for item, _, _ in chunk):
+        for item in dict.fromkeys(item for item, _, _ in chunk):  # the chunk's triplets, in order
             kept = best.get(item, [])
             ranked = select_top_k(
                 [m["clip_sim_dir"] for m, _, _ in kept],
@@ -329,17 +325,9 @@ def generate_items(
             item_records = records.pop(item)
             for record in item_records:
                 record["kept"] = record["seed"] in kept_seeds
-            passed_total, calls, evaluations = cost.pop(item)
             pil = [(meta, to_pil(a), to_pil(b)) for meta, a, b in kept]
-            yield item, ItemResult(pil, item_records, passed_total, calls, evaluations)
-
-
-def generate_item(
-    sampler: PairSampler, scorer: Scorer, triplet: dict[str, Any], item: int, config: PairsConfig
-) -> ItemResult:
-    """All candidates of one triplet, in batches of ``config.batch_size``; keeps the running top k."""
-    ((_, result),) = generate_items(sampler, scorer, [(item, triplet)], config)
-    return result
+            passed_total = sum(r["passed"] for r in item_records)
+            yield item, ItemResult(pil, item_records, passed_total, evaluations.pop(item))
 
 
 def _isolating_failures(

@@ -243,9 +243,8 @@ class PairSampler:
         state = PairAttentionState(
             torch.tensor([d.p for d in draws]), num_steps=steps, cross_replace_steps=cross_replace_steps
         )
-        pairs = [
-            c for pair in zip(captions_0, captions_1, strict=True) for c in pair
-        ]  # (2K,): (candidate, image)
+        # (2K,) texts in (candidate, image) order
+        pairs = [c for pair in zip(captions_0, captions_1, strict=True) for c in pair]
         position = {c: i for i, c in enumerate(dict.fromkeys(pairs))}  # each distinct text encoded once
         texts = self.encode_text(list(position))[[position[c] for c in pairs]]  # (2K, T, D)
         null = self.encode_text([""])  # (1, T, D)
