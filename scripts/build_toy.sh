@@ -13,7 +13,8 @@
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
 # of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
 # targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
-# (Marigold's initialisation of the image channels instead of zeros; README)
+# (Marigold's initialisation of the image channels instead of zeros; README), and filter-report (what the CLIP filter
+# keeps of every candidate of 400 triplets made by the bundled models, judged by the oracle; about 12 minutes; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
@@ -207,6 +208,19 @@ if want syn-eval; then
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3,7.5 \
     --image-guidance 1.0,1.5,2.0 --strengths 0.3,0.5,0.7,0.9 -o "$RUNS/toy-syn/eval" $EVAL_FLAGS
   $IP2P toy judge-pairs "$RUNS/toy-syn/pairs" --json > "$RUNS/toy-syn/judge-pairs.json"
+fi
+if want filter-report; then
+  say "what the CLIP filter buys: every candidate of 400 triplets of the bundled models, judged under filter settings"
+  $IP2P gen-text toy:400 -o "$RUNS/toy-filters/triplets.jsonl" --backend hf --model toy --batch-size 64 --no-progress
+  # thresholds of -1 and top 4 of 4 candidates: every candidate is written, with its four CLIP scores
+  ALL="--preset toy --model toy --clip toy --clip-threshold -1 --clip-dir-threshold -1 --clip-img-threshold -1 --top-k 4"
+  for ((w = 0; w < WORKERS; w++)); do
+    OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-filters/triplets.jsonl" -o "$RUNS/toy-filters/pairs" $ALL \
+      --shard "$w" --num-shards "$WORKERS" --no-progress --no-report &
+  done
+  wait
+  $IP2P toy judge-pairs "$RUNS/toy-filters/pairs/data" --filters --image-image 0.7,0.75,0.8,0.85,0.9 --no-progress \
+    | tee "$RUNS/toy-filters/report.md"
 fi
 if want figure; then
   say "README figure and table"

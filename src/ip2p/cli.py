@@ -463,7 +463,8 @@ def _gen_text_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="hf: a folder saved by finetune-text (e.g. runs/toy-lm) or a hub id; openai: the model name",
+        help="hf: a folder saved by finetune-text (e.g. runs/toy-lm), a hub id or 'toy' (the bundled toy language "
+        "model); openai: the model name",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the caption order and of sampling (default: %(default)s)"
@@ -1103,6 +1104,17 @@ def _toy_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "data", nargs="+", help="Parquet files/folders (official schema) or an original-format folder"
     )
+    q.add_argument(
+        "--filters",
+        action="store_true",
+        help="DATA holds every candidate with its CLIP scores (gen-pairs with thresholds of -1 and --top-k "
+        "equal to --num-candidates): replay CLIP filter settings on it and judge what each keeps",
+    )
+    q.add_argument(
+        "--image-image",
+        default="0.75",
+        help="--filters: image-image thresholds to compare, comma-separated (default: %(default)s)",
+    )
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_toy, toy_main="judge-pairs")
@@ -1129,15 +1141,31 @@ def cmd_toy(args: argparse.Namespace) -> int:
         return 0
     if args.toy_main == "judge-pairs":
         from ip2p.datasets import DatasetError
-        from ip2p.toy.judge_pairs import format_report, judge_pairs
+        from ip2p.toy.judge_pairs import (
+            filter_report,
+            filter_settings,
+            format_filter_report,
+            format_report,
+            judge_pairs,
+        )
 
         try:
-            report = judge_pairs(
-                args.data if len(args.data) > 1 else args.data[0], progress=not args.no_progress
-            )
+            thresholds = [float(t) for t in args.image_image.split(",") if t.strip()]
+        except ValueError:
+            raise CLIError(
+                f"--image-image: expected numbers separated by commas, got {args.image_image!r}"
+            ) from None
+        data = args.data if len(args.data) > 1 else args.data[0]
+        try:
+            if args.filters:
+                report = filter_report(data, filter_settings(thresholds), progress=not args.no_progress)
+                text = format_filter_report(report)
+            else:
+                report = judge_pairs(data, progress=not args.no_progress)
+                text = format_report(report)
         except (DatasetError, ValueError, OSError) as exc:
             raise CLIError(str(exc)) from exc
-        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        print(json.dumps(report, indent=2) if args.json else text)
         return 0
     if args.toy_main == "train-base":
         from ip2p.toy.train_base import main as train_main

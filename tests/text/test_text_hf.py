@@ -174,6 +174,16 @@ def test_loading_errors_are_one_line(tmp_path):
         FinetuneConfig(model="toy", lora=True).validate()
 
 
+def test_toy_names_the_bundled_language_model_and_says_where_it_is_missing(tmp_path, monkeypatch):
+    import ip2p.text.hf as hf
+
+    monkeypatch.setattr(hf, "toy_model_path", lambda kind: tmp_path / kind)
+    with pytest.raises(
+        TextModelError, match=f"bundled toy language model is not installed at {tmp_path / 'lm'}"
+    ):
+        load_causal_lm("toy", device="cpu")
+
+
 @pytest.mark.slow
 def test_finetuning_in_two_processes(tmp_path):
     """Data-parallel fine-tuning through accelerate (two CPU processes under torchrun, gloo), then a resume."""

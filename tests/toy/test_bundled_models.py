@@ -99,7 +99,7 @@ def test_bundled_language_model_writes_valid_triplets(tmp_path):
     from ip2p.text.sources import read_seed_triplets
     from ip2p.text.toy_lm import heldout_toy_captions, measure_validity
 
-    generator = HFGenerator.from_pretrained(str(LM), batch_size=20, device="cpu")
+    generator = HFGenerator.from_pretrained("toy", batch_size=20, device="cpu")  # the alias of the bundled LM
     captions = heldout_toy_captions(40, exclude={t.input for t in read_seed_triplets("toy")})
     result = measure_validity(generator, captions, tmp_path / "triplets.jsonl")
     assert result["kept"] >= 36 and result["valid_filtered"] >= 0.5

@@ -6,9 +6,10 @@ import json
 
 from ip2p.cli import main
 from ip2p.datasets import write_parquet_shard
+from ip2p.pairs.clip_score import ClipThresholds
 from ip2p.toy.captions import parse_caption
 from ip2p.toy.edits import apply_instruction, edit_type_of
-from ip2p.toy.judge_pairs import judge_pairs
+from ip2p.toy.judge_pairs import FilterSetting, filter_report, filter_settings, judge_pairs
 from ip2p.toy.render import render
 from ip2p.toy.seeds import seed_triplets
 
@@ -41,6 +42,8 @@ def test_exact_pairs_are_faithful_and_broken_pairs_are_caught(tmp_path, capsys):
         "edit_correct": 1.0,
         "preserved_vs_input": 1.0,
         "faithful": 1.0,
+        "triplet_valid": 1.0,
+        "faithful_given_valid": 1.0,
     }
     assert sum(r["n"] for r in report["by_type"].values()) == 12
     assert set(report["by_type"]) == {edit_type_of(r["edit"]) for r in rows}
@@ -67,3 +70,96 @@ def test_exact_pairs_are_faithful_and_broken_pairs_are_caught(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["overall"]["faithful"] == 1.0
     assert main(["toy", "judge-pairs", str(tmp_path / "missing"), "--no-progress"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_filter_report_replays_gen_pairs_filter_and_judges_what_it_keeps(tmp_path, capsys):
+    """Two candidates a triplet: an exact pair, and one whose edited image is the input (no edit). The scores
+    say which is which in different ways, so that each filter setting keeps a different, predictable set."""
+    rows = seed_triplets(6, seed=3)
+    good = _pairs(rows)
+    bad = _pairs(rows, lambda i, before, after: (before, before))
+    candidates = []
+    for i, (g, b) in enumerate(zip(good, bad, strict=True)):
+        # the exact pair: image-image 0.8; the unedited one: image-image 0.95 (an unchanged image is similar)
+        # and the better directional score on even triplets, so that top 1 alone picks it there
+        g_dir, b_dir = (0.3, 0.5) if i % 2 == 0 else (0.5, 0.3)
+        candidates.append(
+            {
+                **g,
+                "seed": 2 * i,
+                "clip_sim_0": 0.3,
+                "clip_sim_1": 0.3,
+                "clip_sim_dir": g_dir,
+                "clip_sim_image": 0.8,
+            }
+        )
+        candidates.append(
+            {
+                **b,
+                "seed": 2 * i + 1,
+                "clip_sim_0": 0.3,
+                "clip_sim_1": 0.3,
+                "clip_sim_dir": b_dir,
+                "clip_sim_image": 0.95,
+            }
+        )
+    for c in candidates[:2]:  # stage 1 wrote a no-op caption for the first triplet: not a valid triplet
+        c["edited_prompt"] = rows[0]["input"]
+    # a triplet whose instruction the toy grammar cannot read: its candidates count as invalid triplets
+    unreadable = {**good[1], "edit_prompt": "make it fly", "clip_sim_0": 0.3, "clip_sim_1": 0.3}
+    candidates += [
+        {**unreadable, "seed": 100, "clip_sim_dir": 0.6, "clip_sim_image": 0.9},
+        {**unreadable, "seed": 101, "clip_sim_dir": 0.1, "clip_sim_image": 0.9},
+    ]
+    write_parquet_shard(candidates, tmp_path / "all" / "shard-00000.parquet")
+
+    settings = [
+        *filter_settings((0.75, 0.9)),
+        FilterSetting("directional >= 0.4", ClipThresholds(0.2, 0.4, 0.0), None),
+        FilterSetting("directional >= 0.55", ClipThresholds(0.2, 0.55, 0.0), None),
+    ]
+    report = filter_report(tmp_path / "all", settings, progress=False)
+    by_name = {r["name"]: r for r in report["settings"]}
+    assert report["triplets"] == 7 and report["unjudged"] == 2
+    every = by_name["every candidate (no filter)"]
+    assert every["pairs"] == 14 and every["unreadable"] == 2 and every["overall"]["n"] == 12
+    assert every["overall"]["faithful"] == 0.5
+    assert every["overall"]["triplet_valid"] == 10 / 12 and every["valid_of_all"] == 10 / 14
+    top1 = by_name["top 1 by directional similarity, no thresholds"]
+    # top 1 picks the exact pair in odd triplets, the unedited one in even ones
+    assert top1["pairs"] == 7 and top1["unreadable"] == 1 and top1["overall"]["faithful"] == 0.5
+    paper_top1 = report["settings"][3]
+    assert paper_top1["top_k"] == 1 and paper_top1["pairs"] == 7 and paper_top1["unreadable"] == 1
+    # both candidates pass 0.75, so top 1 goes by directional similarity again
+    assert paper_top1["overall"]["faithful"] == 0.5
+    strict = report["settings"][4]  # image-image >= 0.9: only the unedited candidates pass
+    assert strict["pairs"] == 7 and strict["overall"]["faithful"] == 0.0
+    by_dir = by_name["directional >= 0.4"]
+    assert by_dir["pairs"] == 7 and by_dir["unreadable"] == 1 and by_dir["overall"]["faithful"] == 0.5
+    only_unreadable = by_name["directional >= 0.55"]
+    assert only_unreadable["pairs"] == 1 and only_unreadable["triplets_covered"] == 1 / 7
+    assert only_unreadable["overall"]["n"] == 0 and only_unreadable["valid_of_all"] == 0.0
+    # the valid triplets' share and stage 2's faithfulness on them: candidate 0 (exact, no-op caption) is out
+    assert every["overall"]["faithful_given_valid"] == 5 / 10
+
+    assert (
+        main(
+            [
+                "toy",
+                "judge-pairs",
+                str(tmp_path / "all"),
+                "--filters",
+                "--image-image",
+                "0.75,0.9",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.count("\n| ") == 1 + len(filter_settings((0.75, 0.9)))  # header and one line a setting
+    # a dataset without the scores is refused with a one-line error
+    write_parquet_shard(_pairs(rows), tmp_path / "plain" / "shard-00000.parquet")
+    assert main(["toy", "judge-pairs", str(tmp_path / "plain"), "--filters", "--no-progress"]) == 1
+    assert "clip_sim_0" in capsys.readouterr().err
+    assert main(["toy", "judge-pairs", str(tmp_path / "all"), "--filters", "--image-image", "x"]) == 1

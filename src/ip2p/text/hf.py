@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from ip2p.devices import pick_device, pick_dtype
+from ip2p.models import TOY_MODEL, toy_model_path
 from ip2p.text.backends import Completion, SamplingConfig
 from ip2p.text.format import STOP, make_prompt
 
@@ -117,13 +118,20 @@ def cut_at_stop(text: str, stop: str = STOP) -> str:
 def load_causal_lm(
     path: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer from a folder or hub id; a LoRA adapter folder is merged into its base.
+    """A causal LM and its tokenizer from a folder or hub id (``toy``: the bundled toy language model); a LoRA
+    adapter folder is merged into its base.
 
     ``trust_remote_code`` is never passed: architectures outside transformers are refused.
     """
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
     path = str(path)
+    if path == TOY_MODEL:
+        path = str(toy_model_path("lm"))
+        if not (Path(path) / "config.json").is_file():
+            raise TextModelError(
+                f"the bundled toy language model is not installed at {path}; pass --model PATH"
+            )
     adapter = Path(path) / "adapter_config.json"
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

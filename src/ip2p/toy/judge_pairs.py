@@ -1,10 +1,16 @@
-"""How faithful an image-pair dataset is, judged by the toy world's oracle.
+"""How faithful an image-pair dataset is, judged by the toy world's oracle; and what the CLIP filter buys.
 
 Synthesized pairs (paper 3.1.2) approximate what the triplet says: the input image should show the input caption,
 the edited image should show the edit applied and everything else unchanged. In the toy world every pair can be
 checked exactly: the caption is parsed to its scene, the instruction applied to it, and the oracle reads both images
 (``oracle.judge_edit``). Exact rendered pairs score 100% by construction; synthesized ones show what the generator
-and the CLIP filter let through, per edit type.
+and the CLIP filter let through, per edit type. A pair's edited caption is checked too (``triplet_valid``: it
+says what the instruction does to the input caption), which separates stage 1's errors from stage 2's.
+
+``filter_report`` answers the paper's question of what the CLIP filter is worth: over a dataset holding *every*
+candidate with its four CLIP scores (``gen-pairs`` with thresholds of -1 and ``--top-k`` equal to
+``--num-candidates``), it replays filter settings (thresholds, top k per triplet) exactly as ``gen-pairs`` applies
+them and reports the faithfulness of what each keeps.
 
     >>> report = judge_pairs("runs/toy-pairs")          # doctest: +SKIP
     >>> report["overall"]["faithful"]                   # doctest: +SKIP
@@ -14,11 +20,93 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from ip2p.datasets import open_edit_dataset
+from ip2p.pairs.clip_score import ClipThresholds
 
-CHECKS = ("input_correct", "edit_correct", "preserved_vs_input", "faithful")
+CHECKS = ("input_correct", "edit_correct", "preserved_vs_input", "faithful", "triplet_valid")
+SCORES = ("clip_sim_0", "clip_sim_1", "clip_sim_dir", "clip_sim_image")
+
+
+@dataclass(frozen=True)
+class _Judged:
+    kind: str  # edit type
+    verdict: dict[str, bool]  # CHECKS
+    triplet: tuple[str, str, str]  # (input caption, instruction, edited caption): the candidates' group
+    extra: dict  # the row's other columns (seed, CLIP scores, ...)
+
+
+def _judged_rows(
+    source, progress: bool, counts: dict[str, int], unreadable: list[_Judged] | None = None
+) -> Iterator[_Judged]:
+    """The judged rows; rows whose caption or instruction the toy grammar cannot read are counted, and collected
+    (without a verdict) in ``unreadable`` when given."""
+    from tqdm.auto import tqdm
+
+    from .captions import parse_caption
+    from .edits import Edit, apply_instruction, edit_type_of
+    from .oracle import judge_edit
+
+    data = open_edit_dataset(source)
+    for example in tqdm(data, desc="judging pairs", unit="pair", disable=not progress or None):
+        try:
+            before = parse_caption(str(example.original_prompt))
+            after = apply_instruction(before, example.edit_prompt)
+            kind = edit_type_of(example.edit_prompt)
+        except (ValueError, KeyError, TypeError):
+            counts["unjudged"] += 1
+            if unreadable is not None:
+                unreadable.append(
+                    _Judged(
+                        "",
+                        {},
+                        (str(example.original_prompt), str(example.edit_prompt), str(example.edited_prompt)),
+                        example.extra,
+                    )
+                )
+            continue
+        if example.edited_image is None:
+            counts["unjudged"] += 1
+            continue
+        try:
+            valid = parse_caption(str(example.edited_prompt)) == after
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        verdict = judge_edit(
+            example.original_image, example.edited_image, Edit(kind, example.edit_prompt, before, after)
+        )
+        verdict["faithful"] = (
+            verdict["input_correct"] and verdict["edit_correct"] and verdict["preserved_vs_input"]
+        )
+        verdict["triplet_valid"] = valid
+        triplet = (str(example.original_prompt), str(example.edit_prompt), str(example.edited_prompt))
+        yield _Judged(kind, verdict, triplet, example.extra)
+
+
+def _rates(judged: Sequence[_Judged]) -> dict:
+    """``{"overall": {n, check: share}, "by_type": {type: {...}}}``."""
+    fields = ("n", *CHECKS, "valid_and_faithful")
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(fields, 0))
+    for j in judged:
+        for key in (j.kind, "overall"):
+            totals[key]["n"] += 1
+            for check in CHECKS:
+                totals[key][check] += bool(j.verdict[check])
+            totals[key]["valid_and_faithful"] += j.verdict["faithful"] and j.verdict["triplet_valid"]
+
+    def rates(counts: dict[str, float]) -> dict[str, float]:
+        n, valid = counts["n"], counts["triplet_valid"]
+        return {
+            "n": int(n),
+            **{c: counts[c] / n if n else 0.0 for c in CHECKS},
+            # stage 2 alone: the faithful share among pairs whose triplet stage 1 got right
+            "faithful_given_valid": counts["valid_and_faithful"] / valid if valid else 0.0,
+        }
+
+    overall = totals.pop("overall", dict.fromkeys(fields, 0))
+    return {"overall": rates(overall), "by_type": {kind: rates(totals[kind]) for kind in sorted(totals)}}
 
 
 def judge_pairs(source: str | os.PathLike | Sequence[str], progress: bool = True) -> dict:
@@ -27,52 +115,118 @@ def judge_pairs(source: str | os.PathLike | Sequence[str], progress: bool = True
     Returns ``{"overall": {...}, "by_type": {type: {...}}, "unjudged": n}`` where each entry holds ``n`` and the
     fraction of pairs passing each check: ``input_correct`` (the input image shows the input caption),
     ``edit_correct`` (the edited image shows what the instruction changes), ``preserved_vs_input`` (everything else
-    reads the same in both images) and ``faithful`` (all three). Pairs whose caption or instruction the toy
+    reads the same in both images), ``faithful`` (all three) and ``triplet_valid`` (the edited caption is the
+    instruction applied to the input caption: stage 1 got it right). Pairs whose caption or instruction the toy
     grammar cannot read are counted as ``unjudged``.
     """
-    from tqdm.auto import tqdm
+    counts = {"unjudged": 0}
+    judged = list(_judged_rows(source, progress, counts))
+    if not judged:
+        raise ValueError(f"{source}: no pair could be judged ({counts['unjudged']} unreadable)")
+    return {**_rates(judged), "unjudged": counts["unjudged"]}
 
-    from .captions import parse_caption
-    from .edits import Edit, apply_instruction, edit_type_of
-    from .oracle import judge_edit
 
-    data = open_edit_dataset(source)
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(("n", *CHECKS), 0))
-    unjudged = 0
-    for example in tqdm(data, desc="judging pairs", unit="pair", disable=not progress or None):
-        try:
-            before = parse_caption(str(example.original_prompt))
-            after = apply_instruction(before, example.edit_prompt)
-            kind = edit_type_of(example.edit_prompt)
-        except (ValueError, KeyError, TypeError):
-            unjudged += 1
-            continue
-        if example.edited_image is None:
-            unjudged += 1
-            continue
-        verdict = judge_edit(
-            example.original_image, example.edited_image, Edit(kind, example.edit_prompt, before, after)
+@dataclass(frozen=True)
+class FilterSetting:
+    """What a filter keeps: candidates at or above ``thresholds`` (None: all), then the best ``top_k`` of each
+    triplet by directional similarity (None: every passing one), as ``gen-pairs`` does."""
+
+    name: str
+    thresholds: ClipThresholds | None = None
+    top_k: int | None = None
+
+
+def filter_settings(image_image: Sequence[float] = (0.75,)) -> list[FilterSetting]:
+    """No filter; the paper's thresholds with and without the top-1 choice; top 1 alone; then the paper's
+    thresholds with each image-image threshold of ``image_image`` (and top 1)."""
+    paper = ClipThresholds()
+    settings = [
+        FilterSetting("every candidate (no filter)"),
+        FilterSetting("top 1 by directional similarity, no thresholds", None, 1),
+        FilterSetting("paper's thresholds (0.2/0.2/0.75), every passing candidate", paper),
+    ]
+    for t in image_image:
+        settings.append(
+            FilterSetting(
+                f"thresholds 0.2/0.2/{t:g} + top 1"
+                + (" (gen-pairs' default)" if t == paper.image_image else ""),
+                ClipThresholds(paper.image_caption, paper.directional, t),
+                1,
+            )
         )
-        verdict["faithful"] = (
-            verdict["input_correct"] and verdict["edit_correct"] and verdict["preserved_vs_input"]
+    return settings
+
+
+def filter_report(
+    source: str | os.PathLike | Sequence[str],
+    settings: Sequence[FilterSetting] | None = None,
+    progress: bool = True,
+) -> dict:
+    """The oracle's verdicts on what each filter setting keeps from a dataset of every candidate.
+
+    Returns ``{"triplets": n, "settings": [{"name", "thresholds", "top_k", "pairs", "unreadable",
+    "triplets_covered", "valid_of_all", "overall", "by_type"}], "unjudged": n}``. ``triplets_covered`` is the
+    share of triplets left with at least one pair (the yield); ``unreadable`` the kept pairs whose instruction
+    the toy grammar cannot read, which ``valid_of_all`` counts as invalid triplets; ``overall`` and ``by_type``
+    are :func:`judge_pairs`' rates over the readable kept pairs, with ``faithful_given_valid``, the faithful
+    share among pairs of valid triplets (stage 2 alone).
+    """
+    from ip2p.pairs.clip_score import select_top_k
+
+    counts = {"unjudged": 0}
+    unreadable: list[_Judged] = []
+    judged = list(_judged_rows(source, progress, counts, unreadable))
+    if not judged:
+        raise ValueError(f"{source}: no pair could be judged ({counts['unjudged']} unreadable)")
+    missing = [s for s in (*SCORES, "seed") if s not in judged[0].extra]
+    if missing:
+        raise ValueError(
+            f"{source}: rows lack {', '.join(missing)}; the filter report needs gen-pairs output with every "
+            "candidate's scores (thresholds of -1 and --top-k equal to --num-candidates)"
         )
-        for key in (kind, "overall"):
-            totals[key]["n"] += 1
-            for check in CHECKS:
-                totals[key][check] += bool(verdict[check])
-
-    def rates(counts: dict[str, float]) -> dict[str, float]:
-        n = counts["n"]
-        return {"n": int(n), **{c: counts[c] / n for c in CHECKS}}
-
-    overall = totals.pop("overall", None)
-    if overall is None:
-        raise ValueError(f"{source}: no pair could be judged ({unjudged} unreadable)")
-    return {
-        "overall": rates(overall),
-        "by_type": {kind: rates(totals[kind]) for kind in sorted(totals)},
-        "unjudged": unjudged,
-    }
+    groups: dict[tuple[str, str, str], list[_Judged]] = defaultdict(list)
+    for j in [*judged, *unreadable]:
+        groups[j.triplet].append(j)
+    rows = []
+    for setting in settings or filter_settings():
+        kept: list[_Judged] = []
+        for candidates in groups.values():
+            t = setting.thresholds
+            passed = [
+                t is None
+                or (
+                    c.extra["clip_sim_image"] >= t.image_image
+                    and c.extra["clip_sim_dir"] >= t.directional
+                    and min(c.extra["clip_sim_0"], c.extra["clip_sim_1"]) >= t.image_caption
+                )
+                for c in candidates
+            ]
+            if setting.top_k is None:
+                kept += [c for c, ok in zip(candidates, passed, strict=True) if ok]
+            else:
+                best = select_top_k(
+                    [c.extra["clip_sim_dir"] for c in candidates],
+                    passed,
+                    [c.extra["seed"] for c in candidates],
+                    setting.top_k,
+                )
+                kept += [candidates[i] for i in best]
+        readable = [j for j in kept if j.verdict]
+        valid = sum(j.verdict["triplet_valid"] for j in readable)
+        rows.append(
+            {
+                "name": setting.name,
+                "thresholds": None if setting.thresholds is None else vars(setting.thresholds),
+                "top_k": setting.top_k,
+                "pairs": len(kept),
+                "unreadable": len(kept) - len(readable),
+                "triplets_covered": len({j.triplet for j in kept}) / len(groups),
+                # stage 1's validity over every kept pair, an unreadable instruction counting as invalid
+                "valid_of_all": valid / len(kept) if kept else 0.0,
+                **_rates(readable),
+            }
+        )
+    return {"triplets": len(groups), "settings": rows, "unjudged": counts["unjudged"]}
 
 
 def format_report(report: dict) -> str:
@@ -82,4 +236,40 @@ def format_report(report: dict) -> str:
         lines.append(f"{name:14} {row['n']:5d} " + " ".join(f"{100 * row[c]:18.1f}%" for c in CHECKS))
     if report["unjudged"]:
         lines.append(f"({report['unjudged']} pairs the toy grammar cannot read were not judged)")
+    return "\n".join(lines)
+
+
+def format_filter_report(report: dict) -> str:
+    """A Markdown table: one line per filter setting, faithfulness overall and per edit type."""
+    types = sorted({t for row in report["settings"] for t in row["by_type"]})
+    head = [
+        "filter",
+        "pairs",
+        "triplets kept",
+        "valid triplets (unreadable: invalid)",
+        "faithful",
+        "faithful, valid triplets",
+        *types,
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in report["settings"]:
+        o = row["overall"]
+        cells = [
+            row["name"],
+            str(row["pairs"]),
+            f"{100 * row['triplets_covered']:.0f}%",
+            f"{100 * row['valid_of_all']:.1f}%",
+            f"{100 * o['faithful']:.1f}%",
+            f"{100 * o['faithful_given_valid']:.1f}%",
+            *(f"{100 * row['by_type'][t]['faithful']:.0f}%" if t in row["by_type"] else "-" for t in types),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        f"({report['triplets']} triplets; per edit type: the faithful share"
+        + (
+            f"; {report['unjudged']} pairs the toy grammar cannot read were not judged)"
+            if report["unjudged"]
+            else ")"
+        )
+    )
     return "\n".join(lines)
