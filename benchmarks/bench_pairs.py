@@ -109,7 +109,8 @@ def run_layout(layout: str, triplets: Path, out: Path, args) -> dict:
     if args.judge:
         from ip2p.toy.judge_pairs import judge_pairs
 
-        result["faithful"] = judge_pairs(out / "data", progress=False)["overall"]["faithful"]
+        judged = judge_pairs(out / "data", progress=False)["overall"]["faithful"] if kept else float("nan")
+        result["faithful"] = judged
     return result
 
 

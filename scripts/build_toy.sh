@@ -219,6 +219,8 @@ if want filter-report; then
       --shard "$w" --num-shards "$WORKERS" --no-progress --no-report &
   done
   wait
+  # one process over every shard: does any a failed worker left undone, then writes the manifest
+  $IP2P gen-pairs "$RUNS/toy-filters/triplets.jsonl" -o "$RUNS/toy-filters/pairs" $ALL --no-progress --no-report
   $IP2P toy judge-pairs "$RUNS/toy-filters/pairs/data" --filters --image-image 0.7,0.75,0.8,0.85,0.9 --no-progress \
     | tee "$RUNS/toy-filters/report.md"
 fi

@@ -33,7 +33,7 @@ for ((w = 0; w < WORKERS; w++)); do
     --no-progress --no-report &
 done
 wait
-# a last pass over every shard (all done, so no sampling) writes the manifest and the report
+# a last pass over every shard writes the manifest and the report (and does any shard a failed worker left undone)
 $IP2P gen-pairs "$OUT/triplets.jsonl" -o "$OUT/pairs" --preset "$PRESET" --model toy --clip toy --dtype "$DTYPE" \
   --batch-size "$BATCH" --shard-size "$SHARD"
 echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s; pairs in $OUT/pairs/data"

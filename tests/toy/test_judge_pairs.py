@@ -163,3 +163,34 @@ def test_filter_report_replays_gen_pairs_filter_and_judges_what_it_keeps(tmp_pat
     assert main(["toy", "judge-pairs", str(tmp_path / "plain"), "--filters", "--no-progress"]) == 1
     assert "clip_sim_0" in capsys.readouterr().err
     assert main(["toy", "judge-pairs", str(tmp_path / "all"), "--filters", "--image-image", "x"]) == 1
+
+
+def test_filter_report_compares_in_float32_and_refuses_filtered_output(tmp_path, capsys):
+    import numpy as np
+
+    rows = seed_triplets(2, seed=4)
+    # gen-pairs keeps a float32 score equal to the float32 threshold; in float64 it would fall just below 0.7
+    at_threshold = float(np.float32(0.7))
+    scores = {"clip_sim_0": 0.3, "clip_sim_1": 0.3, "clip_sim_dir": 0.3, "clip_sim_image": at_threshold}
+    candidates = [{**pair, "seed": i, **scores} for i, pair in enumerate(_pairs(rows))]
+    write_parquet_shard(candidates, tmp_path / "all" / "data" / "shard-00000.parquet")
+    report = filter_report(tmp_path / "all" / "data", filter_settings((0.7,)), progress=False)
+    assert report["settings"][3]["pairs"] == 2
+
+    # the output of a filtering gen-pairs run (its config.json beside data/) is refused, not replayed
+    config = {"num_candidates": 4, "top_k": 1, "clip_threshold": 0.2, "clip_dir_threshold": 0.2}
+    identity = {"identity": {**config, "clip_img_threshold": 0.75}}  # as gen-pairs writes it
+    (tmp_path / "all" / "config.json").write_text(json.dumps(identity))
+    assert main(["toy", "judge-pairs", str(tmp_path / "all" / "data"), "--filters", "--no-progress"]) == 1
+    assert "were filtered by gen-pairs" in capsys.readouterr().err
+
+
+def test_pairs_without_edited_captions_have_unknown_validity(tmp_path, capsys):
+    pairs = [
+        {k: v for k, v in pair.items() if k != "edited_prompt"} for pair in _pairs(seed_triplets(3, seed=6))
+    ]
+    write_parquet_shard(pairs, tmp_path / "shard-00000.parquet")
+    report = judge_pairs(tmp_path, progress=False)
+    assert report["overall"]["faithful"] == 1.0 and report["overall"]["triplet_valid"] is None
+    assert main(["toy", "judge-pairs", str(tmp_path), "--no-progress"]) == 0
+    assert "n/a" in capsys.readouterr().out

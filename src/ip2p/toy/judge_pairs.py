@@ -18,10 +18,13 @@ them and reports the faithfulness of what each keeps.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from ip2p.datasets import open_edit_dataset
 from ip2p.pairs.clip_score import ClipThresholds
@@ -70,10 +73,12 @@ def _judged_rows(
         if example.edited_image is None:
             counts["unjudged"] += 1
             continue
-        try:
-            valid = parse_caption(str(example.edited_prompt)) == after
-        except (ValueError, KeyError, TypeError):
-            valid = False
+        valid: bool | None = None  # unknown where the dataset has no edited caption
+        if example.edited_prompt is not None:
+            try:
+                valid = parse_caption(str(example.edited_prompt)) == after
+            except (ValueError, KeyError, TypeError):
+                valid = False
         verdict = judge_edit(
             example.original_image, example.edited_image, Edit(kind, example.edit_prompt, before, after)
         )
@@ -87,20 +92,23 @@ def _judged_rows(
 
 def _rates(judged: Sequence[_Judged]) -> dict:
     """``{"overall": {n, check: share}, "by_type": {type: {...}}}``."""
-    fields = ("n", *CHECKS, "valid_and_faithful")
+    fields = ("n", *CHECKS, "valid_known", "valid_and_faithful")
     totals: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(fields, 0))
     for j in judged:
         for key in (j.kind, "overall"):
             totals[key]["n"] += 1
             for check in CHECKS:
                 totals[key][check] += bool(j.verdict[check])
-            totals[key]["valid_and_faithful"] += j.verdict["faithful"] and j.verdict["triplet_valid"]
+            totals[key]["valid_known"] += j.verdict["triplet_valid"] is not None
+            totals[key]["valid_and_faithful"] += bool(j.verdict["faithful"] and j.verdict["triplet_valid"])
 
     def rates(counts: dict[str, float]) -> dict[str, float]:
-        n, valid = counts["n"], counts["triplet_valid"]
+        n, valid, known = counts["n"], counts["triplet_valid"], counts["valid_known"]
         return {
             "n": int(n),
             **{c: counts[c] / n if n else 0.0 for c in CHECKS},
+            # over the pairs with an edited caption (None where none has one)
+            "triplet_valid": valid / known if known else None,
             # stage 2 alone: the faithful share among pairs whose triplet stage 1 got right
             "faithful_given_valid": counts["valid_and_faithful"] / valid if valid else 0.0,
         }
@@ -157,6 +165,32 @@ def filter_settings(image_image: Sequence[float] = (0.75,)) -> list[FilterSettin
     return settings
 
 
+def _check_every_candidate(source) -> None:
+    """Refuse ``gen-pairs`` output that was already filtered, where its ``config.json`` (beside or above the data
+    folder) says so: replaying filters on it would report a filter's output as "every candidate"."""
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return
+    for folder in (source, os.path.dirname(os.path.abspath(source))):
+        path = os.path.join(folder, "config.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            if isinstance(config, dict):
+                config = config.get("identity", config)  # gen-pairs writes {"identity": {...settings}}
+            if not isinstance(config, dict) or "num_candidates" not in config:
+                return
+            thresholds = [
+                config.get(k, 1.0) for k in ("clip_threshold", "clip_dir_threshold", "clip_img_threshold")
+            ]
+            if max(thresholds) > -1 or config.get("top_k", 1) < config["num_candidates"]:
+                raise ValueError(
+                    f"{source}: these pairs were filtered by gen-pairs ({path}: thresholds {thresholds}, top_k "
+                    f"{config.get('top_k')} of {config['num_candidates']}); the filter report needs every candidate "
+                    "(thresholds of -1 and --top-k equal to --num-candidates)"
+                )
+            return
+
+
 def filter_report(
     source: str | os.PathLike | Sequence[str],
     settings: Sequence[FilterSetting] | None = None,
@@ -178,26 +212,31 @@ def filter_report(
     judged = list(_judged_rows(source, progress, counts, unreadable))
     if not judged:
         raise ValueError(f"{source}: no pair could be judged ({counts['unjudged']} unreadable)")
-    missing = [s for s in (*SCORES, "seed") if s not in judged[0].extra]
-    if missing:
-        raise ValueError(
-            f"{source}: rows lack {', '.join(missing)}; the filter report needs gen-pairs output with every "
-            "candidate's scores (thresholds of -1 and --top-k equal to --num-candidates)"
-        )
+    _check_every_candidate(source)
     groups: dict[tuple[str, str, str], list[_Judged]] = defaultdict(list)
     for j in [*judged, *unreadable]:
+        missing = [k for k in (*SCORES, "seed") if j.extra.get(k) is None]
+        if missing:
+            raise ValueError(
+                f"{source}: a row of {j.triplet[0]!r} lacks {', '.join(missing)}; the filter report needs "
+                "gen-pairs output with every candidate's scores (thresholds of -1 and --top-k equal to "
+                "--num-candidates)"
+            )
         groups[j.triplet].append(j)
     rows = []
     for setting in settings or filter_settings():
         kept: list[_Judged] = []
+        t = setting.thresholds
+        # gen-pairs compares float32 scores with float32 thresholds; so does the replay
+        low = None if t is None else [np.float32(x) for x in (t.image_image, t.directional, t.image_caption)]
         for candidates in groups.values():
-            t = setting.thresholds
             passed = [
-                t is None
+                low is None
                 or (
-                    c.extra["clip_sim_image"] >= t.image_image
-                    and c.extra["clip_sim_dir"] >= t.directional
-                    and min(c.extra["clip_sim_0"], c.extra["clip_sim_1"]) >= t.image_caption
+                    np.float32(c.extra["clip_sim_image"]) >= low[0]
+                    and np.float32(c.extra["clip_sim_dir"]) >= low[1]
+                    and np.float32(c.extra["clip_sim_0"]) >= low[2]
+                    and np.float32(c.extra["clip_sim_1"]) >= low[2]
                 )
                 for c in candidates
             ]
@@ -212,7 +251,7 @@ def filter_report(
                 )
                 kept += [candidates[i] for i in best]
         readable = [j for j in kept if j.verdict]
-        valid = sum(j.verdict["triplet_valid"] for j in readable)
+        valid = sum(bool(j.verdict["triplet_valid"]) for j in readable)
         rows.append(
             {
                 "name": setting.name,
@@ -233,7 +272,8 @@ def format_report(report: dict) -> str:
     """A table: one line per edit type and one overall."""
     lines = [f"{'edit type':14} {'n':>5} " + " ".join(f"{c:>19}" for c in CHECKS)]
     for name, row in [*report["by_type"].items(), ("overall", report["overall"])]:
-        lines.append(f"{name:14} {row['n']:5d} " + " ".join(f"{100 * row[c]:18.1f}%" for c in CHECKS))
+        cells = ("n/a".rjust(19) if row[c] is None else f"{100 * row[c]:18.1f}%" for c in CHECKS)
+        lines.append(f"{name:14} {row['n']:5d} " + " ".join(cells))
     if report["unjudged"]:
         lines.append(f"({report['unjudged']} pairs the toy grammar cannot read were not judged)")
     return "\n".join(lines)
