@@ -24,8 +24,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ip2p.datasets import open_edit_dataset
 from ip2p.pairs.clip_score import ClipThresholds
 
@@ -54,6 +52,7 @@ def _judged_rows(
 
     data = open_edit_dataset(source)
     for example in tqdm(data, desc="judging pairs", unit="pair", disable=not progress or None):
+        triplet = (str(example.original_prompt), str(example.edit_prompt), str(example.edited_prompt))
         try:
             before = parse_caption(str(example.original_prompt))
             after = apply_instruction(before, example.edit_prompt)
@@ -61,14 +60,7 @@ def _judged_rows(
         except (ValueError, KeyError, TypeError):
             counts["unjudged"] += 1
             if unreadable is not None:
-                unreadable.append(
-                    _Judged(
-                        "",
-                        {},
-                        (str(example.original_prompt), str(example.edit_prompt), str(example.edited_prompt)),
-                        example.extra,
-                    )
-                )
+                unreadable.append(_Judged("", {}, triplet, example.extra))
             continue
         if example.edited_image is None:
             counts["unjudged"] += 1
@@ -86,7 +78,6 @@ def _judged_rows(
             verdict["input_correct"] and verdict["edit_correct"] and verdict["preserved_vs_input"]
         )
         verdict["triplet_valid"] = valid
-        triplet = (str(example.original_prompt), str(example.edit_prompt), str(example.edited_prompt))
         yield _Judged(kind, verdict, triplet, example.extra)
 
 
@@ -205,14 +196,16 @@ def filter_report(
     are :func:`judge_pairs`' rates over the readable kept pairs, with ``faithful_given_valid``, the faithful
     share among pairs of valid triplets (stage 2 alone).
     """
-    from ip2p.pairs.clip_score import select_top_k
+    import torch
 
+    from ip2p.pairs.clip_score import ClipScores, passes_clip_filter, select_top_k
+
+    _check_every_candidate(source)
     counts = {"unjudged": 0}
     unreadable: list[_Judged] = []
     judged = list(_judged_rows(source, progress, counts, unreadable))
     if not judged:
         raise ValueError(f"{source}: no pair could be judged ({counts['unjudged']} unreadable)")
-    _check_every_candidate(source)
     groups: dict[tuple[str, str, str], list[_Judged]] = defaultdict(list)
     for j in [*judged, *unreadable]:
         missing = [k for k in (*SCORES, "seed") if j.extra.get(k) is None]
@@ -223,23 +216,21 @@ def filter_report(
                 "--num-candidates)"
             )
         groups[j.triplet].append(j)
+    # each triplet's scores as gen-pairs holds them (float32), so that its own filter decides what passes
+    scores = {
+        key: ClipScores(
+            *(torch.tensor([c.extra[k] for c in candidates], dtype=torch.float32) for k in SCORES)
+        )
+        for key, candidates in groups.items()
+    }
     rows = []
     for setting in settings or filter_settings():
         kept: list[_Judged] = []
-        t = setting.thresholds
-        # gen-pairs compares float32 scores with float32 thresholds; so does the replay
-        low = None if t is None else [np.float32(x) for x in (t.image_image, t.directional, t.image_caption)]
-        for candidates in groups.values():
-            passed = [
-                low is None
-                or (
-                    np.float32(c.extra["clip_sim_image"]) >= low[0]
-                    and np.float32(c.extra["clip_sim_dir"]) >= low[1]
-                    and np.float32(c.extra["clip_sim_0"]) >= low[2]
-                    and np.float32(c.extra["clip_sim_1"]) >= low[2]
-                )
-                for c in candidates
-            ]
+        for key, candidates in groups.items():
+            if setting.thresholds is None:
+                passed = [True] * len(candidates)
+            else:
+                passed = passes_clip_filter(scores[key], setting.thresholds).tolist()
             if setting.top_k is None:
                 kept += [c for c, ok in zip(candidates, passed, strict=True) if ok]
             else:
