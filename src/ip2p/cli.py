@@ -488,6 +488,13 @@ def _gen_text_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="start OUTPUT over instead of resuming it")
     s = p.add_argument_group("sampling (paper defaults)")
     s.add_argument("--temperature", type=float, default=0.7, help="(default: %(default)s)")
+    s.add_argument(
+        "--caption-temperature",
+        type=float,
+        default=None,
+        help="hf backend: the edited caption's temperature after the instruction; 0: greedy "
+        "(default: --temperature throughout, as the paper)",
+    )
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
     s.add_argument(
         "--frequency-penalty",
@@ -580,6 +587,7 @@ def _make_text_backend(args: argparse.Namespace):
         frequency_penalty=args.frequency_penalty,
         presence_penalty=args.presence_penalty,
         max_new_tokens=args.max_new_tokens,
+        caption_temperature=args.caption_temperature,
     )
     sampling.validate()
     if args.backend == "fake":
@@ -724,6 +732,10 @@ def _finetune_text_parser(sub: argparse._SubParsersAction) -> None:
         "(the toy-relabel preset does)",
     )
     p.add_argument(
+        "--toy-width", type=int, default=None, help="--model toy: hidden size of the new model (default: 128)"
+    )
+    p.add_argument("--toy-layers", type=int, default=None, help="--model toy: number of layers (default: 4)")
+    p.add_argument(
         "--seed", type=int, default=None, help="seed of initialisation and data order (default: 0)"
     )
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None, help="autocast on GPU")
@@ -762,6 +774,8 @@ def cmd_finetune_text(args: argparse.Namespace) -> int:
             keep_checkpoints=args.keep_checkpoints,
             resume=False if args.no_resume else None,
             relabel=args.relabel,
+            toy_width=args.toy_width,
+            toy_layers=args.toy_layers,
             seed=args.seed,
             mixed_precision=args.mixed_precision,
             cpu=args.cpu,

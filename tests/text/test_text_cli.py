@@ -86,6 +86,11 @@ def test_gen_text_with_the_fake_backend_resumes(caption_files, tmp_path, capsys)
         (["CSV", "--backend", "fake", "--blocklist", "NOWHERE.txt"], "NOWHERE.txt: no such blocklist file"),
         (["CSV", "--backend", "fake", "--partition", "2"], "partition 2 of 1"),
         (["CSV", "--backend", "fake", "--temperature", "0"], "temperature must be > 0"),
+        (["CSV", "--backend", "fake", "--caption-temperature", "-1"], "caption temperature must be >= 0"),
+        (
+            ["CSV", "--backend", "openai", "--model", "m", "--caption-temperature", "0"],
+            "needs the hf backend",
+        ),
         (["CSV", "--backend", "openai", "--model", "m", "--seeds", "NOWHERE.jsonl"], "no such seed file"),
         (["CSV", "--backend", "openai", "--model", "m", "--base-url", "ftp://x"], "must start with http"),
     ],

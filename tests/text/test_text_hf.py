@@ -13,6 +13,7 @@ from ip2p.text.hf import (
     FrequencyPenaltyLogitsProcessor,
     HFGenerator,
     PerRowSampler,
+    SplitTemperatureLogitsWarper,
     StopOnText,
     TextModelError,
     frequency_penalty,
@@ -80,6 +81,55 @@ def test_stop_on_text_is_per_row(tok):
     width = max(map(len, rows))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
     assert StopOnText(tok, prompt_length=3)(ids, None).tolist() == [True, False]
+
+
+def test_split_temperature_switches_per_row_after_the_separator(tok):
+    rows = [
+        tok("p\n##\nmake the circle blue\n%%\na")["input_ids"],  # in its edited caption
+        tok("p\n##\nmake the circle blue")["input_ids"],  # still writing its instruction
+    ]
+    width = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    scores = torch.randn(2, 20)
+    greedy = SplitTemperatureLogitsWarper(tok, prompt_length=3, instruction=0.5, caption=0.0)(
+        ids, scores.clone()
+    )
+    torch.testing.assert_close(greedy[1], scores[1] / 0.5)
+    assert greedy[0].isfinite().sum() == 1 and greedy[0].argmax() == scores[0].argmax()
+    cooler = SplitTemperatureLogitsWarper(tok, prompt_length=3, instruction=0.5, caption=0.25)(
+        ids, scores.clone()
+    )
+    torch.testing.assert_close(cooler, torch.stack([scores[0] / 0.25, scores[1] / 0.5]))
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(caption_temperature=-1).validate()
+
+
+def test_greedy_caption_keeps_the_sampled_instruction(one_triplet_lm):
+    """Instruction sampled hot, edited caption greedy: the instruction is the one plain sampling draws with the
+    same seed, and the caption is the model's argmax continuation of it."""
+    model, tok = load_causal_lm(one_triplet_lm, device="cpu")
+
+    def sample(caption_temperature):
+        sampling = SamplingConfig(
+            temperature=2.5, frequency_penalty=0.0, max_new_tokens=64, caption_temperature=caption_temperature
+        )
+        return HFGenerator(model, tok, sampling, batch_size=4).generate([TRIPLET.input] * 6, list(range(6)))
+
+    plain, split = sample(None), sample(0.0)
+    reached = [i for i, out in enumerate(split) if DELIMITER_1 in out]
+    assert reached  # at this temperature some rows still reach the separator
+    for i in reached:
+        instruction = split[i].split(DELIMITER_1)[0]
+        assert plain[i].split(DELIMITER_1)[0] == instruction  # same draws up to the separator
+        prefix = TRIPLET.prompt() + instruction + DELIMITER_1
+        ids = model.generate(
+            **tok(prefix, return_tensors="pt"),
+            max_new_tokens=64,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        assert tok.decode(ids[0], skip_special_tokens=True).startswith(TRIPLET.prompt() + split[i])
+    assert any(plain[i] != split[i] for i in reached)
 
 
 def test_sampling_is_independent_of_the_batch(tok):

@@ -26,10 +26,15 @@ class SamplingConfig:
     )
     presence_penalty: float = 0.0
     max_new_tokens: int = 256  # the original's max_tokens
+    # The edited caption's temperature, after "\n%%\n" (None: ``temperature`` throughout, as the paper). The
+    # instruction carries the diversity; the edited caption should follow from it, so 0 (greedy) copies it best.
+    caption_temperature: float | None = None
 
     def validate(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.caption_temperature is not None and self.caption_temperature < 0:
+            raise ValueError(f"caption temperature must be >= 0, got {self.caption_temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:

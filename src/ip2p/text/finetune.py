@@ -97,6 +97,11 @@ class FinetuneConfig:
             raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; use constant, linear or cosine")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"unknown mixed precision {self.mixed_precision!r}; use no, fp16 or bf16")
+        if self.toy_layers < 1 or self.toy_width < 4 or self.toy_width % 4:
+            raise ValueError(
+                f"the toy model needs at least 1 layer and a width divisible by its 4 heads, got "
+                f"{self.toy_layers} layers of width {self.toy_width}"
+            )
         if self.lora and self.model == "toy":
             raise ValueError(
                 "LoRA adapts a pretrained model; the toy model is trained from scratch (drop --lora)"

@@ -5,6 +5,8 @@ stop at ``"\\nEND"``) with transformers' ``generate``, batched with left padding
 
 - :class:`FrequencyPenaltyLogitsProcessor`: OpenAI's frequency/presence penalties, which transformers lacks (its
   ``repetition_penalty`` is multiplicative and counts the prompt).
+- :class:`SplitTemperatureLogitsWarper`: one temperature for the instruction and another (``caption_temperature``,
+  0 for greedy) for the edited caption after ``"\n%%\n"``, per row.
 - :class:`PerRowSampler`: draws each row's token from that row's own ``torch.Generator``, seeded per caption, so a
   caption's sample does not depend on which other captions share its batch (a resumed run draws the same).
 
@@ -36,7 +38,7 @@ from transformers import (
 from ip2p.devices import pick_device, pick_dtype
 from ip2p.models import TOY_MODEL, toy_model_path
 from ip2p.text.backends import Completion, SamplingConfig
-from ip2p.text.format import STOP, make_prompt
+from ip2p.text.format import DELIMITER_1, STOP, make_prompt
 
 
 class TextModelError(ValueError):
@@ -74,6 +76,56 @@ class FrequencyPenaltyLogitsProcessor(LogitsProcessor):
         if not self.frequency and not self.presence:
             return scores
         return frequency_penalty(scores, input_ids[:, self.prompt_length :], self.frequency, self.presence)
+
+
+class SplitTemperatureLogitsWarper(LogitsProcessor):
+    """Temperature ``instruction`` until a row has generated ``separator`` (``"\\n%%\\n"``), ``caption`` after it;
+    a temperature of 0 keeps only the row's most likely token (greedy).
+
+    A triplet's diversity is in its instruction; its edited caption is a function of the caption and the
+    instruction, which a small model copies more faithfully without sampling noise (the toy language model:
+    ``python -m ip2p.text.toy_lm --caption-temperature``).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_length: int,
+        instruction: float,
+        caption: float,
+        separator: str = DELIMITER_1,
+        window: int = 8,
+    ) -> None:
+        if instruction <= 0 or caption < 0:
+            raise ValueError(f"temperatures must be > 0 and >= 0, got {instruction} and {caption}")
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+        self.instruction = instruction
+        self.caption = caption
+        self.separator = separator
+        self.window = window  # the separator appears first in the last few tokens; decode only those
+        self.in_caption: torch.Tensor | None = None  # (B,) bool, once true stays true
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.in_caption is None:
+            self.in_caption = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+        todo = (~self.in_caption).nonzero().flatten().tolist()
+        if todo and input_ids.shape[1] > self.prompt_length:
+            tails = input_ids[todo, max(self.prompt_length, input_ids.shape[1] - self.window) :]
+            texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+            for row, text in zip(todo, texts, strict=True):
+                if self.separator in text:
+                    self.in_caption[row] = True
+        out = scores / self.instruction
+        rows = self.in_caption
+        if rows.any():
+            if self.caption > 0:
+                out[rows] = scores[rows] / self.caption
+            else:
+                best = scores[rows].argmax(dim=-1, keepdim=True)
+                greedy = torch.full_like(scores[rows], float("-inf")).scatter(1, best, 0.0)
+                out[rows] = greedy
+        return out
 
 
 class PerRowSampler(LogitsProcessor):
@@ -240,7 +292,12 @@ class HFGenerator:
         processors = LogitsProcessorList(
             [FrequencyPenaltyLogitsProcessor(prompt_length, s.frequency_penalty, s.presence_penalty)]
         )
-        processors.append(TemperatureLogitsWarper(s.temperature))
+        if s.caption_temperature is None or s.caption_temperature == s.temperature:
+            processors.append(TemperatureLogitsWarper(s.temperature))
+        else:
+            processors.append(
+                SplitTemperatureLogitsWarper(tok, prompt_length, s.temperature, s.caption_temperature)
+            )
         if s.top_p < 1.0:
             processors.append(TopPLogitsWarper(s.top_p))
         processors.append(PerRowSampler(seeds, self.model.device))

@@ -61,6 +61,10 @@ class OpenAIConfig:
         if self.timeout <= 0 or self.max_retries < 0 or self.num_shots < 0:
             raise ValueError("timeout must be > 0, retries and shots >= 0")
         self.sampling.validate()
+        if self.sampling.caption_temperature not in (None, self.sampling.temperature):
+            raise ValueError(
+                "a caption temperature of its own needs the hf backend: a chat completion has one temperature"
+            )
 
 
 def few_shot_messages(system: str, shots: Sequence[Triplet], caption: str) -> list[dict[str, str]]:

@@ -206,8 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0.7,
         help="sampling temperature (default: %(default)s, the paper's)",
     )
+    parser.add_argument(
+        "--caption-temperature",
+        type=float,
+        default=None,
+        help="the edited caption's temperature, after the instruction; 0: greedy (default: --temperature)",
+    )
     args = parser.parse_args(argv)
-    sampling = SamplingConfig(temperature=args.temperature)
+    sampling = SamplingConfig(temperature=args.temperature, caption_temperature=args.caption_temperature)
     try:
         sampling.validate()
     except ValueError as e:
