@@ -3,6 +3,7 @@ saved folders offline and generate."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 
@@ -303,4 +304,23 @@ def test_clip_vision_tunes_the_image_tower_alone_and_resumes_exactly(trained, tm
             preset("test"),
             tiny_settings(clip_vision_steps=1),
             stages=("clip_vision",),
+        )
+
+
+def test_unet_stage_under_bf16_autocast(trained, tmp_path):
+    """--unet-precision bf16 trains the same float32 weights under bfloat16 autocast: a different, finite result."""
+    out, _ = trained
+    _restart_stage(out, tmp_path / "bf16", "unet")
+    train_base(
+        tmp_path / "bf16", "cpu", preset("test"), tiny_settings(unet_precision="bf16"), stages=("unet",)
+    )
+    unet_file = "base/unet/diffusion_pytorch_model.safetensors"
+    fp32, bf16 = load_file(out / unet_file), load_file(tmp_path / "bf16" / unet_file)
+    assert all(v.dtype == torch.float32 and v.isfinite().all() for v in bf16.values())
+    assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)
+    record = json.loads((tmp_path / "bf16" / "work" / "unet" / "settings.json").read_text())
+    assert record["train"]["unet_precision"] == "bf16"
+    with pytest.raises(ValueError, match="unet precision must be fp32 or bf16"):
+        train_base(
+            tmp_path / "x", "cpu", preset("test"), tiny_settings(unet_precision="fp8"), stages=("unet",)
         )

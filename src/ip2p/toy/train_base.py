@@ -126,6 +126,9 @@ class TrainSettings:
     unet_batch: int = 64
     unet_lr: float = 6e-4
     unet_warmup: int = 200
+    # "bf16": the UNet's forward (and the frozen text encoder's) under bfloat16 autocast, weights and optimizer in
+    # float32; on a CPU with AVX-512 BF16 or AMX it is faster (benchmarks/bench_base_train.py). "fp32": none.
+    unet_precision: str = "fp32"
     caption_dropout: float = 0.1
     canonical_captions: float = 0.3  # fraction of UNet captions in canonical phrasing (the rest varied)
     ema_decay: float = 0.999
@@ -1057,6 +1060,8 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     from .captions import caption
 
     out_dir = Path(out_dir)
+    if settings.unet_precision not in ("fp32", "bf16"):
+        raise ValueError(f"unet precision must be fp32 or bf16, not {settings.unet_precision!r}")
     final = base_final_path(out_dir)
     if (final / "model_index.json").is_file():
         return final
@@ -1121,8 +1126,6 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     def step_fn(step: int) -> float:
         batch = next(batches)
         assert batch["step"] == step
-        with torch.no_grad():
-            cond = text_encoder(batch["ids"].to(device))[0]
         x0 = latents[batch["idx"]].to(device)
         noise = batch["noise"].to(device)
         t = batch["t"].to(device)
@@ -1130,7 +1133,10 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         target = noise_scheduler.get_velocity(x0, noise, t)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings.unet_steps, settings.unet_lr, settings.unet_warmup)
-        pred = unet(noisy, t, cond).sample
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.unet_precision == "bf16"):
+            with torch.no_grad():
+                cond = text_encoder(batch["ids"].to(device))[0]
+            pred = unet(noisy, t, cond).sample
         loss = F.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
