@@ -72,9 +72,15 @@ if want base; then
 fi
 if want quality; then say "quality bars"; $IP2P toy quality --model "$RUNS/toy" --out "$RUNS/toy/quality"; fi
 if want lm; then
-  say "language model: re-phrased seeds from scratch, then relabelled seeds"
+  say "language model: re-phrased seeds from scratch, then rounds of relabelled seeds (about 20 minutes each here)"
   $IP2P finetune-text --preset toy -o "$RUNS/toy-lm-phrase"
-  $IP2P finetune-text --preset toy-relabel --model "$RUNS/toy-lm-phrase" -o "$RUNS/toy-lm"
+  previous="$RUNS/toy-lm-phrase"
+  for round in 1:200 2:200 3:160 4:200 5:200; do  # round:epochs, each from the one before
+    n=${round%%:*}
+    output="$RUNS/toy-lm-relabel$n"; [[ $n == 5 ]] && output="$RUNS/toy-lm"
+    $IP2P finetune-text --preset toy-relabel --model "$previous" -o "$output" --epochs "${round##*:}"
+    previous="$output"
+  done
 fi
 if want triplets; then
   say "triplets (stage 1)"

@@ -18,6 +18,9 @@ PRESET=${PRESET:-toy-fast}
 WORKERS=${WORKERS:-2}
 BATCH=${BATCH:-64}          # candidates per UNet call (toy-fast: 2 a triplet, so 32 triplets)
 SHARD=${SHARD:-32}          # triplets per output shard, the unit of resumption
+# the edited caption's temperature once the instruction is sampled (at the paper's 0.7): 0 copies it greedily, which
+# makes more of the toy language model's triplets valid (README); "" samples it at 0.7 too, as the paper
+CAPTION_T=${CAPTION_T-0}
 if [[ -z "${DTYPE:-}" ]]; then
   if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then DTYPE=bf16; else DTYPE=fp32; fi
 fi
@@ -25,7 +28,8 @@ case "$DTYPE" in fp32|bf16|fp16|auto) ;; *) echo "DTYPE must be fp32, bf16, fp16
 mkdir -p "$OUT"
 start=$(date +%s)
 echo "== stage 1: $CAPTIONS held-out toy captions through the bundled toy language model ($(date +%H:%M:%S))"
-$IP2P gen-text "toy:$CAPTIONS" -o "$OUT/triplets.jsonl" --backend hf --model toy --batch-size 64
+$IP2P gen-text "toy:$CAPTIONS" -o "$OUT/triplets.jsonl" --backend hf --model toy --batch-size 64 \
+  ${CAPTION_T:+--caption-temperature "$CAPTION_T"}
 echo "== stage 2: preset $PRESET, $DTYPE, $WORKERS single-threaded workers ($(date +%H:%M:%S))"
 for ((w = 0; w < WORKERS; w++)); do
   OMP_NUM_THREADS=1 $IP2P gen-pairs "$OUT/triplets.jsonl" -o "$OUT/pairs" --preset "$PRESET" --model toy \
