@@ -75,9 +75,9 @@ if want lm; then
   say "language model: re-phrased seeds from scratch, then rounds of relabelled seeds (about 20 minutes each here)"
   $IP2P finetune-text --preset toy -o "$RUNS/toy-lm-phrase"
   previous="$RUNS/toy-lm-phrase"
-  for round in 1:200 2:200 3:160 4:200 5:200; do  # round:epochs, each from the one before
+  for round in 1:200 2:200 3:160 4:200 5:200 6:200; do  # round:epochs, each from the one before
     n=${round%%:*}
-    output="$RUNS/toy-lm-relabel$n"; [[ $n == 5 ]] && output="$RUNS/toy-lm"
+    output="$RUNS/toy-lm-relabel$n"; [[ $n == 6 ]] && output="$RUNS/toy-lm"
     $IP2P finetune-text --preset toy-relabel --model "$previous" -o "$output" --epochs "${round##*:}"
     previous="$output"
   done

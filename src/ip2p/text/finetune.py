@@ -134,6 +134,7 @@ PRESETS: dict[str, FinetuneConfig] = {
     # Its second phase, from the first phase's model (--model): the seeds with their symbols renamed every epoch
     # (see ip2p.text.toy_lm.relabel). From scratch, relabelled seeds alone left the model ignoring its input (0%
     # valid after 3,000 steps); after the first phase they teach it to copy attributes it never saw together.
+    # Repeated rounds of it, each from the one before, keep raising validity (scripts/build_toy.sh runs six; README).
     "toy-relabel": replace(_TOY, model="", output="runs/toy-lm", relabel=True, learning_rate=5e-4),
 }
 
