@@ -2,9 +2,9 @@
 side on this machine: seconds a step and the ratio, for the CPU recipe's budget (README, the toy world).
 
 Each round runs STEPS steps of the fp32 model, then STEPS of the bf16 one, so both see the same machine load; the
-two models start from the same weights and see the same batches. The step is the stage's own: the frozen text
-encoder of the bundled base on a batch of captions, v-prediction over the toy scheduler, AdamW, gradient clipping
-and the EMA update; only the rendering of scenes is left out (the stage takes its latents from a cache).
+two models start from the same weights and see the same batches. The step repeats the stage's (which is a closure
+inside `train_unet`): the frozen text encoder of the bundled base on a batch of captions, v-prediction over the toy
+scheduler, AdamW, gradient clipping and an EMA update; scenes are not rendered (the stage takes cached latents).
 
     python benchmarks/bench_base_train.py --steps 10 --rounds 3
     python benchmarks/bench_base_train.py --batch 256 --device cuda
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import time
 
 import torch
@@ -51,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = build_unet(cfg.unet, text_encoder.config.hidden_size, seed=0).to(device).train()
     models = {"fp32": fp32, "bf16": copy.deepcopy(fp32)}
     optims = {k: torch.optim.AdamW(m.parameters(), lr=6e-4, weight_decay=0.01) for k, m in models.items()}
-    emas = {k: {n: v.detach().clone() for n, v in m.state_dict().items()} for k, m in models.items()}
-
-    import random
+    emas = {
+        k: {n: v.detach().clone() for n, v in m.state_dict().items() if v.is_floating_point()}
+        for k, m in models.items()
+    }
 
     rng = random.Random(0)
     g = torch.Generator().manual_seed(0)
@@ -77,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         with torch.no_grad():
             current = model.state_dict()
-            keys = [k for k, v in ema.items() if v.is_floating_point()]
-            torch._foreach_lerp_([ema[k] for k in keys], [current[k] for k in keys], 0.001)
+            torch._foreach_lerp_(list(ema.values()), [current[k] for k in ema], 0.001)
         return float(loss)
 
     def sync() -> None:

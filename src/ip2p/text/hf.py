@@ -78,6 +78,19 @@ class FrequencyPenaltyLogitsProcessor(LogitsProcessor):
         return frequency_penalty(scores, input_ids[:, self.prompt_length :], self.frequency, self.presence)
 
 
+def tails_contain(
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: torch.Tensor,
+    prompt_length: int,
+    text: str,
+    window: int = 8,
+) -> list[bool]:
+    """Per row: whether the last ``window`` generated tokens (never the prompt's) decode to a string containing
+    ``text``. A string the sampler has just completed appears there first, so only those tokens are decoded."""
+    tails = input_ids[:, max(prompt_length, input_ids.shape[1] - window) :]
+    return [text in t for t in tokenizer.batch_decode(tails, skip_special_tokens=True)]
+
+
 class SplitTemperatureLogitsWarper(LogitsProcessor):
     """Temperature ``instruction`` until a row has generated ``separator`` (``"\\n%%\\n"``), ``caption`` after it;
     a temperature of 0 keeps only the row's most likely token (greedy).
@@ -103,19 +116,18 @@ class SplitTemperatureLogitsWarper(LogitsProcessor):
         self.instruction = instruction
         self.caption = caption
         self.separator = separator
-        self.window = window  # the separator appears first in the last few tokens; decode only those
+        self.window = window
         self.in_caption: torch.Tensor | None = None  # (B,) bool, once true stays true
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.in_caption is None:
             self.in_caption = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
-        todo = (~self.in_caption).nonzero().flatten().tolist()
-        if todo and input_ids.shape[1] > self.prompt_length:
-            tails = input_ids[todo, max(self.prompt_length, input_ids.shape[1] - self.window) :]
-            texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-            for row, text in zip(todo, texts, strict=True):
-                if self.separator in text:
-                    self.in_caption[row] = True
+        todo = (~self.in_caption).nonzero().flatten()
+        if len(todo) and input_ids.shape[1] > self.prompt_length:
+            found = tails_contain(
+                self.tokenizer, input_ids[todo], self.prompt_length, self.separator, self.window
+            )
+            self.in_caption[todo] = torch.tensor(found, device=scores.device)
         out = scores / self.instruction
         rows = self.in_caption
         if rows.any():
@@ -153,12 +165,11 @@ class StopOnText(StoppingCriteria):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.stop = stop
-        self.window = window  # the stop string appears first in the last few tokens; decode only those
+        self.window = window
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        tails = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :]
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return torch.tensor([self.stop in t for t in texts], dtype=torch.bool, device=input_ids.device)
+        found = tails_contain(self.tokenizer, input_ids, self.prompt_length, self.stop, self.window)
+        return torch.tensor(found, dtype=torch.bool, device=input_ids.device)
 
 
 def cut_at_stop(text: str, stop: str = STOP) -> str:
