@@ -14,7 +14,9 @@
 # of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
 # targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
 # (Marigold's initialisation of the image channels instead of zeros; README), and filter-report (what the CLIP filter
-# keeps of every candidate of 400 triplets made by the bundled models, judged by the oracle; about 12 minutes; README)
+# keeps of every candidate of 400 triplets made by the bundled models, judged by the oracle; about 12 minutes; README),
+# and guidance-report (the toy presets' guidance range: every candidate of the first 384 of scripts/toy_dataset.sh's
+# triplets under each range, judged with and without the filter; about 10 minutes; README)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
@@ -33,6 +35,9 @@ EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
 PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet evaluations, for the CPU (README)
 # extra flags per stage, e.g. on a GPU: PAIRS_FLAGS="--dtype fp32" EVAL_FLAGS="--batch-size 64 --dtype fp32"
+# The bundled editor's pairs were drawn at the paper's guidance U(7.5, 15), before the toy presets' U(2, 4): the
+# steps that remake them pin it (pass PAIRS_CFG="" for the presets' range)
+PAIRS_CFG=${PAIRS_CFG---min-cfg 7.5 --max-cfg 15}
 PAIRS_FLAGS=${PAIRS_FLAGS:-}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
 EVAL_FLAGS=${EVAL_FLAGS:-}
@@ -90,12 +95,12 @@ if want pairs; then
   say "pairs (stage 2): $WORKERS single-threaded workers over the shards"
   for ((w = 0; w < WORKERS; w++)); do
     OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset "$PAIRS_PRESET" \
-      --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress $PAIRS_FLAGS &
+      --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress $PAIRS_CFG $PAIRS_FLAGS &
   done
   wait
   # a last pass writes the manifest and report over every shard
   $IP2P gen-pairs "$RUNS/toy-data/triplets.jsonl" -o "$RUNS/toy-pairs" --preset "$PAIRS_PRESET" \
-    --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" $PAIRS_FLAGS
+    --model "$RUNS/toy/base" --clip "$RUNS/toy/clip" $PAIRS_CFG $PAIRS_FLAGS
 fi
 if want editor; then
   say "editor"
@@ -199,7 +204,7 @@ if want syn-pairs; then
   say "large synthesized dataset, stage 2: $WORKERS workers, flags: $SYN_PAIRS_FLAGS"
   for ((w = 0; w < WORKERS; w++)); do
     $IP2P gen-pairs "$RUNS/toy-syn/triplets.jsonl" -o "$RUNS/toy-syn/pairs" --preset toy --model "$RUNS/toy/base" \
-      --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress --no-report $SYN_PAIRS_FLAGS &
+      --clip "$RUNS/toy/clip" --shard "$w" --num-shards "$WORKERS" --no-progress --no-report $PAIRS_CFG $SYN_PAIRS_FLAGS &
   done
   wait
 fi
@@ -215,11 +220,29 @@ if want syn-eval; then
     --image-guidance 1.0,1.5,2.0 --strengths 0.3,0.5,0.7,0.9 -o "$RUNS/toy-syn/eval" $EVAL_FLAGS
   $IP2P toy judge-pairs "$RUNS/toy-syn/pairs" --json > "$RUNS/toy-syn/judge-pairs.json"
 fi
+if want guidance-report; then
+  say "what the guidance range buys: toy-fast on the first 384 of 12,000 triplets, every candidate, per range"
+  $IP2P gen-text toy:12000 -o "$RUNS/toy-guidance/triplets.jsonl" --backend hf --model toy --batch-size 64 \
+    --caption-temperature 0 --no-progress
+  for range in 7.5-15 4-8 3-6 2-4 1.5-3; do
+    out="$RUNS/toy-guidance/cfg$range"
+    ALL="--preset toy-fast --model toy --clip toy --dtype bf16 --batch-size 64 --shard-size 32 --limit 384 \
+      --min-cfg ${range%-*} --max-cfg ${range#*-} --clip-threshold -1 --clip-dir-threshold -1 --clip-img-threshold -1 --top-k 2"
+    for ((w = 0; w < WORKERS; w++)); do
+      OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-guidance/triplets.jsonl" -o "$out" $ALL \
+        --shard "$w" --num-shards "$WORKERS" --no-progress --no-report &
+    done
+    wait
+    $IP2P gen-pairs "$RUNS/toy-guidance/triplets.jsonl" -o "$out" $ALL --no-progress --no-report
+    echo "guidance U($range):"
+    $IP2P toy judge-pairs "$out/data" --filters --no-progress | tee "$out/report.md"
+  done
+fi
 if want filter-report; then
   say "what the CLIP filter buys: every candidate of 400 triplets of the bundled models, judged under filter settings"
   $IP2P gen-text toy:400 -o "$RUNS/toy-filters/triplets.jsonl" --backend hf --model toy --batch-size 64 --no-progress
   # thresholds of -1 and top 4 of 4 candidates: every candidate is written, with its four CLIP scores
-  ALL="--preset toy --model toy --clip toy --clip-threshold -1 --clip-dir-threshold -1 --clip-img-threshold -1 --top-k 4"
+  ALL="--preset toy $PAIRS_CFG --model toy --clip toy --clip-threshold -1 --clip-dir-threshold -1 --clip-img-threshold -1 --top-k 4"
   for ((w = 0; w < WORKERS; w++)); do
     OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-filters/triplets.jsonl" -o "$RUNS/toy-filters/pairs" $ALL \
       --shard "$w" --num-shards "$WORKERS" --no-progress --no-report &
