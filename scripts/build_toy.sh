@@ -7,9 +7,10 @@
 #   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
 #
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor
-# syn-eval figure bundle. The bundled editor is syn-editor's (20,348 synthesized pairs; stage 1 on the CPU, stages
-# 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the smaller one before it (1,094
-# pairs) and `exact-editor` its ablation on exact pairs.
+# syn-eval figure bundle. The bundled editor is made on the CPU by scripts/toy_dataset.sh then scripts/toy_editor.sh
+# (the bundle step takes it from $RUNS/toy-editor-cpu when there); syn-editor's is the previous one (20,348 synthesized
+# pairs; stage 1 on the CPU, stages 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the
+# smaller one before it (1,094 pairs) and `exact-editor` its ablation on exact pairs.
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
 # of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
 # targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
@@ -260,6 +261,10 @@ fi
 if want bundle; then
   say "bundle into the package"
   args=(--base "$RUNS/toy/base" --clip "$RUNS/toy/clip" --lm "$RUNS/toy-lm")
-  [[ -f "$RUNS/toy-syn/editor/model/model_index.json" ]] && args+=(--editor "$RUNS/toy-syn/editor/model")
+  if [[ -f "$RUNS/toy-editor-cpu/model/model_index.json" ]]; then  # scripts/toy_dataset.sh, then scripts/toy_editor.sh
+    args+=(--editor "$RUNS/toy-editor-cpu/model")
+  elif [[ -f "$RUNS/toy-syn/editor/model/model_index.json" ]]; then
+    args+=(--editor "$RUNS/toy-syn/editor/model")
+  fi
   $PY -m ip2p.toy.bundle "${args[@]}"
 fi

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,6 +195,11 @@ def test_bf16_mixed_precision_trains_validates_and_exports(base_model, pairs, tm
         load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"].dtype
         == torch.float32
     )
+    # the frozen VAE and text encoder ran in bf16 but are exported as the base model had them, bit for bit
+    for name, weights in (("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        ours = load_file(folder / name / f"{weights}.safetensors")
+        base = load_file(Path(base_model) / name / f"{weights}.safetensors")
+        assert ours.keys() == base.keys() and all(torch.equal(ours[k], base[k].float()) for k in base), name
 
 
 def _weights(folder):

@@ -256,6 +256,15 @@ class Trainer:
             config.mixed_precision, torch.float32
         )
         device = self.accelerator.device
+        # the frozen modules run in the mixed-precision dtype but are exported as loaded, not rounded through it
+        self._frozen_originals = (
+            None
+            if self.weight_dtype == torch.float32
+            else {
+                name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+                for name, module in (("vae", components.vae), ("text_encoder", components.text_encoder))
+            }
+        )
         for frozen in (components.vae, components.text_encoder):
             frozen.requires_grad_(False).eval().to(device, self.weight_dtype)
         unet = components.unet.train()
@@ -589,11 +598,15 @@ class Trainer:
         target = self.out / "model"
         if self.accelerator.is_main_process:
             c = self.components
+            vae, text_encoder = c.vae.float(), c.text_encoder.float()
+            if self._frozen_originals is not None:
+                vae.load_state_dict(self._frozen_originals["vae"])
+                text_encoder.load_state_dict(self._frozen_originals["text_encoder"])
             save_edit_model(
                 EditComponents(
                     unet=self._final_unet(),
-                    vae=c.vae.float(),
-                    text_encoder=c.text_encoder.float(),
+                    vae=vae,
+                    text_encoder=text_encoder,
                     tokenizer=c.tokenizer,
                     scheduler=EulerAncestralDiscreteScheduler.from_config(c.scheduler.config),
                     name=str(target),
