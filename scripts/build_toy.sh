@@ -60,6 +60,18 @@ esac
 
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 say() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+# every candidate of TRIPLETS into OUT with its four CLIP scores (thresholds of -1, top k = candidates), for
+# `judge-pairs --filters` to replay filter settings on: WORKERS single-threaded processes over the shards, then one
+# over every shard, which does any shard a failed worker left undone and writes the manifest
+all_candidates() {
+  local triplets=$1 out=$2; shift 2
+  local flags="--clip-threshold -1 --clip-dir-threshold -1 --clip-img-threshold -1 --no-progress --no-report $*"
+  for ((w = 0; w < WORKERS; w++)); do
+    OMP_NUM_THREADS=1 $IP2P gen-pairs "$triplets" -o "$out" $flags --shard "$w" --num-shards "$WORKERS" &
+  done
+  wait
+  $IP2P gen-pairs "$triplets" -o "$out" $flags
+}
 # share_cache FROM TO: hard-link FROM's latent cache into TO's, so that a second run on the same data skips encoding
 share_cache() {
   mkdir -p "$2/cache"
@@ -227,14 +239,8 @@ if want guidance-report; then
     --caption-temperature 0 --no-progress
   for range in 7.5-15 4-8 3-6 2-4 1.5-3; do
     out="$RUNS/toy-guidance/cfg$range"
-    ALL="--preset toy-fast --model toy --clip toy --dtype bf16 --batch-size 64 --shard-size 32 --limit 384 \
-      --min-cfg ${range%-*} --max-cfg ${range#*-} --clip-threshold -1 --clip-dir-threshold -1 --clip-img-threshold -1 --top-k 2"
-    for ((w = 0; w < WORKERS; w++)); do
-      OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-guidance/triplets.jsonl" -o "$out" $ALL \
-        --shard "$w" --num-shards "$WORKERS" --no-progress --no-report &
-    done
-    wait
-    $IP2P gen-pairs "$RUNS/toy-guidance/triplets.jsonl" -o "$out" $ALL --no-progress --no-report
+    all_candidates "$RUNS/toy-guidance/triplets.jsonl" "$out" --preset toy-fast --model toy --clip toy --dtype bf16 \
+      --batch-size 64 --shard-size 32 --limit 384 --min-cfg "${range%-*}" --max-cfg "${range#*-}" --top-k 2
     echo "guidance U($range):"
     $IP2P toy judge-pairs "$out/data" --filters --no-progress | tee "$out/report.md"
   done
@@ -242,15 +248,8 @@ fi
 if want filter-report; then
   say "what the CLIP filter buys: every candidate of 400 triplets of the bundled models, judged under filter settings"
   $IP2P gen-text toy:400 -o "$RUNS/toy-filters/triplets.jsonl" --backend hf --model toy --batch-size 64 --no-progress
-  # thresholds of -1 and top 4 of 4 candidates: every candidate is written, with its four CLIP scores
-  ALL="--preset toy $PAIRS_CFG --model toy --clip toy --clip-threshold -1 --clip-dir-threshold -1 --clip-img-threshold -1 --top-k 4"
-  for ((w = 0; w < WORKERS; w++)); do
-    OMP_NUM_THREADS=1 $IP2P gen-pairs "$RUNS/toy-filters/triplets.jsonl" -o "$RUNS/toy-filters/pairs" $ALL \
-      --shard "$w" --num-shards "$WORKERS" --no-progress --no-report &
-  done
-  wait
-  # one process over every shard: does any a failed worker left undone, then writes the manifest
-  $IP2P gen-pairs "$RUNS/toy-filters/triplets.jsonl" -o "$RUNS/toy-filters/pairs" $ALL --no-progress --no-report
+  all_candidates "$RUNS/toy-filters/triplets.jsonl" "$RUNS/toy-filters/pairs" --preset toy $PAIRS_CFG --model toy \
+    --clip toy --top-k 4
   $IP2P toy judge-pairs "$RUNS/toy-filters/pairs/data" --filters --image-image 0.7,0.75,0.8,0.85,0.9 --no-progress \
     | tee "$RUNS/toy-filters/report.md"
 fi
