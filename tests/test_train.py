@@ -1,6 +1,7 @@
 """`ip2p train` on tiny components: surgery, loss, checkpoints, exact resume, cache, export, 2 processes."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPip
 from safetensors.torch import load_file
 
 from ip2p.datasets import write_parquet_shard
-from ip2p.train import TrainConfig, Trainer, augment_params, example_seed, train
+from ip2p.train import TrainConfig, Trainer, augment_params, example_seed, lr_factor, train
 
 FAST = dict(
     resolution=32,
@@ -92,6 +93,19 @@ def test_keyed_randomness_is_a_pure_function_of_seed_and_position():
     assert 256 <= size <= 288 and 0 <= left <= size - 256 and 0 <= top <= size - 256
 
 
+def test_lr_schedules_warm_up_then_hold_or_decay_to_zero():
+    constant = [lr_factor(s, 4, 10) for s in range(6)]  # the paper's schedule
+    assert constant == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    for schedule in ("linear", "cosine"):
+        factors = [lr_factor(s, 4, 10, schedule) for s in range(10)]
+        assert factors[:3] == [0.25, 0.5, 0.75]  # the same warm-up
+        assert all(a > b for a, b in zip(factors[3:], factors[4:], strict=False))  # then strictly down
+        assert factors[-1] == pytest.approx(0.0, abs=1e-12)  # reaching 0 on the last step
+    assert lr_factor(6, 4, 10, "linear") == pytest.approx(1 - 3 / 6)
+    assert lr_factor(6, 4, 10, "cosine") == pytest.approx(0.5)  # half-way: (1 + cos(pi/2)) / 2
+    assert lr_factor(0, 0, 4, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))  # no warm-up
+
+
 def test_training_starts_from_the_text_to_image_unet_with_zero_extra_channels(base_model, pairs, tmp_path):
     trainer = Trainer(_config(base_model, pairs, tmp_path))
     conv = trainer.accelerator.unwrap_model(trainer.unet).conv_in
@@ -144,10 +158,14 @@ def test_latent_target_is_a_posterior_sample_or_its_mean(base_model, pairs, tmp_
 
 
 def test_train_writes_checkpoints_metrics_validation_and_a_loadable_model(base_model, pairs, tmp_path):
-    folder = train(_config(base_model, pairs, tmp_path))
+    folder = train(_config(base_model, pairs, tmp_path, lr_schedule="cosine"))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] > 0 for r in rows)
+    # the rate logged after each step is the next step's: cosine from 1e-3 down to 0 at step 4
+    assert [r["lr"] for r in rows] == pytest.approx(
+        [1e-3 * lr_factor(s, 0, 4, "cosine") for s in range(1, 5)]
+    )
     assert list((tmp_path / "validation").glob("step-*.png"))
     reference = StableDiffusionInstructPix2PixPipeline.from_pretrained(
         folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False
@@ -431,3 +449,5 @@ def test_bad_data_and_flags_are_one_line_errors(base_model, tmp_path, capsys):
     assert "not a readable Parquet file" in capsys.readouterr().err
     assert main(["train", "--base-model", base_model, "--data", "x", "--mixed-precision", "fp8"]) == 1
     assert "mixed_precision" in capsys.readouterr().err
+    assert main(["train", "--base-model", base_model, "--data", "x", "--lr-schedule", "step"]) == 1
+    assert "lr_schedule must be constant, linear, cosine" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import shutil
@@ -64,8 +65,12 @@ class TrainConfig:
     )
     gradient_accumulation_steps: int = _help("micro-batches per optimizer step (paper: 4)", default=1)
     max_train_steps: int = _help("optimizer steps (paper: 10,000)", default=10_000)
-    learning_rate: float = _help("AdamW learning rate, constant (paper: 1e-4)", default=1e-4)
+    learning_rate: float = _help("AdamW learning rate, peak (paper: 1e-4)", default=1e-4)
     lr_warmup_steps: int = _help("linear warm-up steps (paper: 0)", default=0)
+    lr_schedule: str = _help(
+        "after the warm-up: constant (the paper's), or linear or cosine decay to 0 at max_train_steps",
+        default="constant",
+    )
     adam_beta1: float = _help("AdamW beta1", default=0.9)
     adam_beta2: float = _help("AdamW beta2", default=0.999)
     adam_weight_decay: float = _help("AdamW weight decay (torch's default, as the original)", default=1e-2)
@@ -112,6 +117,8 @@ class TrainConfig:
     device: str = _help("cpu to force the CPU; otherwise accelerate's choice", default="auto")
 
     def validate(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.latent_target not in ("sample", "mean"):
             raise ValueError(f"latent_target must be sample or mean, got {self.latent_target!r}")
         from ip2p.models import CONV_IN_INITS
@@ -165,6 +172,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # -- pure pieces ------------------------------------------------------------------------------------------------
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
+    """The learning rate's multiplier after ``step`` optimizer steps: linear warm-up over ``warmup`` steps
+    (reaching 1 on the last), then 1 (constant) or a linear or cosine decay that reaches 0 at ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, max(0.0, (step + 1 - warmup) / max(1, total - warmup)))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+
+
 def example_seed(seed: int, position: int) -> int:
     """A 63-bit seed for the example at ``position`` of the data stream (splitmix64 of both)."""
     z = (seed * 0x9E3779B97F4A7C15 + position + 1) & 0xFFFFFFFFFFFFFFFF
@@ -277,8 +302,8 @@ class Trainer:
             weight_decay=config.adam_weight_decay,
             eps=config.adam_epsilon,
         )
-        self.lr_lambda = lambda step: (
-            min(1.0, (step + 1) / max(1, config.lr_warmup_steps)) if config.lr_warmup_steps else 1.0
+        self.lr_lambda = lambda step: lr_factor(
+            step, config.lr_warmup_steps, config.max_train_steps, config.lr_schedule
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
         self.ema = (
