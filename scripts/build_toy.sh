@@ -7,8 +7,9 @@
 #   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
 #
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor
-# syn-eval figure bundle. The bundled editor is made on the CPU by scripts/toy_dataset.sh then scripts/toy_editor.sh
-# (the bundle step takes it from $RUNS/toy-editor-cpu when there); syn-editor's is the previous one (20,348 synthesized
+# syn-eval bundle cpu-eval figure. The bundled editor is made on the CPU by scripts/toy_dataset.sh then
+# scripts/toy_editor.sh (the bundle step takes it from $RUNS/toy-editor-cpu when there; cpu-eval then sweeps it against
+# SDEdit, about 30 minutes here, for the figure); syn-editor's is the previous one (20,348 synthesized
 # pairs; stage 1 on the CPU, stages 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the
 # smaller one before it (1,094 pairs) and `exact-editor` its ablation on exact pairs.
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
@@ -31,7 +32,7 @@ RUNS=${RUNS:-runs}
 IP2P=${IP2P:-.venv/bin/ip2p}
 PY=${PY:-.venv/bin/python}
 CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 1)
-STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor syn-eval figure bundle}
+STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor syn-eval bundle cpu-eval figure}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
 PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet evaluations, for the CPU (README)
@@ -253,10 +254,6 @@ if want filter-report; then
   $IP2P toy judge-pairs "$RUNS/toy-filters/pairs/data" --filters --image-image 0.7,0.75,0.8,0.85,0.9 --no-progress \
     | tee "$RUNS/toy-filters/report.md"
 fi
-if want figure; then
-  say "README figure and table"
-  $PY scripts/toy_figure.py "$RUNS/toy-syn/eval=20,348 synthesized pairs" -o docs/toy-eval.png
-fi
 if want bundle; then
   say "bundle into the package"
   args=(--base "$RUNS/toy/base" --clip "$RUNS/toy/clip" --lm "$RUNS/toy-lm")
@@ -266,4 +263,14 @@ if want bundle; then
     args+=(--editor "$RUNS/toy-syn/editor/model")
   fi
   $PY -m ip2p.toy.bundle "${args[@]}"
+fi
+if want cpu-eval; then
+  say "evaluation of the bundled editor (trained on the CPU), against SDEdit"
+  $IP2P evaluate --model toy --base toy --clip toy --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 \
+    --sweep grid --text-guidance 3,7.5 --image-guidance 1.0,1.5,2.0,2.5 --strengths 0.3,0.5,0.7,0.9 \
+    -o "$RUNS/toy-eval-cpu" $EVAL_FLAGS
+fi
+if want figure; then
+  say "README figure and table"
+  $PY scripts/toy_figure.py "$RUNS/toy-eval-cpu=9,356 synthesized pairs, CPU" -o docs/toy-eval.png
 fi
