@@ -272,5 +272,5 @@ if want cpu-eval; then
 fi
 if want figure; then
   say "README figure and table"
-  $PY scripts/toy_figure.py "$RUNS/toy-eval-cpu=9,356 synthesized pairs, CPU" -o docs/toy-eval.png
+  $PY scripts/toy_figure.py "$RUNS/toy-eval-cpu=bundled" -o docs/toy-eval.png
 fi
