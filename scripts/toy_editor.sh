@@ -19,6 +19,7 @@ OUT=${OUT:-runs/toy-editor-cpu}
 STEPS=${STEPS:-8800}
 MINUTES=${MINUTES:-86}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
+TEXT_GUIDANCE=${TEXT_GUIDANCE:-3}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
 [[ -e "$DATA" ]] || { echo "$DATA: no such dataset (make one with scripts/toy_dataset.sh)" >&2; exit 2; }
 start=$(date +%s)
@@ -31,6 +32,6 @@ else
     --max-train-steps "$STEPS" --max-minutes "$MINUTES" --checkpointing-steps 500 --validation-steps 1000 $TRAIN_FLAGS
   echo "== trained in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
 fi
-echo "== evaluation on $EVAL_ITEMS held-out rendered edits, text guidance 3, image guidance 1.5 and 2 ($(date +%H:%M:%S))"
+echo "== evaluation on $EVAL_ITEMS held-out rendered edits, text guidance $TEXT_GUIDANCE, image guidance 1.5 and 2 ($(date +%H:%M:%S))"
 $IP2P evaluate --model "$OUT/model" --methods ip2p --clip toy --test-set "toy:$EVAL_ITEMS" --resolution 64 \
-  --steps 20 --sweep grid --text-guidance 3 --image-guidance 1.5,2 -o "$OUT/eval"
+  --steps 20 --sweep grid --text-guidance "$TEXT_GUIDANCE" --image-guidance 1.5,2 -o "$OUT/eval"
