@@ -9,7 +9,7 @@
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor
 # syn-eval bundle cpu-eval figure. The bundled editor is made on the CPU by scripts/toy_dataset.sh then
 # scripts/toy_editor.sh (the bundle step takes it from $RUNS/toy-editor-cpu when there; cpu-eval then sweeps it against
-# SDEdit, about 30 minutes here, for the figure); syn-editor's is the previous one (20,348 synthesized
+# SDEdit, 21 minutes here, for the figure); syn-editor's is the previous one (20,348 synthesized
 # pairs; stage 1 on the CPU, stages 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the
 # smaller one before it (1,094 pairs) and `exact-editor` its ablation on exact pairs.
 # Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data

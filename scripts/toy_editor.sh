@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a toy editor on this CPU: train it from the bundled toy base on a synthesized toy dataset
-# (scripts/toy_dataset.sh's) within a time limit, then have the oracle judge it on 300 held-out rendered edits.
+# (scripts/toy_dataset.sh's) for a fixed number of steps, then have the oracle judge it on 300 held-out rendered edits.
 # Rerun the same command to resume: training from its last checkpoint, unless its model is written; then the
 # evaluation.
 #
