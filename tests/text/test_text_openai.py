@@ -40,28 +40,30 @@ class FakeChatServer:
                     server.peak = max(server.peak, server.in_flight)
                 try:
                     time.sleep(server.delay)
-                    if action != "ok" and action[0] == "sleep":
-                        time.sleep(action[1])  # longer than the client's timeout
-                        return
-                    if action != "ok":
-                        self.send_response(action[1])
-                        if len(action) > 2:
-                            self.send_header("Retry-After", str(action[2]))
-                        payload = json.dumps({"error": {"message": f"scripted {action[1]}"}}).encode()
-                    else:
-                        caption = body["messages"][-1]["content"]
-                        text = f"make it blue{DELIMITER_1}{caption}, in blue"
-                        payload = json.dumps(
-                            {"choices": [{"message": {"role": "assistant", "content": text}}]}
-                        ).encode()
-                        self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
                 finally:
+                    # out of flight before the response is sent: the client may start its next request as soon as
+                    # it has read this one, so counting until after the write would see it one too many
                     with server.lock:
                         server.in_flight -= 1
+                if action != "ok" and action[0] == "sleep":
+                    time.sleep(action[1])  # longer than the client's timeout
+                    return
+                if action != "ok":
+                    self.send_response(action[1])
+                    if len(action) > 2:
+                        self.send_header("Retry-After", str(action[2]))
+                    payload = json.dumps({"error": {"message": f"scripted {action[1]}"}}).encode()
+                else:
+                    caption = body["messages"][-1]["content"]
+                    text = f"make it blue{DELIMITER_1}{caption}, in blue"
+                    payload = json.dumps(
+                        {"choices": [{"message": {"role": "assistant", "content": text}}]}
+                    ).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
