@@ -64,6 +64,18 @@ def test_toy_test_set_is_held_out_balanced_and_deterministic():
     assert all(i.target is not None and i.input_caption and i.output_caption for i in items)
 
 
+def test_toy_validation_split_is_disjoint_from_the_test_set():
+    val = load_test_set("toy-val:200")
+    test = load_test_set("toy:300")
+    assert len(val) == 200 and val[0].id == "toy-val-0000"
+    assert not {i.edit.before for i in val} & {i.edit.before for i in test}
+    assert len({i.edit_type for i in val[:6]}) >= 5
+    with pytest.raises(EvaluationError, match="1 to 200"):
+        load_test_set("toy-val:201")
+    with pytest.raises(EvaluationError, match="1 to 300"):
+        load_test_set("toy:301")  # the test set stops where the validation split begins
+
+
 def test_pixel_metrics_and_clip_metrics_behave(scorer):
     a = to_unit_tensor([Image.new("RGB", (32, 32), (0, 0, 0))])
     b = to_unit_tensor([Image.new("RGB", (32, 32), (51, 51, 51))])
@@ -170,6 +182,13 @@ def test_sweeps_and_curve_margin():
     assert [s["image_guidance_scale"] for s in paper] == [1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2]
     assert {s["text_guidance_scale"] for s in paper} == {7.5}
     assert len(guidance_grid("grid", [5, 7.5], [1, 1.5, 2])) == 6
+    rescaled = guidance_grid("grid", [3], [2], rescale=[0, 0.7])
+    assert rescaled == [
+        {"text_guidance_scale": 3.0, "image_guidance_scale": 2.0},  # phi 0 keeps the paper's setting name
+        {"text_guidance_scale": 3.0, "image_guidance_scale": 2.0, "guidance_rescale": 0.7},
+    ]
+    with pytest.raises(EvaluationError, match="guidance rescale"):
+        guidance_grid("grid", [3], [2], rescale=[2])
     with pytest.raises(EvaluationError):
         guidance_grid("grid")
     assert setting_key({"text_guidance_scale": 7.5, "image_guidance_scale": 1.2}) == (

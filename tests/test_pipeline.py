@@ -190,3 +190,41 @@ def test_bad_settings_name_the_value(make_components):
         pipe(_input_image(), "x", num_inference_steps=0, resolution=32)
     with pytest.raises(ValueError, match="unknown scheduler 'nope'"):
         pipe(_input_image(), "x", num_inference_steps=1, resolution=32, scheduler="nope")
+
+
+def test_guidance_rescale_matches_the_conditional_std(make_components, monkeypatch):
+    """phi = 1 gives the guided prediction the per-sample std of the fully conditioned one; phi = 0 is the paper's
+    dual guidance; a rescale outside [0, 1] is refused."""
+    import ip2p.pipeline as pipeline_module
+    from ip2p.guidance import dual_guidance
+
+    components = make_components()
+    pipe = EditPipeline(components, device="cpu")
+    seen = {}
+
+    def one_call(model_fn, noise, *args, **kwargs):
+        outputs = []
+        hook = components.unet.register_forward_hook(lambda m, i, o: outputs.append(o[0]))
+        seen["guided"] = model_fn(noise, torch.tensor(500))
+        hook.remove()
+        seen["branches"] = outputs[0].chunk(3)
+        return noise
+
+    monkeypatch.setattr(pipeline_module, "denoise", one_call)
+    for phi in (0.0, 1.0, 0.5):
+        pipe(_input_image(), "x", seed=0, resolution=32, text_guidance_scale=5, guidance_rescale=phi)
+        text_image, image, uncond = seen["branches"]
+        plain = dual_guidance(text_image, image, uncond, 5.0, 1.5)
+        if phi == 0.0:
+            torch.testing.assert_close(seen["guided"], plain)
+        elif phi == 1.0:
+            std = lambda x: x.std(dim=(1, 2, 3))  # noqa: E731
+            torch.testing.assert_close(std(seen["guided"]), std(text_image))
+            assert not torch.allclose(std(plain), std(text_image))  # the guidance did change the std
+        else:
+            rescaled = (
+                plain * text_image.std(dim=(1, 2, 3), keepdim=True) / plain.std(dim=(1, 2, 3), keepdim=True)
+            )
+            torch.testing.assert_close(seen["guided"], 0.5 * rescaled + 0.5 * plain)
+    with pytest.raises(ValueError, match=r"guidance rescale must lie in \[0, 1\], got 1.5"):
+        pipe(_input_image(), "x", resolution=32, guidance_rescale=1.5)

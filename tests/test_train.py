@@ -16,7 +16,16 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPip
 from safetensors.torch import load_file
 
 from ip2p.datasets import write_parquet_shard
-from ip2p.train import TrainConfig, Trainer, augment_params, example_seed, lr_factor, train
+from ip2p.train import (
+    TrainConfig,
+    Trainer,
+    augment_params,
+    draw_timesteps,
+    example_seed,
+    lr_factor,
+    timestep_weights,
+    train,
+)
 
 FAST = dict(
     resolution=32,
@@ -104,6 +113,41 @@ def test_lr_schedules_warm_up_then_hold_or_decay_to_zero():
     assert lr_factor(6, 4, 10, "linear") == pytest.approx(1 - 3 / 6)
     assert lr_factor(6, 4, 10, "cosine") == pytest.approx(0.5)  # half-way: (1 + cos(pi/2)) / 2
     assert lr_factor(0, 0, 4, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))  # no warm-up
+
+
+def test_timestep_bias_draws_the_chosen_timesteps_more_often():
+    uniform = timestep_weights(1000)
+    assert torch.allclose(uniform, torch.full((1000,), 1e-3, dtype=torch.float64))
+    later = timestep_weights(1000, "later", 3.0, 0.3)
+    assert float(later[700:].sum()) == pytest.approx(0.9 / 1.6) and float(later[699] * 3) == pytest.approx(
+        float(later[700])
+    )
+    earlier = timestep_weights(1000, "earlier", 2.0, 0.25)
+    assert float(earlier[:250].sum()) == pytest.approx(0.5 / 1.25)
+    with pytest.raises(ValueError, match="unknown timestep bias 'middle'"):
+        timestep_weights(1000, "middle")
+    gens = [torch.Generator().manual_seed(i) for i in range(20_000)]
+    drawn = draw_timesteps(gens, 1000, "later", 3.0, 0.3)
+    assert drawn.min() >= 0 and drawn.max() <= 999
+    assert float((drawn >= 700).float().mean()) == pytest.approx(0.5625, abs=0.015)  # 4 sigma at n = 20,000
+    plain = draw_timesteps([torch.Generator().manual_seed(i) for i in range(20_000)], 1000)
+    assert float((plain >= 700).float().mean()) == pytest.approx(0.3, abs=0.015)
+    again = draw_timesteps([torch.Generator().manual_seed(i) for i in range(5)], 1000, "later", 3.0, 0.3)
+    assert torch.equal(again, drawn[:5])  # each example's draw depends on its own generator only
+
+
+def test_timestep_bias_settings_are_checked(base_model, pairs, tmp_path):
+    with pytest.raises(ValueError, match="timestep_bias must be none, later, earlier"):
+        _config(base_model, pairs, tmp_path, timestep_bias="late").validate()
+    with pytest.raises(ValueError, match="timestep_bias_portion in"):
+        _config(base_model, pairs, tmp_path, timestep_bias="later", timestep_bias_portion=0).validate()
+    trainer = Trainer(_config(base_model, pairs, tmp_path, timestep_bias="later", timestep_bias_multiplier=9))
+    batch = trainer._batch(list(range(8)))
+    gens = [torch.Generator().manual_seed(example_seed(trainer.config.seed, p)) for p in range(8)]
+    for g in gens:
+        torch.rand((), generator=g)  # the dropout draw comes first
+    expected = draw_timesteps(gens, 1000, "later", 9.0, 0.25)
+    assert torch.equal(batch["timesteps"].cpu(), expected)
 
 
 def test_training_starts_from_the_text_to_image_unet_with_zero_extra_channels(base_model, pairs, tmp_path):

@@ -90,6 +90,13 @@ def add_edit_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="sampler (default: the model's own; the released model's is euler_ancestral)",
     )
+    p.add_argument(
+        "--guidance-rescale",
+        type=float,
+        default=0.0,
+        help="rescale the guided prediction towards the conditional one's std, 0-1 (Lin et al. 2024; for "
+        "zero-terminal-SNR models such as the toy one; default: %(default)s, the paper's)",
+    )
     p.add_argument("--num-images", type=int, default=1, help="edits per input, from consecutive noise draws")
     p.add_argument(
         "--negative-prompt", default=None, help="text to steer away from (replaces the empty null text)"
@@ -208,6 +215,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         text_guidance_scale=args.text_guidance,
         image_guidance_scale=args.image_guidance,
         scheduler=args.scheduler,
+        guidance_rescale=args.guidance_rescale,
         num_images=args.num_images,
         negative_prompt=args.negative_prompt,
         resolution=args.resolution,
@@ -896,7 +904,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--test-set",
         default=None,
-        help="toy or toy:N (the toy world's held-out renders; default with --model toy: toy:300), a JSONL of "
+        help="toy or toy:N (the toy world's held-out renders, N <= 300; default with --model toy: toy:300), "
+        "toy-val or toy-val:N (its validation split, N <= 200, for choosing settings), a JSONL of "
         "{image, instruction, input_caption, output_caption[, target]}, Parquet shards (ours or the official "
         "schema) or an original-format folder",
     )
@@ -930,6 +939,12 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "--steps", type=int, default=None, help="sampler steps (default: 100; 20 for the toy model)"
     )
     p.add_argument("--scheduler", default=None, help="sampler for both methods (default: each model's own)")
+    p.add_argument(
+        "--guidance-rescale",
+        type=_floats,
+        default=None,
+        help="the editor's guidance rescale(s), 0-1, each crossed with the guidance scales (default: 0, off)",
+    )
     p.add_argument(
         "--resolution",
         type=int,
@@ -1021,7 +1036,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             edit_config = EditConfig(
                 num_inference_steps=steps, scheduler=args.scheduler, resolution=resolution
             )
-            settings = guidance_grid(args.sweep, args.text_guidance, args.image_guidance)
+            settings = guidance_grid(
+                args.sweep, args.text_guidance, args.image_guidance, args.guidance_rescale
+            )
             chosen.append(editor_method(pipe, edit_config, settings))
         if "sdedit" in methods:
             components = load_pipeline_components(base, edit=False)

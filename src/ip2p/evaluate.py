@@ -51,6 +51,8 @@ PAPER_IMAGE_GUIDANCE = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2)  # original compute_m
 TEXT_SWEEP = (3.0, 5.0, 7.5, 10.0, 12.5)  # the text-guidance sweep, at image guidance 1.5
 SDEDIT_STRENGTHS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # paper: SDEdit over strengths 0.3 to 0.9
 TOY_TEST_SEED = 31_337
+TOY_TEST_SIZE = 300  # toy:N takes the first N held-out scenes; toy-val:N the scenes after the first 300
+TOY_VAL_SEED = 4_242
 CLIP_PREPROCESSING = (
     "images in [0, 1], bicubic resize (no crop) to the CLIP input size, normalised with the CLIP model's mean/std; "
     "the original compute_metrics.py fed [-1, 1]"
@@ -82,11 +84,17 @@ class EvalItem:
     edit_type: str | None = None
 
 
-def toy_test_set(n: int = 300, seed: int = TOY_TEST_SEED) -> list[EvalItem]:
+def toy_test_set(
+    n: int = TOY_TEST_SIZE, seed: int = TOY_TEST_SEED, validation: bool = False
+) -> list[EvalItem]:
     """``n`` held-out rendered toy scenes, one instruction each, the six edit types in turn (where possible).
 
     The scenes are the held-out evaluation scenes of the toy base model (never trained on), so the inputs are
     renders, playing the role of real photographs; the target is the render of the edited scene.
+
+    ``validation=True`` gives the validation split instead: the held-out scenes after the first
+    ``TOY_TEST_SIZE`` (disjoint from the reported test set ``toy:300``), with their own instructions, for choosing
+    settings such as guidance scales without looking at the test set.
     """
     import random
 
@@ -96,8 +104,16 @@ def toy_test_set(n: int = 300, seed: int = TOY_TEST_SEED) -> list[EvalItem]:
     from ip2p.toy.train_base import heldout_scenes
 
     scenes = heldout_scenes()["mixed"]
+    if validation:
+        scenes, seed, prefix = (
+            scenes[TOY_TEST_SIZE:],
+            (TOY_VAL_SEED if seed == TOY_TEST_SEED else seed),
+            "toy-val",
+        )
+    else:
+        scenes, prefix = scenes[:TOY_TEST_SIZE], "toy"
     if not 1 <= n <= len(scenes):
-        raise EvaluationError(f"the toy test set has 1 to {len(scenes)} items, asked for {n}")
+        raise EvaluationError(f"the toy {prefix} set has 1 to {len(scenes)} items, asked for {n}")
     rng = random.Random(seed)
     items = []
     for i, scene in enumerate(scenes[:n]):
@@ -105,7 +121,7 @@ def toy_test_set(n: int = 300, seed: int = TOY_TEST_SEED) -> list[EvalItem]:
         edit = random_edit(scene, rng, wanted if wanted in possible_edit_types(scene) else None)
         items.append(
             EvalItem(
-                id=f"toy-{i:04d}",
+                id=f"{prefix}-{i:04d}",
                 image=render(edit.before),
                 instruction=edit.instruction,
                 input_caption=caption(edit.before),
@@ -147,17 +163,22 @@ def _jsonl_test_set(path: Path) -> list[EvalItem]:
 
 
 def load_test_set(source: str, limit: int | None = None, columns=None) -> list[EvalItem]:
-    """Items from ``toy`` / ``toy:N`` (the toy world's held-out set), a JSONL file of {image, instruction,
+    """Items from ``toy`` / ``toy:N`` (the toy world's held-out test set; ``toy-val`` / ``toy-val:N`` its
+    validation split, up to 200 items), a JSONL file of {image, instruction,
     input_caption, output_caption[, target]} (paths relative to the file), or any edit dataset
     :func:`ip2p.datasets.open_edit_dataset` reads (our Parquet shards, the official schema, original folders)."""
     from ip2p.datasets import Columns, DatasetError, open_edit_dataset
 
-    if source == "toy" or source.startswith("toy:"):
+    name, _, count = source.partition(":")
+    if name in ("toy", "toy-val"):
+        validation = name == "toy-val"
         try:
-            n = int(source.split(":", 1)[1]) if ":" in source else 300
+            n = int(count) if count else (200 if validation else TOY_TEST_SIZE)
         except ValueError:
-            raise EvaluationError(f"toy test set {source!r}: write toy or toy:N with N a number") from None
-        return toy_test_set(n if limit is None else min(n, limit))
+            raise EvaluationError(
+                f"toy test set {source!r}: write {name} or {name}:N with N a number"
+            ) from None
+        return toy_test_set(n if limit is None else min(n, limit), validation=validation)
     path = Path(source).expanduser()
     if path.suffix == ".jsonl":
         if not path.is_file():
@@ -221,9 +242,15 @@ def setting_key(setting: dict[str, float]) -> str:
     return ",".join(f"{k}={setting[k]:g}" for k in sorted(setting))
 
 
-def guidance_grid(sweep: str, text: Sequence[float] | None = None, image: Sequence[float] | None = None):
+def guidance_grid(
+    sweep: str,
+    text: Sequence[float] | None = None,
+    image: Sequence[float] | None = None,
+    rescale: Sequence[float] | None = None,
+):
     """The editor's settings: ``paper`` (text 7.5, image 1.0-2.2 by 0.2), ``text`` (text 3-12.5 at image 1.5),
-    or ``grid`` (every pair of the given text and image scales)."""
+    or ``grid`` (every pair of the given text and image scales); each for every guidance rescale in ``rescale``
+    (default: none, the paper's; a setting names its rescale only where it is not 0)."""
     if sweep == "paper":
         text, image = text or (PAPER_TEXT_GUIDANCE,), image or PAPER_IMAGE_GUIDANCE
     elif sweep == "text":
@@ -233,7 +260,18 @@ def guidance_grid(sweep: str, text: Sequence[float] | None = None, image: Sequen
             raise EvaluationError("--sweep grid needs --text-guidance and --image-guidance lists")
     else:
         raise EvaluationError(f"unknown sweep {sweep!r}; expected paper, text or grid")
-    return [{"text_guidance_scale": float(t), "image_guidance_scale": float(i)} for t in text for i in image]
+    for r in rescale or ():
+        if not 0.0 <= r <= 1.0:
+            raise EvaluationError(f"guidance rescale must lie in [0, 1], got {r}")
+    settings = []
+    for r in rescale or (0.0,):
+        for t in text:
+            for i in image:
+                setting = {"text_guidance_scale": float(t), "image_guidance_scale": float(i)}
+                if r:
+                    setting["guidance_rescale"] = float(r)
+                settings.append(setting)
+    return settings
 
 
 def editor_method(pipe, config, settings: list[dict[str, float]], name: str = "ip2p") -> Method:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
@@ -50,6 +51,9 @@ class EditConfig:
     resize_mode: ResizeMode = "fit"  # "fit" is the original's; "pad"/"crop" keep the exact aspect ratio
     restore_size: bool = False  # resize the result back to the input's size
     eta: float = 0.0  # DDIM only
+    # phi of Lin et al. 2024 (sec. 3.4): rescale the guided prediction towards the std of the fully conditioned
+    # one, which curbs the over-saturation of strong guidance on zero-terminal-SNR models; 0 = off (the paper's)
+    guidance_rescale: float = 0.0
 
     def validate(self) -> None:
         if self.num_inference_steps < 1:
@@ -58,6 +62,8 @@ class EditConfig:
             raise ValueError(f"the number of images must be at least 1, got {self.num_images}")
         if self.resolution < 8:
             raise ValueError(f"resolution must be at least 8, got {self.resolution}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance rescale must lie in [0, 1], got {self.guidance_rescale}")
         for name in ("text_guidance_scale", "image_guidance_scale"):
             if not (-100.0 <= getattr(self, name) <= 100.0):
                 raise ValueError(f"{name} = {getattr(self, name)} is outside [-100, 100]")
@@ -293,6 +299,7 @@ class EditPipeline:
             self.encode_image(pil_to_tensor(list(images))).to(self.dtype).repeat_interleave(k, dim=0)
         )  # (n, 4, h, w)
         text_scale, image_scale = config.text_guidance_scale, config.image_guidance_scale
+        rescale = config.guidance_rescale
 
         noise = randn_tensor(image_latents.shape, generator=generator, device=self.device, dtype=self.dtype)
 
@@ -312,7 +319,10 @@ class EditPipeline:
                 x = torch.cat([torch.cat([scaled] * 3), cond_image], dim=1)  # (3n, 8, h, w)
                 eps = self.components.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
                 eps_text_image, eps_image, eps_uncond = eps.chunk(3)  # 3 x (n, 4, h, w)
-                return dual_guidance(eps_text_image, eps_image, eps_uncond, text_scale, image_scale)
+                guided = dual_guidance(eps_text_image, eps_image, eps_uncond, text_scale, image_scale)
+                if rescale > 0:
+                    guided = rescale_noise_cfg(guided, eps_text_image, rescale)
+                return guided
 
         return denoise(
             model_fn,
