@@ -70,11 +70,13 @@ def test_randomized_guidance_draws_from_the_original_ranges():
 
 
 def test_defaults_per_model():
-    from ip2p.demo import TOY_RESOLUTION, TOY_STEPS
+    from ip2p.demo import TOY_IMAGE_GUIDANCE, TOY_RESOLUTION, TOY_STEPS, TOY_TEXT_GUIDANCE
 
     for name in ("toy", "tiny"):
         d = AppDefaults.for_model(name)
         assert (d.steps, d.resolution) == (TOY_STEPS, TOY_RESOLUTION)
+    toy = AppDefaults.for_model("toy")  # the toy editor starts at its own guidance, as the demo
+    assert (toy.text_guidance, toy.image_guidance) == (TOY_TEXT_GUIDANCE, TOY_IMAGE_GUIDANCE)
     d = AppDefaults.for_model("timbrooks/instruct-pix2pix")
     assert (d.steps, d.resolution, d.text_guidance, d.image_guidance, d.seed) == (100, 512, 7.5, 1.5, 1371)
 

@@ -28,7 +28,13 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ip2p.demo import TOY_RESOLUTION, TOY_STEPS, resolve_demo_model
+from ip2p.demo import (
+    TOY_IMAGE_GUIDANCE,
+    TOY_RESOLUTION,
+    TOY_STEPS,
+    TOY_TEXT_GUIDANCE,
+    resolve_demo_model,
+)
 from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
 from ip2p.models import TINY_MODEL, TOY_MODEL
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
@@ -81,8 +87,16 @@ class AppDefaults:
 
     @classmethod
     def for_model(cls, name: str) -> AppDefaults:
-        """The toy editor's preset (64 px, 20 steps) for the toy and tiny models, the paper's for the rest."""
-        if name in (TOY_MODEL, TINY_MODEL):
+        """The toy editor's preset (64 px, 20 steps, and for the toy editor its chosen guidance, as the demo's)
+        for the toy and tiny models, the paper's for the rest."""
+        if name == TOY_MODEL:
+            return cls(
+                steps=TOY_STEPS,
+                resolution=TOY_RESOLUTION,
+                text_guidance=TOY_TEXT_GUIDANCE,
+                image_guidance=TOY_IMAGE_GUIDANCE,
+            )
+        if name == TINY_MODEL:
             return cls(steps=TOY_STEPS, resolution=TOY_RESOLUTION)
         return cls()
 
