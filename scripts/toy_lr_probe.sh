@@ -2,7 +2,8 @@
 # The learning-rate probe behind the bundled editor's recipe (README): four variants of scripts/toy_editor.sh's
 # recipe trained side by side, each for at most MINUTES, then judged by the oracle on 300 held-out edits at text
 # guidance 3 and 5. Meant for one GPU: the README's run (one H200, MINUTES=6.5) stopped every variant at 4,000 to
-# 4,300 of its 8,800 steps. On this CPU give each variant its own run of scripts/toy_editor.sh instead.
+# 4,300 of its 8,800 steps. On this CPU give each variant its own run of scripts/toy_editor.sh instead. The probe
+# predates the timestep bias of the recipe, so it draws timesteps uniformly, as it did.
 #
 #   DATA=runs/toy-dataset/pairs/data scripts/toy_lr_probe.sh      # -> runs/toy-lr-probe/{variant}/eval/summary.csv
 set -euo pipefail
@@ -16,7 +17,7 @@ PY=${PY:-.venv/bin/python}
 mkdir -p "$ROOT"
 variant() {  # name, flags after the recipe's (the last value of a flag wins)
   OUT="$ROOT/$1" DATA="$DATA" MINUTES="$MINUTES" EVAL_ITEMS="$EVAL_ITEMS" TEXT_GUIDANCE=3,5 \
-    TRAIN_FLAGS="$2 --validation-steps 0 --num-validation-examples 0 --checkpointing-steps 100000" \
+    TRAIN_FLAGS="$2 --timestep-bias none --validation-steps 0 --num-validation-examples 0 --checkpointing-steps 100000" \
     scripts/toy_editor.sh > "$ROOT/$1.log" 2>&1 || { echo "$1 failed: see $ROOT/$1.log" >&2; return 1; }
 }
 variant constant-5e-4 "--learning-rate 5e-4 --lr-schedule constant" &
