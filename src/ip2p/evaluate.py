@@ -84,9 +84,7 @@ class EvalItem:
     edit_type: str | None = None
 
 
-def toy_test_set(
-    n: int = TOY_TEST_SIZE, seed: int = TOY_TEST_SEED, validation: bool = False
-) -> list[EvalItem]:
+def toy_test_set(n: int = TOY_TEST_SIZE, seed: int | None = None, validation: bool = False) -> list[EvalItem]:
     """``n`` held-out rendered toy scenes, one instruction each, the six edit types in turn (where possible).
 
     The scenes are the held-out evaluation scenes of the toy base model (never trained on), so the inputs are
@@ -94,7 +92,8 @@ def toy_test_set(
 
     ``validation=True`` gives the validation split instead: the held-out scenes after the first
     ``TOY_TEST_SIZE`` (disjoint from the reported test set ``toy:300``), with their own instructions, for choosing
-    settings such as guidance scales without looking at the test set.
+    settings such as guidance scales without looking at the test set. ``seed`` (default: the split's own) draws
+    the instructions.
     """
     import random
 
@@ -105,13 +104,10 @@ def toy_test_set(
 
     scenes = heldout_scenes()["mixed"]
     if validation:
-        scenes, seed, prefix = (
-            scenes[TOY_TEST_SIZE:],
-            (TOY_VAL_SEED if seed == TOY_TEST_SEED else seed),
-            "toy-val",
-        )
+        scenes, default_seed, prefix = scenes[TOY_TEST_SIZE:], TOY_VAL_SEED, "toy-val"
     else:
-        scenes, prefix = scenes[:TOY_TEST_SIZE], "toy"
+        scenes, default_seed, prefix = scenes[:TOY_TEST_SIZE], TOY_TEST_SEED, "toy"
+    seed = default_seed if seed is None else seed
     if not 1 <= n <= len(scenes):
         raise EvaluationError(f"the toy {prefix} set has 1 to {len(scenes)} items, asked for {n}")
     rng = random.Random(seed)

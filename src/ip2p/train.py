@@ -351,7 +351,7 @@ class Trainer:
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         # torch's fused AdamW (one kernel for every parameter) where the device has it; on CPU its default is a
-        # Python loop over the parameters, which on a small UNet costs a tenth of the step (benchmarks/bench_train.py)
+        # Python loop over the parameters
         fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in unet.parameters())
         self.optimizer = torch.optim.AdamW(
             unet.parameters(),
