@@ -21,8 +21,10 @@ from ip2p.train import (
     Trainer,
     augment_params,
     draw_timesteps,
+    epoch_order,
     example_seed,
     lr_factor,
+    read_sample_weights,
     timestep_weights,
     train,
 )
@@ -148,6 +150,46 @@ def test_timestep_bias_settings_are_checked(base_model, pairs, tmp_path):
         torch.rand((), generator=g)  # the dropout draw comes first
     expected = draw_timesteps(gens, 1000, "later", 9.0, 0.25)
     assert torch.equal(batch["timesteps"].cpu(), expected)
+
+
+def test_sample_weights_draw_examples_in_proportion_and_unweighted_epochs_are_permutations():
+    plain = epoch_order(42, 3, 50)
+    assert sorted(plain.tolist()) == list(range(50))  # every example once an epoch
+    assert torch.equal(plain, epoch_order(42, 3, 50)) and not torch.equal(plain, epoch_order(42, 4, 50))
+    weights = torch.tensor([0.0, 1.0, 3.0, 0.0], dtype=torch.float64)
+    drawn = torch.cat([epoch_order(42, e, 4, weights) for e in range(5000)])  # 20,000 draws
+    assert set(drawn.tolist()) == {1, 2}  # a weight of 0 is never drawn
+    assert float((drawn == 2).float().mean()) == pytest.approx(0.75, abs=0.013)  # 4 sigma
+    assert torch.equal(epoch_order(42, 7, 4, weights), epoch_order(42, 7, 4, weights))  # keyed: resumable
+
+
+def test_sample_weights_file_is_read_and_checked(tmp_path):
+    path = tmp_path / "w.txt"
+    path.write_text("# header\n1\n\n0.5  # a comment\n2e-1\n")
+    assert read_sample_weights(path, 3).tolist() == [1.0, 0.5, 0.2]
+    with pytest.raises(ValueError, match="3 weights for 4 training examples"):
+        read_sample_weights(path, 4)
+    for text, message in (
+        ("1\nx\n", r"w.txt:2: expected a number, got 'x'"),
+        ("1\n-1\n", "w.txt:2: weights must be finite and at least 0"),
+        ("1\nnan\n", "w.txt:2: weights must be finite"),
+        ("0\n0\n", "every weight is 0"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_sample_weights(path, 2)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_sample_weights(tmp_path / "missing.txt", 2)
+
+
+def test_trainer_draws_its_examples_by_the_sample_weights(base_model, pairs, tmp_path):
+    weights = tmp_path / "weights.txt"
+    weights.write_text("\n".join("1" if i == 3 else "0" for i in range(12)) + "\n")
+    trainer = Trainer(_config(base_model, pairs, tmp_path / "out", sample_weights=str(weights)))
+    assert {trainer._example_index(p) for p in range(36)} == {3}  # three epochs of draws, all of example 3
+    weights.write_text("1\n" * 11)
+    with pytest.raises(ValueError, match="11 weights for 12 training examples"):
+        Trainer(_config(base_model, pairs, tmp_path / "out2", sample_weights=str(weights)))
 
 
 def test_training_starts_from_the_text_to_image_unet_with_zero_extra_channels(base_model, pairs, tmp_path):

@@ -1149,6 +1149,24 @@ def _toy_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_toy, toy_main="judge-pairs")
+    q = toy.add_parser(
+        "type-weights",
+        help="sample weights that balance a toy pair dataset's edit types (for `ip2p train --sample-weights`)",
+        description="Read each pair's edit type from its instruction with the toy grammar and write one weight a "
+        "line, in the dataset's order: with --power 1 every type is drawn equally often in training. Pairs with "
+        "an instruction the grammar cannot read keep weight 1.",
+    )
+    q.add_argument(
+        "data", nargs="+", help="Parquet files/folders (official schema) or an original-format folder"
+    )
+    q.add_argument("-o", "--output", required=True, help="text file to write")
+    q.add_argument(
+        "--power",
+        type=float,
+        default=1.0,
+        help="1: equal types; 0.5: half-way from the data's proportions; 0: unchanged (default: %(default)s)",
+    )
+    q.set_defaults(func=cmd_toy, toy_main="type-weights")
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
@@ -1197,6 +1215,21 @@ def cmd_toy(args: argparse.Namespace) -> int:
         except (DatasetError, ValueError, OSError) as exc:
             raise CLIError(str(exc)) from exc
         print(json.dumps(report, indent=2) if args.json else text)
+        return 0
+    if args.toy_main == "type-weights":
+        from ip2p.datasets import DatasetError
+        from ip2p.toy.balance import write_type_weights
+
+        data = args.data if len(args.data) > 1 else args.data[0]
+        try:
+            summary = write_type_weights(data, args.output, args.power)
+        except (DatasetError, ValueError, OSError) as exc:
+            raise CLIError(str(exc)) from exc
+        for name, row in summary.items():
+            print(
+                f"{name:12} {row['pairs']:7d} pairs  {row['share']:6.1%} of the data  {row['share_drawn']:6.1%} drawn"
+            )
+        print(f"weights written to {args.output}")
         return 0
     if args.toy_main == "train-base":
         from ip2p.toy.train_base import main as train_main

@@ -88,6 +88,12 @@ class TrainConfig:
         "how many times more often the biased timesteps are drawn", default=2.0
     )
     timestep_bias_portion: float = _help("the share of the timesteps that is biased", default=0.25)
+    sample_weights: str | None = _help(
+        "a text file of one non-negative weight per training example, in the data's order (one number a line; "
+        "'#' comments): each epoch draws its examples in proportion to them, with replacement, for example to "
+        "balance edit types (`ip2p toy type-weights`); unset: every example once an epoch, as the paper",
+        default=None,
+    )
     use_ema: bool = _help("keep an EMA of the UNet and export it (paper: yes)", default=True)
     ema_decay: float = _help("EMA decay, with the (1+n)/(10+n) warm-up (paper: 0.9999)", default=0.9999)
     mixed_precision: str = _help("no, fp16 or bf16", default="no")
@@ -253,9 +259,38 @@ def example_seed(seed: int, position: int) -> int:
     return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
-def epoch_order(seed: int, epoch: int, size: int) -> torch.Tensor:
-    """The data order of an epoch: a permutation drawn from the run's seed and the epoch."""
-    return torch.randperm(size, generator=torch.Generator().manual_seed(example_seed(seed, -1 - epoch)))
+def epoch_order(seed: int, epoch: int, size: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The data order of an epoch, drawn from the run's seed and the epoch: a permutation, or with ``weights``
+    ``size`` draws with replacement in proportion to them."""
+    generator = torch.Generator().manual_seed(example_seed(seed, -1 - epoch))
+    if weights is None:
+        return torch.randperm(size, generator=generator)
+    return torch.multinomial(weights.double(), size, replacement=True, generator=generator)
+
+
+def read_sample_weights(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """One weight per example from a text file: one number a line, blank lines and '#' comments skipped."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"sample weights {path}: cannot read ({exc})") from None
+    values = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{path}:{number}: weights must be finite and at least 0, got {text}")
+        values.append(value)
+    if len(values) != size:
+        raise ValueError(f"{path}: {len(values)} weights for {size} training examples")
+    if not any(values):
+        raise ValueError(f"{path}: every weight is 0")
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def augment_params(rng: random.Random, resize: tuple[int, int], crop: int, flip_prob: float):
@@ -322,6 +357,9 @@ class Trainer:
         )
         if len(self.dataset) == 0:
             raise ValueError("the training data is empty")
+        self.sample_weights = (
+            read_sample_weights(config.sample_weights, len(self.dataset)) if config.sample_weights else None
+        )
 
         components = load_pipeline_components_for_training(config.base_model, load_pipeline_components)
         if components.unet.config.in_channels == components.vae.config.latent_channels:
@@ -411,7 +449,8 @@ class Trainer:
         n = len(self.dataset)
         epoch, i = divmod(position, n)
         if getattr(self, "_order_epoch", None) != epoch:
-            self._order, self._order_epoch = epoch_order(self.config.seed, epoch, n), epoch
+            self._order = epoch_order(self.config.seed, epoch, n, self.sample_weights)
+            self._order_epoch = epoch
         return int(self._order[i])
 
     def _batch(self, positions: list[int]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,78 @@
+"""Sample weights that balance a toy pair dataset's edit types, for ``ip2p train --sample-weights``.
+
+A synthesized dataset has the edit types its language model wrote, in its proportions (the toy one: a quarter
+style changes, 8% removals); the test set has every type equally often. Each pair's type is read from its
+instruction by the toy grammar (the images are not looked at). With ``power`` 1 every readable type gets the same
+share of the draws; 0.5 moves half-way (in log terms) from the data's proportions, as multilingual models temper
+language sampling; 0 keeps them. Pairs whose instruction the grammar cannot read keep weight 1, so they keep their
+share of the draws.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ip2p.datasets import open_edit_dataset
+
+from .edits import edit_type_of
+
+UNREADABLE = "unreadable"
+
+
+def edit_types(instructions: Iterable[str]) -> list[str]:
+    """Each instruction's edit type, or ``UNREADABLE``."""
+    types = []
+    for text in instructions:
+        try:
+            types.append(edit_type_of(str(text)))
+        except (ValueError, KeyError, TypeError):
+            types.append(UNREADABLE)
+    return types
+
+
+def type_weights(types: Sequence[str], power: float = 1.0) -> list[float]:
+    """One weight per example such that type t's share of the readable draws is proportional to n_t^(1-power),
+    and the readable examples keep their share of all draws (each unreadable one weighs 1)."""
+    if power < 0:
+        raise ValueError(f"power must be at least 0, got {power}")
+    counts = Counter(t for t in types if t != UNREADABLE)
+    readable = sum(counts.values())
+    if not readable:
+        raise ValueError("no instruction the toy grammar can read")
+    mass = {t: n ** (1 - power) for t, n in counts.items()}
+    total = sum(mass.values())
+    per_example = {t: readable * mass[t] / total / counts[t] for t in counts}
+    return [1.0 if t == UNREADABLE else per_example[t] for t in types]
+
+
+def write_type_weights(
+    source: str | os.PathLike | Sequence[str], output: str | os.PathLike, power: float = 1.0
+) -> dict[str, dict[str, float]]:
+    """Write ``output`` (one weight a line, in the dataset's order, as ``ip2p train`` reads it) and return each
+    type's pairs and share of the draws before and after."""
+    data = open_edit_dataset(source)
+    types = edit_types(data[i].edit_prompt for i in range(len(data)))
+    weights = type_weights(types, power)
+    counts = Counter(types)
+    drawn: Counter[str] = Counter()
+    for t, w in zip(types, weights, strict=True):
+        drawn[t] += w
+    total = sum(weights)
+    summary = {
+        t: {"pairs": counts[t], "share": counts[t] / len(types), "share_drawn": drawn[t] / total}
+        for t in sorted(counts)
+    }
+    header = [f"# ip2p toy type-weights, power {power}: {len(types)} pairs"]
+    header += [
+        f"# {t}: {s['pairs']} pairs, {s['share']:.1%} of the data, {s['share_drawn']:.1%} of the draws"
+        for t, s in summary.items()
+    ]
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(header + [f"{w:.8g}" for w in weights]) + "\n")
+    os.replace(tmp, path)
+    return summary
