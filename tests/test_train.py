@@ -161,11 +161,15 @@ def test_sample_weights_draw_examples_in_proportion_and_unweighted_epochs_are_pe
     assert set(drawn.tolist()) == {1, 2}  # a weight of 0 is never drawn
     assert float((drawn == 2).float().mean()) == pytest.approx(0.75, abs=0.013)  # 4 sigma
     assert torch.equal(epoch_order(42, 7, 4, weights), epoch_order(42, 7, 4, weights))  # keyed: resumable
+    many = torch.ones(64, dtype=torch.float64)
+    assert not torch.equal(
+        epoch_order(42, 0, 64, many), epoch_order(42, 1, 64, many)
+    )  # a new draw each epoch
 
 
-def test_sample_weights_file_is_read_and_checked(tmp_path):
+def test_sample_weights_file_is_read_and_checked(tmp_path, monkeypatch):
     path = tmp_path / "w.txt"
-    path.write_text("# header\n1\n\n0.5  # a comment\n2e-1\n")
+    path.write_text("\ufeff# header\n1\n\n0.5  # a comment\r\n2e-1\n", encoding="utf-8")  # a BOM, CRLF
     assert read_sample_weights(path, 3).tolist() == [1.0, 0.5, 0.2]
     with pytest.raises(ValueError, match="3 weights for 4 training examples"):
         read_sample_weights(path, 4)
@@ -174,10 +178,15 @@ def test_sample_weights_file_is_read_and_checked(tmp_path):
         ("1\n-1\n", "w.txt:2: weights must be finite and at least 0"),
         ("1\nnan\n", "w.txt:2: weights must be finite"),
         ("0\n0\n", "every weight is 0"),
+        ("1e308\n1e308\n", "sum overflows"),
     ):
         path.write_text(text)
         with pytest.raises(ValueError, match=message):
             read_sample_weights(path, 2)
+    path.write_text("1\n" * 3)
+    monkeypatch.setattr("ip2p.train.MAX_WEIGHTED_EXAMPLES", 2)
+    with pytest.raises(ValueError, match="sample weights take at most 2 examples"):
+        read_sample_weights(path, 3)
     with pytest.raises(ValueError, match="cannot read"):
         read_sample_weights(tmp_path / "missing.txt", 2)
 
@@ -187,6 +196,12 @@ def test_trainer_draws_its_examples_by_the_sample_weights(base_model, pairs, tmp
     weights.write_text("\n".join("1" if i == 3 else "0" for i in range(12)) + "\n")
     trainer = Trainer(_config(base_model, pairs, tmp_path / "out", sample_weights=str(weights)))
     assert {trainer._example_index(p) for p in range(36)} == {3}  # three epochs of draws, all of example 3
+    trainer.save_checkpoint()
+    weights.write_text("1\n" * 12)  # other weights: the saved run cannot be continued with them
+    with pytest.raises(ValueError, match="drew examples by other sample weights"):
+        Trainer(_config(base_model, pairs, tmp_path / "out", sample_weights=str(weights)))
+    with pytest.raises(ValueError, match="drew examples by other sample weights"):
+        Trainer(_config(base_model, pairs, tmp_path / "out"))  # nor without them
     weights.write_text("1\n" * 11)
     with pytest.raises(ValueError, match="11 weights for 12 training examples"):
         Trainer(_config(base_model, pairs, tmp_path / "out2", sample_weights=str(weights)))

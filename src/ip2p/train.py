@@ -268,10 +268,13 @@ def epoch_order(seed: int, epoch: int, size: int, weights: torch.Tensor | None =
     return torch.multinomial(weights.double(), size, replacement=True, generator=generator)
 
 
+MAX_WEIGHTED_EXAMPLES = 2**24
+
+
 def read_sample_weights(path: str | os.PathLike, size: int) -> torch.Tensor:
     """One weight per example from a text file: one number a line, blank lines and '#' comments skipped."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"sample weights {path}: cannot read ({exc})") from None
     values = []
@@ -288,8 +291,15 @@ def read_sample_weights(path: str | os.PathLike, size: int) -> torch.Tensor:
         values.append(value)
     if len(values) != size:
         raise ValueError(f"{path}: {len(values)} weights for {size} training examples")
+    if size > MAX_WEIGHTED_EXAMPLES:
+        raise ValueError(
+            f"{path}: sample weights take at most {MAX_WEIGHTED_EXAMPLES:,} examples (torch.multinomial's limit), "
+            f"the data has {size:,}"
+        )
     if not any(values):
         raise ValueError(f"{path}: every weight is 0")
+    if not math.isfinite(sum(values)):
+        raise ValueError(f"{path}: the weights' sum overflows; scale them down")
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -680,6 +690,7 @@ class Trainer:
                 "lr_scheduler": self.lr_scheduler.state_dict(),
                 "ema_optimization_step": self.ema.optimization_step if self.ema else None,
                 "config": asdict(self.config),
+                "sample_weights_sha256": self._sample_weights_sha256(),
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
             if final.exists():
@@ -703,6 +714,12 @@ class Trainer:
         # Our own checkpoint, holding tensors and numbers only: weights_only refuses anything else.
         self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         state = json.loads((ckpt / "state.json").read_text())
+        recorded, current = state.get("sample_weights_sha256"), self._sample_weights_sha256()
+        if recorded != current:
+            raise ValueError(
+                f"{ckpt}: its run drew examples by other sample weights ({recorded or 'none'}, now "
+                f"{current or 'none'}); resuming would not continue the same run (use another --output-dir)"
+            )
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None and (ckpt / "ema.safetensors").is_file():
             shadows = load_file(ckpt / "ema.safetensors")
@@ -711,6 +728,14 @@ class Trainer:
         self.step = state["step"]
         if self.accelerator.is_main_process:
             print(f"resumed from {ckpt} at step {self.step}")
+
+    def _sample_weights_sha256(self) -> str | None:
+        """A digest of the weights the data order is drawn from, so that a resume continues the same run."""
+        if self.sample_weights is None:
+            return None
+        import hashlib
+
+        return hashlib.sha256(self.sample_weights.numpy().tobytes()).hexdigest()
 
     # -- outputs -------------------------------------------------------------------------------------------
     def _final_unet(self):

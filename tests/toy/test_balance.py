@@ -34,8 +34,11 @@ def test_power_one_draws_every_type_equally_and_unreadable_pairs_keep_their_shar
     assert _shares(types, type_weights(types, 0.0)) == pytest.approx(_shares(types, [1.0] * len(types)))
     half = _shares(types, type_weights(types, 0.5))
     assert half["style"] / half["recolor"] == pytest.approx(6**0.5)  # tempered: sqrt of the count ratio
-    with pytest.raises(ValueError, match="power must be at least 0"):
-        type_weights(types, -1)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="power must be a number of at least 0"):
+            type_weights(types, bad)
+    steep = _shares(types, type_weights(types, 1e6))  # no overflow: the rarest type takes the readable draws
+    assert steep["recolor"] == pytest.approx(0.9)
     with pytest.raises(ValueError, match="no instruction the toy grammar can read"):
         type_weights([UNREADABLE], 1.0)
 
@@ -69,5 +72,7 @@ def test_type_weights_command_writes_one_weight_per_pair_in_the_data_order(tmp_p
     assert main(["toy", "type-weights", str(tmp_path / "none"), "-o", str(out)]) == 1
     assert "no such file" in capsys.readouterr().err
     assert main(["toy", "type-weights", str(tmp_path / "data"), "-o", str(out), "--power", "-2"]) == 1
-    assert "power must be at least 0" in capsys.readouterr().err
+    assert "power must be a number of at least 0" in capsys.readouterr().err
     assert read_sample_weights(out, len(rows)).tolist() == pytest.approx(weights.tolist())  # left as it was
+    assert main(["toy", "type-weights", str(tmp_path / "data"), "-o", str(tmp_path / "w")]) == 1  # a folder
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["weights.txt"]  # no temporary file left

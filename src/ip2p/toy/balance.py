@@ -1,7 +1,8 @@
 """Sample weights that balance a toy pair dataset's edit types, for ``ip2p train --sample-weights``.
 
 A synthesized dataset has the edit types its language model wrote, in its proportions (the toy one: a quarter
-style changes, 8% removals); the test set has every type equally often. Each pair's type is read from its
+style changes, 9.5% removals); the toy test set asks for the six types in turn (additions and removals come out at
+about 12% each, where a scene cannot take them). Each pair's type is read from its
 instruction by the toy grammar (the images are not looked at). With ``power`` 1 every readable type gets the same
 share of the draws; 0.5 moves half-way (in log terms) from the data's proportions, as multilingual models temper
 language sampling; 0 keeps them. Pairs whose instruction the grammar cannot read keep weight 1, so they keep their
@@ -10,7 +11,9 @@ share of the draws.
 
 from __future__ import annotations
 
+import math
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,13 +39,15 @@ def edit_types(instructions: Iterable[str]) -> list[str]:
 def type_weights(types: Sequence[str], power: float = 1.0) -> list[float]:
     """One weight per example such that type t's share of the readable draws is proportional to n_t^(1-power),
     and the readable examples keep their share of all draws (each unreadable one weighs 1)."""
-    if power < 0:
-        raise ValueError(f"power must be at least 0, got {power}")
+    if not (math.isfinite(power) and power >= 0):
+        raise ValueError(f"power must be a number of at least 0, got {power}")
     counts = Counter(t for t in types if t != UNREADABLE)
     readable = sum(counts.values())
     if not readable:
         raise ValueError("no instruction the toy grammar can read")
-    mass = {t: n ** (1 - power) for t, n in counts.items()}
+    logs = {t: (1 - power) * math.log(n) for t, n in counts.items()}
+    top = max(logs.values())
+    mass = {t: math.exp(v - top) for t, v in logs.items()}  # in log space: no overflow for any power
     total = sum(mass.values())
     per_example = {t: readable * mass[t] / total / counts[t] for t in counts}
     return [1.0 if t == UNREADABLE else per_example[t] for t in types]
@@ -72,7 +77,12 @@ def write_type_weights(
     ]
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(header + [f"{w:.8g}" for w in weights]) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(header + [f"{w:.8g}" for w in weights]) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return summary
