@@ -1166,6 +1166,12 @@ def _toy_parser(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="1: equal types; 0.5: half-way from the data's proportions; 0: unchanged (default: %(default)s)",
     )
+    q.add_argument(
+        "--shares",
+        default=None,
+        help="each type's share of the draws instead, as TYPE=SHARE for every type in the data, comma-separated "
+        "(normalised; for example the test set's own mix)",
+    )
     q.set_defaults(func=cmd_toy, toy_main="type-weights")
 
 
@@ -1218,11 +1224,12 @@ def cmd_toy(args: argparse.Namespace) -> int:
         return 0
     if args.toy_main == "type-weights":
         from ip2p.datasets import DatasetError
-        from ip2p.toy.balance import write_type_weights
+        from ip2p.toy.balance import parse_shares, write_type_weights
 
         data = args.data if len(args.data) > 1 else args.data[0]
         try:
-            summary = write_type_weights(data, args.output, args.power)
+            shares = parse_shares(args.shares) if args.shares is not None else None
+            summary = write_type_weights(data, args.output, args.power, shares)
         except (DatasetError, ValueError, OSError) as exc:
             raise CLIError(str(exc)) from exc
         for name, row in summary.items():

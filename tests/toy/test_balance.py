@@ -6,7 +6,7 @@ import pytest
 
 from ip2p.cli import main
 from ip2p.datasets import write_parquet_shard
-from ip2p.toy.balance import UNREADABLE, edit_types, type_weights
+from ip2p.toy.balance import UNREADABLE, edit_types, parse_shares, type_weights
 from ip2p.train import read_sample_weights
 
 
@@ -74,5 +74,20 @@ def test_type_weights_command_writes_one_weight_per_pair_in_the_data_order(tmp_p
     assert main(["toy", "type-weights", str(tmp_path / "data"), "-o", str(out), "--power", "-2"]) == 1
     assert "power must be a number of at least 0" in capsys.readouterr().err
     assert read_sample_weights(out, len(rows)).tolist() == pytest.approx(weights.tolist())  # left as it was
+    assert main(["toy", "type-weights", str(tmp_path / "data"), "-o", str(out), "--shares", "add=1"]) == 1
+    assert "shares must name every edit type" in capsys.readouterr().err
     assert main(["toy", "type-weights", str(tmp_path / "data"), "-o", str(tmp_path / "w")]) == 1  # a folder
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["weights.txt"]  # no temporary file left
+
+
+def test_shares_set_each_types_share_of_the_readable_draws():
+    types = ["style"] * 6 + ["remove"] * 2 + ["recolor"] + [UNREADABLE]
+    shares = parse_shares("style=2, remove=1,recolor=1")
+    got = _shares(types, type_weights(types, shares=shares))
+    assert got["style"] == pytest.approx(0.9 * 0.5) and got["remove"] == pytest.approx(0.9 * 0.25)
+    assert got[UNREADABLE] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="missing: style; not in the data: add"):
+        type_weights(types, shares={"remove": 1, "recolor": 1, "add": 1})
+    for bad in ("style", "style=0", "style=x", "=1", ""):
+        with pytest.raises(ValueError, match="shares: "):
+            parse_shares(bad)
