@@ -152,6 +152,38 @@ def test_timestep_bias_settings_are_checked(base_model, pairs, tmp_path):
     assert torch.equal(batch["timesteps"].cpu(), expected)
 
 
+def test_classic_attention_trains_the_same_model_as_sdpa(base_model, pairs, tmp_path):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    with pytest.raises(ValueError, match="attention must be sdpa or classic"):
+        _config(base_model, pairs, tmp_path, attention="flash").validate()
+    kw = dict(max_train_steps=3, num_validation_examples=0)
+    sdpa = Trainer(_config(base_model, pairs, tmp_path / "sdpa", **kw))
+    classic = Trainer(_config(base_model, pairs, tmp_path / "classic", attention="classic", **kw))
+    processors = {
+        name: {type(p) for p in t.accelerator.unwrap_model(t.unet).attn_processors.values()}
+        for name, t in (("sdpa", sdpa), ("classic", classic))
+    }
+    assert processors == {"sdpa": {AttnProcessor2_0}, "classic": {AttnProcessor}}
+    sdpa.train()
+    classic.train()
+    for p, q in zip(
+        sdpa.accelerator.unwrap_model(sdpa.unet).parameters(),
+        classic.accelerator.unwrap_model(classic.unet).parameters(),
+        strict=True,
+    ):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)  # AdamW's steps are about 1e-3 each
+    moved = max(
+        float((p - q).abs().max())
+        for p, q in zip(
+            classic.accelerator.unwrap_model(classic.unet).parameters(),
+            Trainer(_config(base_model, pairs, tmp_path / "fresh", **kw)).unet.parameters(),
+            strict=True,
+        )
+    )
+    assert moved > 1e-3  # the runs compared did train, by more than the tolerance
+
+
 def test_sample_weights_draw_examples_in_proportion_and_unweighted_epochs_are_permutations():
     plain = epoch_order(42, 3, 50)
     assert sorted(plain.tolist()) == list(range(50))  # every example once an epoch
@@ -552,3 +584,5 @@ def test_bad_data_and_flags_are_one_line_errors(base_model, tmp_path, capsys):
     assert "mixed_precision" in capsys.readouterr().err
     assert main(["train", "--base-model", base_model, "--data", "x", "--lr-schedule", "step"]) == 1
     assert "lr_schedule must be constant, linear, cosine" in capsys.readouterr().err
+    assert main(["train", "--base-model", base_model, "--data", "x", "--attention", "xformers"]) == 1
+    assert "attention must be sdpa or classic" in capsys.readouterr().err

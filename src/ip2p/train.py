@@ -98,6 +98,12 @@ class TrainConfig:
     ema_decay: float = _help("EMA decay, with the (1+n)/(10+n) warm-up (paper: 0.9999)", default=0.9999)
     mixed_precision: str = _help("no, fp16 or bf16", default="no")
     gradient_checkpointing: bool = _help("trade compute for memory in the UNet", default=False)
+    attention: str = _help(
+        "the UNet's attention kernels in training: sdpa (torch's scaled_dot_product_attention, diffusers' "
+        "default) or classic (diffusers' AttnProcessor: the same math as explicit matmuls and a softmax; faster "
+        "on a CPU when the heads are small, as the toy UNet's 4-dim heads: benchmarks/bench_attention.py)",
+        default="sdpa",
+    )
     max_minutes: float | None = _help(
         "stop after this many minutes of training, with a checkpoint, and export (for time-limited jobs; the "
         "same command with more time resumes towards max_train_steps)",
@@ -143,6 +149,8 @@ class TrainConfig:
                 "timestep_bias_multiplier must be above 0 and timestep_bias_portion in (0, 1], got "
                 f"{self.timestep_bias_multiplier} and {self.timestep_bias_portion}"
             )
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be {' or '.join(ATTENTIONS)}, got {self.attention!r}")
         if self.latent_target not in ("sample", "mean"):
             raise ValueError(f"latent_target must be sample or mean, got {self.latent_target!r}")
         from ip2p.models import CONV_IN_INITS
@@ -197,6 +205,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # -- pure pieces ------------------------------------------------------------------------------------------------
 LR_SCHEDULES = ("constant", "linear", "cosine")
+ATTENTIONS = ("sdpa", "classic")
 TIMESTEP_BIASES = ("none", "later", "earlier")
 
 
@@ -396,6 +405,10 @@ class Trainer:
         for frozen in (components.vae, components.text_encoder):
             frozen.requires_grad_(False).eval().to(device, self.weight_dtype)
         unet = components.unet.train()
+        if config.attention == "classic":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            unet.set_attn_processor(AttnProcessor())
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         # torch's fused AdamW (one kernel for every parameter) where the device has it; on CPU its default is a
