@@ -324,3 +324,106 @@ def test_unet_stage_under_bf16_autocast(trained, tmp_path):
         train_base(
             tmp_path / "x", "cpu", preset("test"), tiny_settings(unet_precision="fp8"), stages=("unet",)
         )
+
+
+@pytest.mark.parametrize("stage", ["clip", "unet"])
+def test_classic_attention_trains_the_same_models_as_sdpa(trained, tmp_path, stage):
+    """--attention classic (transformers' eager attention, diffusers' AttnProcessor) is the same math as SDPA: the
+    stage ends with the same weights within rounding, and saves models that load with the libraries' default."""
+    out, _ = trained
+    _restart_stage(out, tmp_path / "classic", stage)
+    train_base(
+        tmp_path / "classic", "cpu", preset("test"), tiny_settings(attention="classic"), stages=(stage,)
+    )
+    weights = {"clip": "clip/model.safetensors", "unet": "base/unet/diffusion_pytorch_model.safetensors"}[
+        stage
+    ]
+    sdpa, classic = load_file(out / weights), load_file(tmp_path / "classic" / weights)
+    assert sdpa.keys() == classic.keys()
+    for k in sdpa:
+        torch.testing.assert_close(classic[k], sdpa[k], rtol=1e-3, atol=1e-4)  # AdamW's steps are 1e-3 each
+    if stage == "clip":
+        config = json.loads((tmp_path / "classic" / "clip" / "config.json").read_text())
+        assert "eager" not in json.dumps(config)
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(tmp_path / "classic" / "clip")
+        assert model.config._attn_implementation != "eager"
+
+
+def test_clip_stage_under_bf16_autocast(trained, tmp_path):
+    """--clip-precision bf16 trains the same float32 CLIP under bfloat16 autocast: a different, finite result."""
+    out, _ = trained
+    _restart_stage(out, tmp_path / "bf16", "clip")
+    train_base(
+        tmp_path / "bf16", "cpu", preset("test"), tiny_settings(clip_precision="bf16"), stages=("clip",)
+    )
+    fp32, bf16 = (
+        load_file(out / "clip/model.safetensors"),
+        load_file(tmp_path / "bf16/clip/model.safetensors"),
+    )
+    assert all(v.dtype == torch.float32 and v.isfinite().all() for v in bf16.values())
+    assert any(not torch.equal(fp32[k], bf16[k]) for k in fp32)
+    record = json.loads((tmp_path / "bf16" / "work" / "clip" / "settings.json").read_text())
+    assert record["train"]["clip_precision"] == "bf16"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--attention", "flash"], "attention must be sdpa or classic, not 'flash'"),
+        (["--clip-precision", "fp16"], "clip precision must be fp32 or bf16, not 'fp16'"),
+        (["--unet-precision", "fp8"], "unet precision must be fp32 or bf16, not 'fp8'"),
+    ],
+)
+def test_train_base_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, flags, message):
+    from ip2p.cli import main
+
+    assert main(["toy", "train-base", "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"ip2p toy train-base: error: {message}"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_use_attention_switches_both_libraries_kernels():
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from ip2p.toy.train_base import use_attention
+
+    cfg = preset("test")
+    tokenizer = build_tokenizer(cfg.clip, tokenizer_corpus(200, 100))
+    clip = build_clip(cfg.clip, tokenizer)
+    unet = build_unet(cfg.unet, cfg.clip.text_hidden)
+    use_attention(clip, "classic")
+    use_attention(unet, "classic")
+    assert clip.config._attn_implementation == "eager"
+    assert {type(p) for p in unet.attn_processors.values()} == {AttnProcessor}
+    use_attention(clip, "sdpa")
+    use_attention(unet, "sdpa")
+    assert clip.config._attn_implementation == "sdpa"
+    assert {type(p) for p in unet.attn_processors.values()} == {AttnProcessor2_0}
+
+
+def test_a_signal_ends_the_step_saves_a_checkpoint_and_stops(tmp_path):
+    """SIGTERM (or Ctrl-C) during a stage: the step under way ends, its checkpoint is saved, Interrupted is raised
+    and the previous handler is back; the run is then resumed from that step as from any checkpoint."""
+    import os
+    import signal
+
+    from ip2p.toy.train_base import Interrupted, _loop
+
+    saved, ran = [], []
+
+    def step_fn(step):
+        ran.append(step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return 1.0
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match=r"stopped at step 3 of 10 \(SIGTERM\).*run the same command again"):
+        _loop("unet", 10, 0, step_fn, saved.append, ckpt_every=5, threads=1)
+    assert ran == [0, 1, 2] and saved == [3]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert _loop("unet", 10, 3, lambda step: ran.append(step) or 1.0, saved.append, 5, 1) == 10
+    assert ran == list(range(10)) and saved == [3, 5, 10]

@@ -39,13 +39,16 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import random
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -115,6 +118,10 @@ class TrainSettings:
     clip_hard_captions: int = 2  # extra one-attribute-distractor captions per image
     clip_lr: float = 1e-3
     clip_attribute_weight: float = 1.0  # auxiliary attribute read-outs (see AttributeHeads); 0 turns them off
+    # "bf16": CLIP's towers (stages clip and clip_vision) under bfloat16 autocast; embeddings are normalised and the
+    # losses computed in float32, weights and optimizer stay float32. On this CPU, with "classic" attention, a step
+    # takes half the time (benchmarks/bench_base_train.py). "fp32": none.
+    clip_precision: str = "fp32"
     # Stage "clip_vision" (optional, after "clip"): the image tower fine-tuned against the frozen text tower, with
     # the CLIP stage's batches and losses. The text tower, hence the UNet's text encoder, is left as it is, so this
     # stage can also run after the UNet stage; it rewrites clip/ when it ends.
@@ -130,6 +137,10 @@ class TrainSettings:
     # float32; on a CPU with AVX-512 BF16 or AMX it is faster (benchmarks/bench_base_train.py). "fp32": none.
     unet_precision: str = "fp32"
     caption_dropout: float = 0.1
+    # Attention kernels while training CLIP and the UNet: "sdpa" (torch's scaled_dot_product_attention, the
+    # libraries' default) or "classic" (transformers' eager attention, diffusers' AttnProcessor: the same math in
+    # plain matrix products, faster on a CPU for these small heads). The saved models are the same either way.
+    attention: str = "sdpa"
     canonical_captions: float = 0.3  # fraction of UNet captions in canonical phrasing (the rest varied)
     ema_decay: float = 0.999
 
@@ -252,6 +263,36 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+PRECISIONS = ("fp32", "bf16")
+ATTENTIONS = ("sdpa", "classic")
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """One-line errors for settings no stage can use."""
+    for name in ("unet_precision", "clip_precision"):
+        if getattr(settings, name) not in PRECISIONS:
+            raise ValueError(
+                f"{name.replace('_', ' ')} must be fp32 or bf16, not {getattr(settings, name)!r}"
+            )
+    if settings.attention not in ATTENTIONS:
+        raise ValueError(f"attention must be sdpa or classic, not {settings.attention!r}")
+
+
+def use_attention(model, attention: str):
+    """Switch a CLIPModel or a UNet2DConditionModel to ``attention`` kernels (see TrainSettings.attention)."""
+    if hasattr(model, "set_attn_processor"):
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        model.set_attn_processor(AttnProcessor() if attention == "classic" else AttnProcessor2_0())
+    else:
+        model.set_attn_implementation("eager" if attention == "classic" else "sdpa")
+    return model
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def step_seed(seed: int, stage: str, step: int) -> int:
     """The seed of one step's generators: a step's randomness does not depend on how the run got there."""
     return (seed * 1_000_003 + sum(map(ord, stage)) * 7_919 + step) % (2**63)
@@ -349,6 +390,29 @@ class _Timer:
         return f"{self.wall / n:.2f} s/step wall, {self.cpu / n / max(1, threads):.2f} s/step CPU/thread"
 
 
+class Interrupted(Exception):
+    """A stage stopped by SIGINT or SIGTERM, after saving a checkpoint of the step it had reached."""
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """SIGINT and SIGTERM set a flag that the loop checks between steps (main thread only; handlers restored)."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["signal"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _loop(
     name: str,
     total: int,
@@ -362,26 +426,34 @@ def _loop(
 ) -> int:
     """Run steps ``start .. total - 1`` (of a schedule of ``total``), checkpointing every ``ckpt_every``; end early,
     with a checkpoint, after step ``stop`` or once ``minutes`` of wall time have passed, if set. Returns the number
-    of steps done."""
+    of steps done. SIGINT or SIGTERM ends the step under way, saves a checkpoint and raises :class:`Interrupted`, so
+    that a run stopped on purpose (for example to resume it with more threads) loses nothing."""
     timer = _Timer()
     smooth = None
     deadline = time.monotonic() + 60 * minutes if minutes > 0 else None
     end = _stage_end(total, stop)
     bar = tqdm(range(start, end), initial=start, total=total, desc=name, dynamic_ncols=True, mininterval=5)
     done = start
-    for step in bar:
-        with timer:
-            loss = step_fn(step)
-        done = step + 1
-        smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
-        bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
-        out_of_time = deadline is not None and time.monotonic() > deadline
-        if done % ckpt_every == 0 or done == end or out_of_time:
-            save_fn(done)
-            tqdm.write(f"[{name}] step {done}/{total} loss {smooth:.4f} ({timer.summary(threads)})")
-        if out_of_time and done < total:
-            tqdm.write(f"[{name}] stopping at step {done} of {total}: its {minutes:g} minutes are spent")
-            break
+    with _stop_requests() as stop:
+        for step in bar:
+            with timer:
+                loss = step_fn(step)
+            done = step + 1
+            smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
+            bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
+            out_of_time = deadline is not None and time.monotonic() > deadline
+            if done % ckpt_every == 0 or done == end or out_of_time or stop["signal"] is not None:
+                save_fn(done)
+                tqdm.write(f"[{name}] step {done}/{total} loss {smooth:.4f} ({timer.summary(threads)})")
+            if stop["signal"] is not None and done < end:
+                bar.close()
+                raise Interrupted(
+                    f"{name} stage stopped at step {done} of {total} ({signal.Signals(stop['signal']).name}), "
+                    "checkpoint saved: run the same command again to resume"
+                )
+            if out_of_time and done < total:
+                tqdm.write(f"[{name}] stopping at step {done} of {total}: its {minutes:g} minutes are spent")
+                break
     bar.close()
     if done == end < total:
         tqdm.write(f"[{name}] ending at step {done} of {total}, as asked")
@@ -640,13 +712,13 @@ def text_embeddings(clip, tokenizer, texts: list[str], device: torch.device) -> 
 def text_embeddings_of_ids(clip, ids: torch.Tensor) -> torch.Tensor:
     emb = clip.get_text_features(input_ids=ids)
     emb = getattr(emb, "pooler_output", emb)
-    return F.normalize(emb, dim=-1)
+    return F.normalize(emb.float(), dim=-1)
 
 
 def image_embeddings(clip, pixels: torch.Tensor) -> torch.Tensor:
     emb = clip.get_image_features(pixel_values=pixels)
     emb = getattr(emb, "pooler_output", emb)
-    return F.normalize(emb, dim=-1)
+    return F.normalize(emb.float(), dim=-1)
 
 
 def clip_batch(
@@ -792,6 +864,7 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         tokenizer = build_tokenizer(cfg.clip, tokenizer_corpus(n_texts - n_texts // 3, n_texts // 3))
         _save_pretrained_atomic(tokenizer, tok_dir)
     clip = build_clip(cfg.clip, tokenizer, seed=settings.seed).to(device).train()
+    use_attention(clip, settings.attention)
     heads = AttributeHeads(cfg.clip.projection_dim).to(device)
     params = [*clip.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.clip_lr, weight_decay=0.05)
@@ -823,8 +896,9 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         n_captions = batch["n_captions"]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings.clip_steps, settings.clip_lr, 100)
-        image_emb = image_embeddings(clip, batch["pixels"])
-        all_text = text_embeddings_of_ids(clip, batch["ids"])
+        with _autocast(device, settings.clip_precision):
+            image_emb = image_embeddings(clip, batch["pixels"])
+            all_text = text_embeddings_of_ids(clip, batch["ids"])
         loss = clip_loss(clip, image_emb, all_text[:n_captions], all_text[n_captions:], batch["same"])
         if settings.clip_attribute_weight > 0:
             aux = heads.loss(heads.read_image(image_emb), batch["image_targets"])
@@ -852,7 +926,7 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         settings.clip_stop_step,
     )
 
-    clip = clip.to("cpu").eval()
+    clip = use_attention(clip.to("cpu").eval(), "sdpa")
     processor = CLIPImageProcessor(
         do_resize=True,
         size={"shortest_edge": cfg.image_size},
@@ -930,7 +1004,9 @@ def train_clip_vision(
     if not (source / "config.json").is_file():
         _atomic_copytree(final, source)
     tokenizer = CLIPTokenizer.from_pretrained(source)
-    clip = CLIPModel.from_pretrained(source, dtype=torch.float32).to(device)
+    clip = use_attention(
+        CLIPModel.from_pretrained(source, dtype=torch.float32).to(device), settings.attention
+    )
     current = load_file(final / "model.safetensors")
     text = {k: v for k, v in clip.state_dict().items() if not _is_vision_weight(k)}
     if any(not torch.equal(v.cpu(), current[k].to(v.dtype)) for k, v in text.items() if k in current):
@@ -976,9 +1052,10 @@ def train_clip_vision(
         n_captions = batch["n_captions"]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, settings.clip_vision_lr, settings.clip_vision_warmup)
-        with torch.no_grad():
-            all_text = text_embeddings_of_ids(clip, batch["ids"])
-        image_emb = image_embeddings(clip, batch["pixels"])
+        with _autocast(device, settings.clip_precision):
+            with torch.no_grad():
+                all_text = text_embeddings_of_ids(clip, batch["ids"])
+            image_emb = image_embeddings(clip, batch["pixels"])
         loss = clip_loss(clip, image_emb, all_text[:n_captions], all_text[n_captions:], batch["same"])
         if settings.clip_attribute_weight > 0:
             aux = heads.loss(heads.read_image(image_emb), batch["image_targets"])
@@ -995,7 +1072,7 @@ def train_clip_vision(
         ckpt.save(step, weights, {"optimizer": opt.state_dict()})
 
     done = _loop("clip_vision", total, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
-    clip = clip.to("cpu").eval()
+    clip = use_attention(clip.to("cpu").eval(), "sdpa")
     tmp = Path(tempfile.mkdtemp(prefix=".clip.", dir=final.parent))
     try:
         shutil.copytree(source, tmp, dirs_exist_ok=True)  # tokenizer and image processor
@@ -1060,8 +1137,7 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     from .captions import caption
 
     out_dir = Path(out_dir)
-    if settings.unet_precision not in ("fp32", "bf16"):
-        raise ValueError(f"unet precision must be fp32 or bf16, not {settings.unet_precision!r}")
+    check_settings(settings)
     final = base_final_path(out_dir)
     if (final / "model_index.json").is_file():
         return final
@@ -1072,6 +1148,8 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     latents = _cached_latents(work, vae, images, device)
     n = len(latents)
     unet = build_unet(cfg.unet, text_encoder.config.hidden_size, seed=settings.seed).to(device).train()
+    use_attention(unet, settings.attention)
+    use_attention(text_encoder, settings.attention)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.01)
     noise_scheduler = DDPMScheduler.from_config(build_scheduler(cfg.scheduler).config)
@@ -1133,7 +1211,7 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         target = noise_scheduler.get_velocity(x0, noise, t)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings.unet_steps, settings.unet_lr, settings.unet_warmup)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.unet_precision == "bf16"):
+        with _autocast(device, settings.unet_precision):
             with torch.no_grad():
                 cond = text_encoder(batch["ids"].to(device))[0]
             pred = unet(noisy, t, cond).sample
@@ -1168,6 +1246,8 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     )
 
     unet.load_state_dict(ema)
+    use_attention(unet, "sdpa")
+    use_attention(text_encoder, "sdpa")
     vae = AutoencoderKL.from_pretrained(current_vae_path(out_dir))  # decoder-fine-tuned if that stage ran
     save_base_pipeline(final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg)
     (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings, done), indent=1))
@@ -1277,6 +1357,7 @@ def train_base(
 
     out_dir = Path(out_dir)
     settings = settings or TrainSettings()
+    check_settings(settings)
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(settings.threads)
@@ -1336,13 +1417,22 @@ def main(argv: list[str] | None = None) -> int:
         if alias is not None:
             values[f"{stage}_steps"] = alias
     settings = TrainSettings(**values)
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        print(f"ip2p toy train-base: error: {exc}", file=sys.stderr)
+        return 2
     out_dir = Path(args.out)
     cfg = (
         _load_config(out_dir, args.preset)
         if (out_dir / "work" / "config.json").is_file()
         else preset(args.preset)
     )
-    result = train_base(out_dir, args.device, cfg, settings, stages=args.stages.split(","))
+    try:
+        result = train_base(out_dir, args.device, cfg, settings, stages=args.stages.split(","))
+    except Interrupted as exc:
+        print(f"ip2p toy train-base: {exc}", file=sys.stderr)
+        return 130
     if args.export:
         result.update({f"export-{k}": v for k, v in export_bundle(out_dir, Path(args.export)).items()})
     for name, path in result.items():
