@@ -11,7 +11,7 @@ Layout of ``out_dir``::
 
     base/            the text-to-image model: a StableDiffusionPipeline folder (the final output)
     clip/            CLIPModel + tokenizer + image processor, for scoring (the final output)
-    work/data/       pre-rendered training scenes (images.npy, scenes.json)
+    work/data/N-SEED/  pre-rendered training scenes (images.npy, scenes.json), one folder per scene count and seed
     work/vae/        checkpoints of the VAE stage, and final/ (AutoencoderKL)
     work/clip/       checkpoints of the CLIP stage
     work/clip_vision/  checkpoints of the optional image-tower fine-tuning (settings.json once it has ended)
@@ -222,10 +222,13 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def load_dataset(work: Path, n: int, seed: int) -> tuple[np.ndarray, list[Scene]]:
-    """Pre-rendered training scenes, made once and cached under ``work/data``."""
+    """Pre-rendered training scenes, made once and cached under ``work/data/{n}-{seed}``.
+
+    One folder per (n, seed): stages that run side by side with other scene counts (the CPU recipe's VAE and CLIP)
+    never rewrite each other's cache, and two processes making the same one write the same bytes."""
     from .render import render_batch
 
-    data = work / "data"
+    data = work / "data" / f"{n}-{seed}"
     images_path, scenes_path = data / "images.npy", data / "scenes.json"
     if scenes_path.is_file() and images_path.is_file():
         meta = json.loads(scenes_path.read_text())
