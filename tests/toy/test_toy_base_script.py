@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / os.environ.get("IP2P_TOY_BASE_SCRIPT", "toy_base_cpu.sh")
+SCRIPT = REPO / "scripts" / "toy_base_cpu.sh"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
