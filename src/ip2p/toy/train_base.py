@@ -1140,7 +1140,6 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     from .captions import caption
 
     out_dir = Path(out_dir)
-    check_settings(settings)
     final = base_final_path(out_dir)
     if (final / "model_index.json").is_file():
         return final
