@@ -76,6 +76,23 @@ def test_toy_validation_split_is_disjoint_from_the_test_set():
         load_test_set("toy:301")  # the test set stops where the validation split begins
 
 
+def test_brief_toy_test_sets_change_only_the_captions():
+    from ip2p.toy.captions import Brief, parse_brief
+
+    for full, brief in (
+        (load_test_set("toy:12"), load_test_set("toy-brief:12")),
+        (load_test_set("toy-val:6"), load_test_set("toy-val-brief:6")),
+    ):
+        assert [i.instruction for i in brief] == [i.instruction for i in full]
+        assert [i.edit for i in brief] == [i.edit for i in full]
+        assert all(b.target.tobytes() == f.target.tobytes() for b, f in zip(brief, full, strict=True))
+        assert brief[0].id.replace("-brief", "") == full[0].id and "-brief-" in brief[0].id
+        for item in brief:
+            assert parse_brief(item.output_caption) == Brief.of(item.edit.after)
+            assert parse_brief(item.input_caption) == Brief.of(item.edit.before)
+            assert "left" not in item.output_caption and "small" not in item.output_caption
+
+
 def test_pixel_metrics_and_clip_metrics_behave(scorer):
     a = to_unit_tensor([Image.new("RGB", (32, 32), (0, 0, 0))])
     b = to_unit_tensor([Image.new("RGB", (32, 32), (51, 51, 51))])

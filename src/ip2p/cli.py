@@ -905,7 +905,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "--test-set",
         default=None,
         help="toy or toy:N (the toy world's held-out renders, N <= 300; default with --model toy: toy:300), "
-        "toy-val or toy-val:N (its validation split, N <= 200, for choosing settings), a JSONL of "
+        "toy-val or toy-val:N (its validation split, N <= 200, for choosing settings), toy-brief[:N] and "
+        "toy-val-brief[:N] (the same items with brief captions: no sizes or positions), a JSONL of "
         "{image, instruction, input_caption, output_caption[, target]}, Parquet shards (ours or the official "
         "schema) or an original-format folder",
     )

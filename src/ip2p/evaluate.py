@@ -84,7 +84,9 @@ class EvalItem:
     edit_type: str | None = None
 
 
-def toy_test_set(n: int = TOY_TEST_SIZE, seed: int | None = None, validation: bool = False) -> list[EvalItem]:
+def toy_test_set(
+    n: int = TOY_TEST_SIZE, seed: int | None = None, validation: bool = False, brief: bool = False
+) -> list[EvalItem]:
     """``n`` held-out rendered toy scenes, one instruction each, the six edit types in turn (where possible).
 
     The scenes are the held-out evaluation scenes of the toy base model (never trained on), so the inputs are
@@ -94,6 +96,10 @@ def toy_test_set(n: int = TOY_TEST_SIZE, seed: int | None = None, validation: bo
     ``TOY_TEST_SIZE`` (disjoint from the reported test set ``toy:300``), with their own instructions, for choosing
     settings such as guidance scales without looking at the test set. ``seed`` (default: the split's own) draws
     the instructions.
+
+    ``brief=True`` gives the same items with brief captions (``toy-brief``, ``toy-val-brief``): every size and
+    position left unsaid, as real captions leave most of a photograph unsaid. They change what SDEdit is told
+    (the output caption) and the text side of the CLIP directional similarity, nothing else.
     """
     import random
 
@@ -107,6 +113,7 @@ def toy_test_set(n: int = TOY_TEST_SIZE, seed: int | None = None, validation: bo
         scenes, default_seed, prefix = scenes[TOY_TEST_SIZE:], TOY_VAL_SEED, "toy-val"
     else:
         scenes, default_seed, prefix = scenes[:TOY_TEST_SIZE], TOY_TEST_SEED, "toy"
+    prefix += "-brief" if brief else ""
     seed = default_seed if seed is None else seed
     if not 1 <= n <= len(scenes):
         raise EvaluationError(f"the toy {prefix} set has 1 to {len(scenes)} items, asked for {n}")
@@ -120,8 +127,8 @@ def toy_test_set(n: int = TOY_TEST_SIZE, seed: int | None = None, validation: bo
                 id=f"{prefix}-{i:04d}",
                 image=render(edit.before),
                 instruction=edit.instruction,
-                input_caption=caption(edit.before),
-                output_caption=caption(edit.after),
+                input_caption=caption(edit.before, brief=brief),
+                output_caption=caption(edit.after, brief=brief),
                 target=render(edit.after),
                 edit=edit,
                 edit_type=edit.type,
@@ -160,21 +167,24 @@ def _jsonl_test_set(path: Path) -> list[EvalItem]:
 
 def load_test_set(source: str, limit: int | None = None, columns=None) -> list[EvalItem]:
     """Items from ``toy`` / ``toy:N`` (the toy world's held-out test set; ``toy-val`` / ``toy-val:N`` its
-    validation split, up to 200 items), a JSONL file of {image, instruction,
+    validation split, up to 200 items; ``toy-brief`` and ``toy-val-brief`` the same with brief captions), a JSONL
+    file of {image, instruction,
     input_caption, output_caption[, target]} (paths relative to the file), or any edit dataset
     :func:`ip2p.datasets.open_edit_dataset` reads (our Parquet shards, the official schema, original folders)."""
     from ip2p.datasets import Columns, DatasetError, open_edit_dataset
 
     name, _, count = source.partition(":")
-    if name in ("toy", "toy-val"):
-        validation = name == "toy-val"
+    if name in ("toy", "toy-val", "toy-brief", "toy-val-brief"):
+        validation = name.startswith("toy-val")
         try:
             n = int(count) if count else (200 if validation else TOY_TEST_SIZE)
         except ValueError:
             raise EvaluationError(
                 f"toy test set {source!r}: write {name} or {name}:N with N a number"
             ) from None
-        return toy_test_set(n if limit is None else min(n, limit), validation=validation)
+        return toy_test_set(
+            n if limit is None else min(n, limit), validation=validation, brief=name.endswith("-brief")
+        )
     path = Path(source).expanduser()
     if path.suffix == ".jsonl":
         if not path.is_file():

@@ -148,3 +148,22 @@ def test_judge_edit_position_keys_cover_the_grid():
     edit = random_edit(scene, random.Random(0), "remove")
     verdict = judge_edit(render(scene), render(scene), edit)
     assert not verdict["edit_correct"] and verdict["preserved"]
+
+
+def test_brief_samples_are_judged_whatever_their_layout():
+    from ip2p.toy.quality import judge_brief_samples
+
+    scene = Scene(
+        (Shape("circle", "red", "small", "top left"), Shape("star", "blue", "large", "center")),
+        "beige",
+        "filled",
+    ).validate()
+    moved = replace(
+        scene, shapes=(replace(scene.shapes[0], position="bottom right", size="large"), scene.shapes[1])
+    )
+    recoloured = replace(scene, shapes=(replace(scene.shapes[0], color="green"), scene.shapes[1]))
+    extra = replace(scene, shapes=(*scene.shapes, Shape("heart", "red", "small", "top")))
+    images = [
+        np.asarray(render(x)) for x in (scene, moved, recoloured, extra, replace(scene, style="outlined"))
+    ]
+    assert judge_brief_samples(images, [scene] * 5) == [True, True, False, False, False]

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ip2p.toy import quality
+from ip2p.toy.captions import parse_caption
 from ip2p.toy.models import (
     build_clip,
     build_tokenizer,
@@ -194,6 +195,9 @@ def test_quality_measures_run(trained):
     sets = {"one": heldout_scenes()["one"][:2], "two": heldout_scenes()["two"][:2]}
     res, samples = quality.text_to_image(pipe, sets, guidance=2.0, steps=2)
     assert 0.0 <= res["t2i_one_shape"] <= 1.0 and samples["one"][0].shape == (2, 64, 64, 3)
+    res, samples = quality.text_to_image(pipe, sets, guidance=2.0, steps=2, brief=True)
+    assert set(res) == {"t2i_brief_one_shape", "t2i_brief_two_shape"}
+    assert "left" not in samples["two"][1][0] and len(samples["two"][2]) == 2
 
 
 def test_export_bundle_loads_in_fp32(trained, tmp_path):
@@ -374,6 +378,8 @@ def test_clip_stage_under_bf16_autocast(trained, tmp_path):
         (["--attention", "flash"], "attention must be sdpa or classic, not 'flash'"),
         (["--clip-precision", "fp16"], "clip precision must be fp32 or bf16, not 'fp16'"),
         (["--unet-precision", "fp8"], "unet precision must be fp32 or bf16, not 'fp8'"),
+        (["--brief-captions", "1.5"], "brief captions is a fraction in [0, 1], not 1.5"),
+        (["--unet-init", "no/such/dir"], "unet init 'no/such/dir' is not a text-to-image pipeline folder"),
     ],
 )
 def test_train_base_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, flags, message):
@@ -383,6 +389,64 @@ def test_train_base_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, flags
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [f"ip2p toy train-base: error: {message}"]
     assert not (tmp_path / "run").exists()
+
+
+def test_unet_captions_are_brief_in_the_asked_share():
+    from ip2p.toy.captions import Brief, parse_brief
+    from ip2p.toy.train_base import unet_captions
+
+    scenes = training_scenes(400)
+    complete = unet_captions(scenes, random.Random(1), TrainSettings())
+    assert all(parse_caption(t) == s for t, s in zip(complete, scenes, strict=True) if t)
+    assert 0.05 < complete.count("") / len(scenes) < 0.15
+    mixed = unet_captions(scenes, random.Random(1), TrainSettings(brief_captions=0.4))
+    brief = [t for t in mixed if t and "background" in t and not _parses(t)]
+    assert all(parse_brief(t) == Brief.of(s) for t, s in zip(mixed, scenes, strict=True) if t)
+    assert 0.3 < len(brief) / sum(1 for t in mixed if t) < 0.5
+
+
+def _parses(text: str) -> bool:
+    try:
+        parse_caption(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_unet_fine_tune_starts_from_a_pipeline_and_keeps_its_companions(trained, tmp_path):
+    """--unet-init: the UNet stage starts from a pipeline's UNet (lr 0 leaves it as it was) and saves the
+    pipeline with that pipeline's VAE, text encoder, tokenizer and scheduler; no VAE or CLIP stage needed."""
+    from diffusers import StableDiffusionPipeline
+
+    from ip2p.toy.train_base import export_checkpoint
+
+    out, _ = trained
+    init = out / "base"
+    settings = tiny_settings(unet_init=str(init), brief_captions=0.5, unet_lr=0.0)
+    train_base(tmp_path / "still", "cpu", preset("test"), settings, stages=("unet",))
+    for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"):
+        a, b = load_file(init / f"{part}.safetensors"), load_file(tmp_path / f"still/base/{part}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert json.loads((tmp_path / "still/base/scheduler/scheduler_config.json").read_text()) == json.loads(
+        (init / "scheduler/scheduler_config.json").read_text()
+    )
+    record = json.loads((tmp_path / "still/work/unet/settings.json").read_text())
+    assert record["train"]["unet_init"] == str(init) and record["train"]["brief_captions"] == 0.5
+    moved = tiny_settings(unet_init=str(init), brief_captions=0.5, unet_lr=1e-2)
+    train_base(tmp_path / "moved", "cpu", preset("test"), moved, stages=("unet",))
+    a, b = (
+        load_file(d / "base/unet/diffusion_pytorch_model.safetensors")
+        for d in (init.parent, tmp_path / "moved")
+    )
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    exported = export_checkpoint(tmp_path / "moved", tmp_path / "ckpt", step=1)
+    pipe = StableDiffusionPipeline.from_pretrained(exported, **PIPE_KWARGS)
+    assert (
+        pipe.tokenizer("a red circle").input_ids
+        == StableDiffusionPipeline.from_pretrained(init, **PIPE_KWARGS).tokenizer("a red circle").input_ids
+    )
+    image = pipe("a red circle on a white background", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
 
 
 def test_use_attention_switches_both_libraries_kernels():

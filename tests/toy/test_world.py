@@ -241,6 +241,54 @@ def test_parse_caption_rejects_bad_text(text, message):
         parse_caption(text)
 
 
+def test_brief_captions_leave_the_layout_unsaid_and_round_trip():
+    from ip2p.toy.captions import CAPTION_WORDS, POSITION_WORDS, SIZE_OF, Brief, parse_brief
+
+    rng = random.Random(3)
+    texts = set()
+    for _ in range(2000):
+        s = random_scene(rng)
+        text = caption(s, rng, brief=True)
+        texts.add(text)
+        tokens = set(tokenize(text))
+        assert tokens <= CAPTION_WORDS and not tokens & (POSITION_WORDS | set(SIZE_OF)), text
+        assert parse_brief(text) == Brief.of(s), text
+        assert parse_brief(caption(s, rng)) == Brief.of(s)  # complete captions say at least as much
+        with pytest.raises(ValueError, match="size"):
+            parse_caption(text)  # a brief caption is not a complete one
+    assert len(texts) > 1000
+    s = scene_of(
+        ("circle", "red", "small", "top left"), ("star", "blue", "large", "center"), style="outlined"
+    )
+    assert caption(s, brief=True) == "outlined shapes: a red circle and a blue star on a white background"
+    brief = Brief.of(s)
+    assert brief.describes(
+        replace(s, shapes=(replace(s.shapes[0], position="bottom", size="large"), s.shapes[1]))
+    )
+    assert not brief.describes(replace(s, shapes=(replace(s.shapes[0], color="green"), s.shapes[1])))
+    assert not brief.describes(replace(s, style="filled"))
+    assert not brief.describes(replace(s, shapes=s.shapes[:1]))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("on a white background", "1-3 shapes, found 0"),
+        ("a red circle, a red star, a blue star and a green heart on white", "found 4"),
+        ("two shapes on a white background: a red circle", "2"),
+        ("a red circle on a pink background", "pink"),
+        ("a red circle", "background"),
+        ("a red green circle on white", "two color"),
+    ],
+)
+def test_parse_brief_rejects_bad_text(text, message):
+    from ip2p.toy.captions import parse_brief
+
+    with pytest.raises(ValueError, match=message):
+        parse_brief(text)
+
+
 # ---------------------------------------------------------------------------
 # Edits
 # ---------------------------------------------------------------------------

@@ -4,6 +4,12 @@
 the phrasing (synonyms, shape order, where the background and the style are
 mentioned). ``parse_caption`` inverts every phrasing the generator uses.
 
+A *brief* caption (``caption(scene, rng, brief=True)``: "a red circle and a
+blue star on a white background") leaves every size and position unsaid, as
+real captions leave most of a photograph unsaid; a text-to-image model given
+one must choose the layout itself. ``parse_brief`` reads what such a caption
+(or a complete one) says: a :class:`Brief`.
+
 The parser is keyword based rather than a full grammar, which keeps it short
 and exact because the vocabulary is designed for it: every content word
 belongs to exactly one class (size, colour, kind, background colour,
@@ -24,7 +30,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .scene import BACKGROUNDS, COLORS, KINDS, POSITIONS, SIZES, Scene, Shape
+from .scene import BACKGROUNDS, COLORS, KINDS, MAX_SHAPES, MIN_SHAPES, POSITIONS, SIZES, Scene, Shape
 
 # ---------------------------------------------------------------------------
 # Word classes
@@ -175,12 +181,17 @@ def background_word(background: str, plan: CaptionPlan = CANONICAL_PLAN) -> str:
     return "grey" if background == "gray" and plan.grey else background
 
 
-def shape_phrase(shape: Shape, plan: CaptionPlan = CANONICAL_PLAN, adjective: str = "") -> str:
-    """'a small red circle at the top left' (adjective goes before the kind)."""
-    words = ["a", size_word(shape.size, plan), shape.color]
+def shape_phrase(
+    shape: Shape, plan: CaptionPlan = CANONICAL_PLAN, adjective: str = "", brief: bool = False
+) -> str:
+    """'a small red circle at the top left' (adjective goes before the kind); brief: 'a red circle'."""
+    words = ["a"] if brief else ["a", size_word(shape.size, plan)]
+    words.append(shape.color)
     if adjective:
         words.append(adjective)
-    words += [shape.kind, position_phrase(shape.position, plan)]
+    words.append(shape.kind)
+    if not brief:
+        words.append(position_phrase(shape.position, plan))
     return " ".join(words)
 
 
@@ -191,13 +202,14 @@ def _join(phrases: list[str], oxford: bool) -> str:
     return ", ".join(phrases[:-1]) + last
 
 
-def caption(scene: Scene, rng: random.Random | None = None) -> str:
-    """Describe a scene. Canonical phrasing without ``rng``, varied with it."""
-    return caption_with_plan(scene, CANONICAL_PLAN if rng is None else random_plan(rng))
+def caption(scene: Scene, rng: random.Random | None = None, brief: bool = False) -> str:
+    """Describe a scene. Canonical phrasing without ``rng``, varied with it; ``brief``: without sizes and
+    positions."""
+    return caption_with_plan(scene, CANONICAL_PLAN if rng is None else random_plan(rng), brief)
 
 
-def caption_with_plan(scene: Scene, plan: CaptionPlan) -> str:
-    """Realise a phrasing plan for a scene."""
+def caption_with_plan(scene: Scene, plan: CaptionPlan, brief: bool = False) -> str:
+    """Realise a phrasing plan for a scene (``brief``: every size and position left unsaid)."""
     scene.validate()
     mention_style = scene.style == "outlined" or plan.explicit_filled
     form = plan.style_form if mention_style else None
@@ -206,7 +218,7 @@ def caption_with_plan(scene: Scene, plan: CaptionPlan) -> str:
     shapes = list(scene.shapes)
     if plan.order_keys is not None:
         shapes.sort(key=lambda s: plan.order_keys[POSITIONS.index(s.position)])
-    body = _join([shape_phrase(s, plan, adjective) for s in shapes], plan.oxford_comma)
+    body = _join([shape_phrase(s, plan, adjective, brief) for s in shapes], plan.oxford_comma)
     bg = background_word(scene.background, plan)
 
     style_adj = "outlined" if scene.style == "outlined" else "solid"
@@ -260,23 +272,33 @@ def parse_shape_phrases(tokens: list[str]) -> list[Shape]:
     words after a kind belong to it. Other (filler) words are skipped; the
     caller decides which words are allowed at all.
     """
-    shapes: list[Shape] = []
+    shapes = []
+    for fields in _shape_fields(tokens):
+        if "size" not in fields:
+            raise ValueError(f"shape phrase without a size: {fields}")
+        shapes.append(
+            Shape(
+                kind=str(fields["kind"]),
+                color=str(fields["color"]),
+                size=str(fields["size"]),
+                position=resolve_position(list(fields.get("where", []))),  # type: ignore[arg-type]
+            )
+        )
+    return shapes
+
+
+def _shape_fields(tokens: list[str]) -> list[dict[str, object]]:
+    """The words of each shape phrase: colour and kind always, size and position words where said."""
+    shapes: list[dict[str, object]] = []
     current: dict[str, object] = {}
 
     def close() -> None:
         if not current:
             return
-        for attr in ("size", "color", "kind"):
+        for attr in ("color", "kind"):
             if attr not in current:
                 raise ValueError(f"shape phrase without a {attr}: {current}")
-        shapes.append(
-            Shape(
-                kind=str(current["kind"]),
-                color=str(current["color"]),
-                size=str(current["size"]),
-                position=resolve_position(list(current.get("where", []))),  # type: ignore[arg-type]
-            )
-        )
+        shapes.append(dict(current))
         current.clear()
 
     for tok in tokens:
@@ -312,22 +334,55 @@ def _single_style(tokens: list[str]) -> str | None:
     return styles.pop() if styles else None
 
 
-def parse_caption(text: str) -> Scene:
-    """Invert :func:`caption` (any phrasing). Raises ValueError on bad input."""
+def _caption_frame(text: str) -> tuple[list[str], str, str, int | None]:
+    """(tokens, background, style, count word or None) of a caption, complete or brief."""
     tokens = tokenize(text)
     if not tokens:
         raise ValueError("empty caption")
     _check_vocabulary(tokens, CAPTION_WORDS, "caption")
-
     backgrounds = [BACKGROUND_OF[t] for t in tokens if t in BACKGROUND_OF]
     if len(backgrounds) != 1:
         raise ValueError(f"a caption names exactly one background colour, found {len(backgrounds)}")
-    style = _single_style(tokens) or "filled"
-
-    shapes = parse_shape_phrases(tokens)
     counts = [COUNT_WORDS[t] for t in tokens if t in COUNT_WORDS]
     if len(counts) > 1:
         raise ValueError(f"several count words: {counts}")
-    if counts and counts[0] != len(shapes):
-        raise ValueError(f"caption says {counts[0]} shape(s) but describes {len(shapes)}")
-    return Scene(shapes=tuple(shapes), background=backgrounds[0], style=style).validate()
+    return tokens, backgrounds[0], _single_style(tokens) or "filled", counts[0] if counts else None
+
+
+def parse_caption(text: str) -> Scene:
+    """Invert :func:`caption` (any phrasing). Raises ValueError on bad input."""
+    tokens, background, style, count = _caption_frame(text)
+    shapes = parse_shape_phrases(tokens)
+    if count is not None and count != len(shapes):
+        raise ValueError(f"caption says {count} shape(s) but describes {len(shapes)}")
+    return Scene(shapes=tuple(shapes), background=background, style=style).validate()
+
+
+@dataclass(frozen=True)
+class Brief:
+    """What a brief caption says of a scene: each shape's colour and kind (sorted), the background, the style."""
+
+    shapes: tuple[tuple[str, str], ...]  # (color, kind) of each shape, sorted
+    background: str
+    style: str
+
+    @classmethod
+    def of(cls, scene: Scene) -> Brief:
+        """What a brief caption of ``scene`` says."""
+        return cls(tuple(sorted((s.color, s.kind) for s in scene.shapes)), scene.background, scene.style)
+
+    def describes(self, scene: Scene) -> bool:
+        """True when ``scene`` fits this description, whatever its sizes and positions."""
+        return Brief.of(scene) == self
+
+
+def parse_brief(text: str) -> Brief:
+    """What a caption says, sizes and positions aside: inverts ``caption(scene, rng, brief=True)`` and reads
+    complete captions too. Raises ValueError on bad input."""
+    tokens, background, style, count = _caption_frame(text)
+    fields = _shape_fields(tokens)
+    if not MIN_SHAPES <= len(fields) <= MAX_SHAPES:
+        raise ValueError(f"a caption describes {MIN_SHAPES}-{MAX_SHAPES} shapes, found {len(fields)}")
+    if count is not None and count != len(fields):
+        raise ValueError(f"caption says {count} shape(s) but describes {len(fields)}")
+    return Brief(tuple(sorted((str(f["color"]), str(f["kind"])) for f in fields)), background, style)

@@ -8,6 +8,10 @@
    guidance; the oracle (:mod:`ip2p.toy.oracle`) judges every attribute (bars: >= 80% one-shape, >= 50% two-shape
    entirely right). A PNG grid shows samples with their captions (green frame: all right).
 
+Not a bar, measured with ``--only t2i_brief``: the same scenes' *brief* captions (no sizes, no positions), where
+a sample is right when the oracle reads exactly the captioned shapes (colour and kind), background and style,
+whatever their layout.
+
 Usage::
 
     python -m ip2p.toy.quality --model runs/toy            # a train_base output folder (base/ and clip/)
@@ -156,6 +160,14 @@ def judge_samples(images: np.ndarray, scenes) -> tuple[list[bool], dict[str, flo
     return flags, {k: float(np.mean(v)) for k, v in per_attr.items()}
 
 
+def judge_brief_samples(images: list[np.ndarray], scenes: list) -> list[bool]:
+    """Per image: the oracle reads exactly the shapes (colour and kind), background and style of its scene."""
+    from .captions import Brief
+    from .oracle import read_scene
+
+    return [Brief.of(read_scene(img)) == Brief.of(scene) for img, scene in zip(images, scenes, strict=True)]
+
+
 def text_to_image(
     pipe,
     sets: dict[str, list],
@@ -164,16 +176,23 @@ def text_to_image(
     seed: int = 0,
     limit: int | None = None,
     guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
+    brief: bool = False,
 ):
-    """Oracle-judged text-to-image accuracy on the one- and two-shape held-out captions."""
+    """Oracle-judged text-to-image accuracy on the one- and two-shape held-out captions (``brief``: on their brief
+    captions, judged by :func:`judge_brief_samples`; keys ``t2i_brief_*``)."""
     from .captions import caption
 
     result: dict[str, float] = {}
     samples = {}
     for name, key in (("one", "t2i_one_shape"), ("two", "t2i_two_shape")):
         scenes = sets[name][:limit] if limit else sets[name]
-        prompts = [caption(s) for s in scenes]
+        prompts = [caption(s, brief=brief) for s in scenes]
         images = generate(pipe, prompts, guidance, steps, seed, guidance_rescale=guidance_rescale)
+        if brief:
+            flags = judge_brief_samples(images, scenes)
+            result[key.replace("t2i", "t2i_brief")] = float(np.mean(flags))
+            samples[name] = (images, prompts, flags)
+            continue
         flags, attrs = judge_samples(images, scenes)
         result[key] = float(np.mean(flags))
         result.update({f"{key}.{k}": v for k, v in attrs.items()})
@@ -233,7 +252,7 @@ def measure(
     model: str,
     out: Path | None = None,
     device: str = "auto",
-    only: tuple[str, ...] = ("vae", "clip", "t2i"),
+    only: tuple[str, ...] = ("vae", "clip", "t2i"),  # and "t2i_brief"
     guidance: tuple[float, ...] = (DEFAULT_GUIDANCE,),
     guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
     steps: int = 50,
@@ -300,6 +319,13 @@ def measure(
         result["sampling_steps"] = steps
         if len(guidance) > 1:
             result["guidance_sweep"] = sweep
+    if "t2i_brief" in only:
+        pipe = load_pipeline(base, dev)
+        g = result.get("guidance_scale", guidance[0])
+        r, brief_samples = text_to_image(pipe, sets, g, steps, seed, limit, guidance_rescale, brief=True)
+        result.update(r)
+        if best_samples is None:
+            best_samples = brief_samples
     result["passed"] = {k: result[k] >= bar for k, bar in BARS.items() if k in result}
     result["seconds"] = round(time.time() - t0, 1)
     if out is not None:
@@ -322,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="where quality.json and samples.png go (default: MODEL/quality)"
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", default="vae,clip,t2i", help="comma-separated subset of vae,clip,t2i")
+    p.add_argument(
+        "--only",
+        default="vae,clip,t2i",
+        help="comma-separated subset of vae,clip,t2i,t2i_brief (brief captions)",
+    )
     p.add_argument(
         "--guidance", default=str(DEFAULT_GUIDANCE), help="CFG scale, or several comma-separated (best kept)"
     )

@@ -142,6 +142,14 @@ class TrainSettings:
     # plain matrix products, faster on a CPU for these small heads). The saved models are the same either way.
     attention: str = "sdpa"
     canonical_captions: float = 0.3  # fraction of UNet captions in canonical phrasing (the rest varied)
+    # Fraction of the UNet's (non-empty) captions that are brief: every size and position left unsaid
+    # (ip2p.toy.captions), so that the model also draws captions that leave part of the scene to it, as real
+    # captions do. 0 keeps the recipe's random draws exactly as they were.
+    brief_captions: float = 0.0
+    # Start the UNet from this text-to-image pipeline folder ("toy": the bundled base) instead of from scratch: a
+    # fine-tune. Its VAE, text encoder and tokenizer are then the ones trained and saved with it (this run's VAE
+    # and CLIP stages are not needed).
+    unet_init: str = ""
     ema_decay: float = 0.999
 
 
@@ -279,6 +287,22 @@ def check_settings(settings: TrainSettings) -> None:
             )
     if settings.attention not in ATTENTIONS:
         raise ValueError(f"attention must be sdpa or classic, not {settings.attention!r}")
+    for name in ("brief_captions", "canonical_captions", "caption_dropout"):
+        if not 0.0 <= getattr(settings, name) <= 1.0:
+            raise ValueError(
+                f"{name.replace('_', ' ')} is a fraction in [0, 1], not {getattr(settings, name)}"
+            )
+    if settings.unet_init:
+        init = unet_init_path(settings.unet_init)
+        if not (init / "unet" / "config.json").is_file() or not (init / "text_encoder").is_dir():
+            raise ValueError(f"unet init {settings.unet_init!r} is not a text-to-image pipeline folder")
+
+
+def unet_init_path(source: str) -> Path:
+    """The pipeline folder a fine-tune starts from: "toy" is the bundled base."""
+    from ip2p.models import toy_model_path
+
+    return toy_model_path("base") if source == "toy" else Path(source)
 
 
 def use_attention(model, attention: str):
@@ -1125,19 +1149,48 @@ def _cached_latents(work: Path, vae, images: np.ndarray, device: torch.device) -
     return lat
 
 
-def load_text_encoder(clip_dir: Path, device: torch.device):
+def load_text_encoder(clip_dir: Path, device: torch.device, tokenizer_dir: Path | None = None):
+    """CLIP's text tower (from a CLIPModel or a CLIPTextModel folder), in float32, and its tokenizer."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    text_encoder = CLIPTextModel.from_pretrained(clip_dir).to(device).eval().requires_grad_(False)
-    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
-    return text_encoder, tokenizer
+    text_encoder = CLIPTextModel.from_pretrained(clip_dir, dtype=torch.float32).to(device).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir or clip_dir)
+    return text_encoder.requires_grad_(False), tokenizer
+
+
+def unet_captions(scenes: list[Scene], rng: random.Random, settings: TrainSettings) -> list[str]:
+    """The UNet's captions of a batch's scenes: empty (``caption_dropout``), canonical (``canonical_captions``) or
+    varied phrasing, each brief with probability ``brief_captions``."""
+    from .captions import caption
+
+    texts = []
+    for scene in scenes:
+        u = rng.random()
+        if u < settings.caption_dropout:
+            texts.append("")
+            continue
+        brief = settings.brief_captions > 0 and rng.random() < settings.brief_captions
+        phrasing = None if u < settings.caption_dropout + settings.canonical_captions else rng
+        texts.append(caption(scene, phrasing, brief=brief))
+    return texts
+
+
+def _unet_companions(out_dir: Path, init: Path | None, device: torch.device):
+    """(VAE folder, text encoder, tokenizer) of the UNet stage: the fine-tuned pipeline's, or this run's (the VAE
+    decoder-fine-tuned if that stage ran)."""
+    if init is not None:
+        return init / "vae", *load_text_encoder(init / "text_encoder", device, init / "tokenizer")
+    return current_vae_path(out_dir), *load_text_encoder(clip_final_path(out_dir), device)
+
+
+def _recorded_unet_init(out_dir: Path) -> Path | None:
+    record = Path(out_dir) / "work" / "unet" / "init.json"
+    return Path(json.loads(record.read_text())["unet_init"]) if record.is_file() else None
 
 
 def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
     """Train the UNet on cached latents with v-prediction over a zero-terminal-SNR schedule; save the pipeline."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-
-    from .captions import caption
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     out_dir = Path(out_dir)
     final = base_final_path(out_dir)
@@ -1145,16 +1198,31 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         return final
     work = out_dir / "work" / "unet"
     images, scenes = load_dataset(out_dir / "work", settings.n_scenes, settings.seed)
-    vae = AutoencoderKL.from_pretrained(vae_final_path(out_dir)).to(device).eval().requires_grad_(False)
-    text_encoder, tokenizer = load_text_encoder(clip_final_path(out_dir), device)
+    init = unet_init_path(settings.unet_init) if settings.unet_init else None
+    if init is not None:
+        _atomic_write(
+            work / "init.json", lambda tmp: Path(tmp).write_text(json.dumps({"unet_init": str(init)}))
+        )
+    vae_dir, text_encoder, tokenizer = _unet_companions(out_dir, init, device)
+    vae = (
+        AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
+        .to(device)
+        .eval()
+        .requires_grad_(False)
+    )
     latents = _cached_latents(work, vae, images, device)
     n = len(latents)
-    unet = build_unet(cfg.unet, text_encoder.config.hidden_size, seed=settings.seed).to(device).train()
+    if init is not None:
+        unet = (
+            UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32).to(device).train()
+        )
+    else:
+        unet = build_unet(cfg.unet, text_encoder.config.hidden_size, seed=settings.seed).to(device).train()
     use_attention(unet, settings.attention)
     use_attention(text_encoder, settings.attention)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     opt = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.01)
-    noise_scheduler = DDPMScheduler.from_config(build_scheduler(cfg.scheduler).config)
+    noise_scheduler = DDPMScheduler.from_config(_base_scheduler(cfg, init).config)
     ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
     start = 0
     loaded = ckpt.load()
@@ -1180,17 +1248,7 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         rng = random.Random(step_seed(settings.seed, "unet", step))
         b = settings.unet_batch
         idx = torch.randint(0, n, (b,), generator=g)
-        texts = []
-        for i in idx.tolist():
-            u = rng.random()
-            if u < settings.caption_dropout:
-                texts.append("")
-            else:
-                texts.append(
-                    caption(
-                        scenes[i], None if u < settings.caption_dropout + settings.canonical_captions else rng
-                    )
-                )
+        texts = unet_captions([scenes[i] for i in idx.tolist()], rng, settings)
         return {
             "step": step,
             "idx": idx,
@@ -1250,13 +1308,26 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     unet.load_state_dict(ema)
     use_attention(unet, "sdpa")
     use_attention(text_encoder, "sdpa")
-    vae = AutoencoderKL.from_pretrained(current_vae_path(out_dir))  # decoder-fine-tuned if that stage ran
-    save_base_pipeline(final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg)
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
+    save_base_pipeline(
+        final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg, _base_scheduler(cfg, init)
+    )
     (work / "settings.json").write_text(json.dumps(_settings_record(cfg, settings, done), indent=1))
     return final
 
 
-def save_base_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, cfg: BaseModelConfig) -> Path:
+def _base_scheduler(cfg: BaseModelConfig, init: Path | None):
+    """The sampling scheduler saved with the base: the fine-tuned pipeline's, or the preset's."""
+    if init is None:
+        return build_scheduler(cfg.scheduler)
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_pretrained(init / "scheduler")
+
+
+def save_base_pipeline(
+    folder: Path, vae, text_encoder, tokenizer, unet, cfg: BaseModelConfig, scheduler=None
+) -> Path:
     """Save a StableDiffusionPipeline folder (safetensors, no safety checker) atomically."""
     from diffusers import StableDiffusionPipeline
 
@@ -1265,7 +1336,7 @@ def save_base_pipeline(folder: Path, vae, text_encoder, tokenizer, unet, cfg: Ba
         text_encoder=text_encoder.to("cpu"),
         tokenizer=tokenizer,
         unet=unet.to("cpu"),
-        scheduler=build_scheduler(cfg.scheduler),
+        scheduler=scheduler or build_scheduler(cfg.scheduler),
         **PIPELINE_KWARGS,
     )
     _save_pretrained_atomic(pipe, Path(folder))
@@ -1276,7 +1347,7 @@ def export_checkpoint(
     out_dir: Path, folder: Path, step: int | None = None, ema: bool = True, preset_name: str = "toy"
 ) -> Path:
     """A pipeline folder from a UNet checkpoint (its EMA weights by default), to evaluate a run before it ends."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     out_dir = Path(out_dir)
     cfg = _load_config(out_dir, preset_name)
@@ -1285,11 +1356,17 @@ def export_checkpoint(
     if step is None:
         raise FileNotFoundError(f"no UNet checkpoint under {ckpt.folder}")
     weights = load_file(ckpt.folder / f"step-{step}.safetensors")
-    vae = AutoencoderKL.from_pretrained(current_vae_path(out_dir))
-    text_encoder, tokenizer = load_text_encoder(clip_final_path(out_dir), torch.device("cpu"))
-    unet = build_unet(cfg.unet, text_encoder.config.hidden_size)
+    init = _recorded_unet_init(out_dir)
+    vae_dir, text_encoder, tokenizer = _unet_companions(out_dir, init, torch.device("cpu"))
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
+    if init is not None:
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(init / "unet"))
+    else:
+        unet = build_unet(cfg.unet, text_encoder.config.hidden_size)
     unet.load_state_dict(unprefixed("ema" if ema else "unet", weights))
-    return save_base_pipeline(Path(folder), vae, text_encoder, tokenizer, unet.eval(), cfg)
+    return save_base_pipeline(
+        Path(folder), vae, text_encoder, tokenizer, unet.eval(), cfg, _base_scheduler(cfg, init)
+    )
 
 
 def export_bundle(out_dir: Path, dest: Path) -> dict[str, Path]:
