@@ -57,9 +57,10 @@ def main() -> None:
         "runs", nargs="+", help="FOLDER=LABEL of an `ip2p evaluate` output (the label names its editor)"
     )
     p.add_argument("-o", "--output", default="docs/toy-eval.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("--title", default="toy world, 300 held-out rendered scenes", help="the plot's title")
     args = p.parse_args()
     rows = load(args.runs)
-    plot_curves(rows, Path(args.output), title="toy world, 300 held-out rendered scenes")
+    plot_curves(rows, Path(args.output), title=args.title)
     print(table(rows))
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "sdedit"):
         margin = curve_margin(rows, method, "sdedit")
