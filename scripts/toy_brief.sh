@@ -7,7 +7,7 @@
 #   1. the base's UNet (INIT, default the bundled base) fine-tuned so that it also draws brief captions: half of
 #      its captions brief, FT_STEPS steps of 128 latents at lr 2e-4 (cosine), bf16 autocast, classic attention;
 #   2. its quality bars on complete captions, and its accuracy on the same scenes' brief captions;
-#   3. the editor (EDITOR, default the bundled one) against SDEdit with that base, on the 300 held-out edits with
+#   3. the editor (EDIT_MODEL, default the bundled one) against SDEdit with that base, on the 300 held-out edits with
 #      brief captions, then with complete ones;
 #   4. the figure and table of each (toy_figure.py).
 # Rerun the same command to resume: the fine-tune goes on from its last checkpoint, the evaluations from their
@@ -21,7 +21,7 @@ IP2P=${IP2P:-.venv/bin/ip2p}
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/toy-brief}
 INIT=${INIT:-toy}
-EDITOR=${EDITOR:-toy}
+EDIT_MODEL=${EDIT_MODEL:-toy}
 CLIP=${CLIP:-toy}
 PRESET=${PRESET:-toy}
 FT_STEPS=${FT_STEPS:-1500}
@@ -41,11 +41,12 @@ $IP2P toy train-base --out "$OUT" --stages unet --preset "$PRESET" --unet-init "
   --n-scenes "$N_SCENES" --unet-steps "$FT_STEPS" --unet-batch 128 --unet-lr 2e-4 --unet-warmup 100 \
   --attention classic --unet-precision bf16 --ckpt-every 100 --threads 2 $FT_FLAGS
 say "quality: complete captions (the bars) and brief ones"
-$IP2P toy quality --model "$OUT/base" --only t2i,t2i_brief --out "$OUT/quality" $QUALITY_FLAGS
+[[ -f "$OUT/quality/quality.json" ]] ||
+  $IP2P toy quality --model "$OUT/base" --only t2i,t2i_brief --out "$OUT/quality" $QUALITY_FLAGS
 for captions in brief complete; do
   set_name=$([[ $captions == brief ]] && echo toy-brief || echo toy)
   say "the editor against SDEdit, $captions captions"
-  $IP2P evaluate --model "$EDITOR" --base "$OUT/base" --clip "$CLIP" --test-set "$set_name:$EVAL_ITEMS" \
+  $IP2P evaluate --model "$EDIT_MODEL" --base "$OUT/base" --clip "$CLIP" --test-set "$set_name:$EVAL_ITEMS" \
     --resolution 64 --steps "$EVAL_STEPS" --sweep grid --text-guidance 3 --image-guidance "$IMAGE_GUIDANCE" \
     --strengths "$STRENGTHS" -o "$OUT/eval-$captions"
   $PY scripts/toy_figure.py "$OUT/eval-$captions=editor" -o "$OUT/eval-$captions.png" \

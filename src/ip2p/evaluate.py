@@ -99,7 +99,8 @@ def toy_test_set(
 
     ``brief=True`` gives the same items with brief captions (``toy-brief``, ``toy-val-brief``): every size and
     position left unsaid, as real captions leave most of a photograph unsaid. They change what SDEdit is told
-    (the output caption) and the text side of the CLIP directional similarity, nothing else.
+    (the output caption) and the caption side of the CLIP metrics (directional and output-caption similarity),
+    nothing else.
     """
     import random
 
@@ -116,7 +117,7 @@ def toy_test_set(
     prefix += "-brief" if brief else ""
     seed = default_seed if seed is None else seed
     if not 1 <= n <= len(scenes):
-        raise EvaluationError(f"the toy {prefix} set has 1 to {len(scenes)} items, asked for {n}")
+        raise EvaluationError(f"the {prefix} test set has 1 to {len(scenes)} items, asked for {n}")
     rng = random.Random(seed)
     items = []
     for i, scene in enumerate(scenes[:n]):

@@ -32,6 +32,7 @@ def test_brief_script_fine_tunes_measures_and_compares(tmp_path):
         IMAGE_GUIDANCE="1.5",
         STRENGTHS="0.5",
         QUALITY_FLAGS="--limit 2 --steps 2",
+        EDIT_MODEL="toy",
     )
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]

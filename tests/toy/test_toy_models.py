@@ -379,7 +379,11 @@ def test_clip_stage_under_bf16_autocast(trained, tmp_path):
         (["--clip-precision", "fp16"], "clip precision must be fp32 or bf16, not 'fp16'"),
         (["--unet-precision", "fp8"], "unet precision must be fp32 or bf16, not 'fp8'"),
         (["--brief-captions", "1.5"], "brief captions is a fraction in [0, 1], not 1.5"),
-        (["--unet-init", "no/such/dir"], "unet init 'no/such/dir' is not a text-to-image pipeline folder"),
+        (
+            ["--unet-init", "no/such/dir"],
+            "unet init 'no/such/dir' is not a text-to-image pipeline folder (it needs unet, vae, text_encoder, "
+            "tokenizer, scheduler)",
+        ),
     ],
 )
 def test_train_base_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, flags, message):
@@ -400,9 +404,9 @@ def test_unet_captions_are_brief_in_the_asked_share():
     assert all(parse_caption(t) == s for t, s in zip(complete, scenes, strict=True) if t)
     assert 0.05 < complete.count("") / len(scenes) < 0.15
     mixed = unet_captions(scenes, random.Random(1), TrainSettings(brief_captions=0.4))
-    brief = [t for t in mixed if t and "background" in t and not _parses(t)]
+    brief = [t for t in mixed if t and not _parses(t)]
     assert all(parse_brief(t) == Brief.of(s) for t, s in zip(mixed, scenes, strict=True) if t)
-    assert 0.3 < len(brief) / sum(1 for t in mixed if t) < 0.5
+    assert 0.32 < len(brief) / sum(1 for t in mixed if t) < 0.48
 
 
 def _parses(text: str) -> bool:
@@ -447,6 +451,41 @@ def test_unet_fine_tune_starts_from_a_pipeline_and_keeps_its_companions(trained,
     )
     image = pipe("a red circle on a white background", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+
+def test_a_fine_tune_resumes_exactly_and_refuses_another_start(trained, tmp_path):
+    from ip2p.toy.train_base import SettingsError
+
+    out, _ = trained
+    init = out / "base"
+    settings = tiny_settings(unet_init=str(init), brief_captions=0.5)
+    one_step = tiny_settings(unet_init=str(init), brief_captions=0.5, unet_steps=1)
+    # Both runs read their latents from the same cache, as an interrupted run does after its first start (a process
+    # that has just encoded them rounds the next steps' last bits differently).
+    train_base(tmp_path / "cache", "cpu", preset("test"), one_step, stages=("unet",))
+    for run in ("straight", "resumed"):
+        (tmp_path / run / "work").mkdir(parents=True)
+        shutil.copytree(tmp_path / "cache" / "work" / "unet", tmp_path / run / "work" / "unet")
+        shutil.rmtree(tmp_path / run / "work" / "unet" / "checkpoints")
+    train_base(tmp_path / "straight", "cpu", preset("test"), settings, stages=("unet",))
+    train_base(tmp_path / "resumed", "cpu", preset("test"), one_step, stages=("unet",))
+    shutil.rmtree(tmp_path / "resumed" / "base")
+    train_base(tmp_path / "resumed", "cpu", preset("test"), settings, stages=("unet",))
+    a, b = (
+        load_file(tmp_path / d / "work/unet/checkpoints/step-2.safetensors") for d in ("straight", "resumed")
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shutil.rmtree(tmp_path / "resumed" / "base")
+    with pytest.raises(SettingsError, match="started from .*, not from scratch: pass the same --unet-init"):
+        train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=("unet",))
+    epsilon = tmp_path / "epsilon"
+    shutil.copytree(init, epsilon)
+    config = epsilon / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "epsilon"}))
+    with pytest.raises(SettingsError, match="predicts 'epsilon'; the UNet stage trains v-prediction"):
+        train_base(
+            tmp_path / "x", "cpu", preset("test"), tiny_settings(unet_init=str(epsilon)), stages=("unet",)
+        )
 
 
 def test_use_attention_switches_both_libraries_kernels():

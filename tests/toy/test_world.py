@@ -260,7 +260,13 @@ def test_brief_captions_leave_the_layout_unsaid_and_round_trip():
     s = scene_of(
         ("circle", "red", "small", "top left"), ("star", "blue", "large", "center"), style="outlined"
     )
-    assert caption(s, brief=True) == "outlined shapes: a red circle and a blue star on a white background"
+    assert caption(s, brief=True) == "outlined shapes: a blue star and a red circle on a white background"
+    swapped = replace(
+        s, shapes=(replace(s.shapes[0], position="center"), replace(s.shapes[1], position="top left"))
+    )
+    # unshuffled, the order of the shapes must not tell the layout either
+    for plan in [replace(random_plan(random.Random(k)), order_keys=None) for k in range(20)]:
+        assert caption_with_plan(s, plan, brief=True) == caption_with_plan(swapped, plan, brief=True)
     brief = Brief.of(s)
     assert brief.describes(
         replace(s, shapes=(replace(s.shapes[0], position="bottom", size="large"), s.shapes[1]))

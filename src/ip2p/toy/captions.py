@@ -218,6 +218,8 @@ def caption_with_plan(scene: Scene, plan: CaptionPlan, brief: bool = False) -> s
     shapes = list(scene.shapes)
     if plan.order_keys is not None:
         shapes.sort(key=lambda s: plan.order_keys[POSITIONS.index(s.position)])
+    elif brief:  # canonical order is the grid's: a brief caption must not tell the layout by its order
+        shapes.sort(key=lambda s: (s.color, s.kind))
     body = _join([shape_phrase(s, plan, adjective, brief) for s in shapes], plan.oxford_comma)
     bg = background_word(scene.background, plan)
 

@@ -43,6 +43,7 @@ from .train_base import (
 )
 
 BARS = {"vae_psnr_db": 30.0, "clip_top1": 0.90, "t2i_one_shape": 0.80, "t2i_two_shape": 0.50}
+MEASUREMENTS = ("vae", "clip", "t2i", "t2i_brief")
 DEFAULT_GUIDANCE = 4.0
 DEFAULT_GUIDANCE_RESCALE = 0.0
 
@@ -270,6 +271,11 @@ def measure(
 
     from ip2p.devices import pick_device
 
+    unknown = set(only) - set(MEASUREMENTS)
+    if unknown:
+        raise ValueError(
+            f"unknown measurement(s) {', '.join(sorted(unknown))}; expected {', '.join(MEASUREMENTS)}"
+        )
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(2)
@@ -302,10 +308,10 @@ def measure(
         result.update(clip_retrieval(clip, tokenizer, sets["mixed"]))
         result.update(clip_retrieval(clip, tokenizer, sets["mixed"], varied=True))
     best_samples = None
+    pipe = load_pipeline(base, dev) if {"t2i", "t2i_brief"} & set(only) else None
     if "t2i" in only:
         sweep = {}
         best = None
-        pipe = load_pipeline(base, dev)
         for g in guidance:
             r, samples = text_to_image(pipe, sets, g, steps, seed, limit, guidance_rescale)
             sweep[str(g)] = {k: v for k, v in r.items() if "." not in k}
@@ -320,10 +326,10 @@ def measure(
         if len(guidance) > 1:
             result["guidance_sweep"] = sweep
     if "t2i_brief" in only:
-        pipe = load_pipeline(base, dev)
         g = result.get("guidance_scale", guidance[0])
         r, brief_samples = text_to_image(pipe, sets, g, steps, seed, limit, guidance_rescale, brief=True)
         result.update(r)
+        result.update(guidance_scale=g, guidance_rescale=guidance_rescale, sampling_steps=steps)
         if best_samples is None:
             best_samples = brief_samples
     result["passed"] = {k: result[k] >= bar for k, bar in BARS.items() if k in result}
@@ -366,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(MEASUREMENTS)
+    if unknown:
+        p.error(
+            f"--only: unknown measurement(s) {', '.join(sorted(unknown))}; expected {', '.join(MEASUREMENTS)}"
+        )
     out = (
         Path(args.out)
         if args.out

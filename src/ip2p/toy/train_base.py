@@ -278,24 +278,41 @@ PRECISIONS = ("fp32", "bf16")
 ATTENTIONS = ("sdpa", "classic")
 
 
+class SettingsError(ValueError):
+    """Settings (or a run folder) no stage can use; the message is one line that says why."""
+
+
+# The folders of a pipeline a fine-tune starts from (--unet-init).
+INIT_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
 def check_settings(settings: TrainSettings) -> None:
-    """One-line errors for settings no stage can use."""
+    """One-line errors (:class:`SettingsError`) for settings no stage can use."""
     for name in ("unet_precision", "clip_precision"):
         if getattr(settings, name) not in PRECISIONS:
-            raise ValueError(
+            raise SettingsError(
                 f"{name.replace('_', ' ')} must be fp32 or bf16, not {getattr(settings, name)!r}"
             )
     if settings.attention not in ATTENTIONS:
-        raise ValueError(f"attention must be sdpa or classic, not {settings.attention!r}")
+        raise SettingsError(f"attention must be sdpa or classic, not {settings.attention!r}")
     for name in ("brief_captions", "canonical_captions", "caption_dropout"):
         if not 0.0 <= getattr(settings, name) <= 1.0:
-            raise ValueError(
+            raise SettingsError(
                 f"{name.replace('_', ' ')} is a fraction in [0, 1], not {getattr(settings, name)}"
             )
     if settings.unet_init:
         init = unet_init_path(settings.unet_init)
-        if not (init / "unet" / "config.json").is_file() or not (init / "text_encoder").is_dir():
-            raise ValueError(f"unet init {settings.unet_init!r} is not a text-to-image pipeline folder")
+        scheduler = init / "scheduler" / "scheduler_config.json"
+        if not all((init / part).is_dir() for part in INIT_PARTS) or not scheduler.is_file():
+            raise SettingsError(
+                f"unet init {settings.unet_init!r} is not a text-to-image pipeline folder (it needs "
+                f"{', '.join(INIT_PARTS)})"
+            )
+        prediction = json.loads(scheduler.read_text()).get("prediction_type")
+        if prediction != "v_prediction":
+            raise SettingsError(
+                f"unet init {settings.unet_init!r} predicts {prediction!r}; the UNet stage trains v-prediction"
+            )
 
 
 def unet_init_path(source: str) -> Path:
@@ -303,6 +320,35 @@ def unet_init_path(source: str) -> Path:
     from ip2p.models import toy_model_path
 
     return toy_model_path("base") if source == "toy" else Path(source)
+
+
+def _init_record(source: str) -> str:
+    """How a run records where its UNet started: "" (from scratch), "toy", or an absolute folder."""
+    return source if source in ("", "toy") else str(Path(source).resolve())
+
+
+def _started(source: str) -> str:
+    return f"from {source}" if source else "from scratch"
+
+
+def _check_unet_start(work: Path, settings: TrainSettings) -> Path | None:
+    """Record where the UNet stage starts (``work/init.json``) and refuse to resume a run started otherwise; return
+    the init pipeline folder, or None from scratch."""
+    wanted = _init_record(settings.unet_init)
+    record = work / "init.json"
+    if record.is_file():
+        recorded: str | None = json.loads(record.read_text())["unet_init"]
+    elif Checkpointer(work / "checkpoints").latest() is not None or (work / "latents.safetensors").is_file():
+        recorded = ""  # a run from before the record: from scratch
+    else:
+        recorded = None
+    if recorded is not None and recorded != wanted:
+        raise SettingsError(
+            f"{work} holds a UNet stage started {_started(recorded)}, not {_started(wanted)}: pass the same "
+            f"--unet-init, or delete {work} to start again"
+        )
+    _atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"unet_init": wanted})))
+    return unet_init_path(wanted) if wanted else None
 
 
 def use_attention(model, attention: str):
@@ -1185,7 +1231,8 @@ def _unet_companions(out_dir: Path, init: Path | None, device: torch.device):
 
 def _recorded_unet_init(out_dir: Path) -> Path | None:
     record = Path(out_dir) / "work" / "unet" / "init.json"
-    return Path(json.loads(record.read_text())["unet_init"]) if record.is_file() else None
+    source = json.loads(record.read_text())["unet_init"] if record.is_file() else ""
+    return unet_init_path(source) if source else None
 
 
 def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, device: torch.device) -> Path:
@@ -1197,12 +1244,8 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     if (final / "model_index.json").is_file():
         return final
     work = out_dir / "work" / "unet"
+    init = _check_unet_start(work, settings)
     images, scenes = load_dataset(out_dir / "work", settings.n_scenes, settings.seed)
-    init = unet_init_path(settings.unet_init) if settings.unet_init else None
-    if init is not None:
-        _atomic_write(
-            work / "init.json", lambda tmp: Path(tmp).write_text(json.dumps({"unet_init": str(init)}))
-        )
     vae_dir, text_encoder, tokenizer = _unet_companions(out_dir, init, device)
     vae = (
         AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
@@ -1308,6 +1351,9 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     unet.load_state_dict(ema)
     use_attention(unet, "sdpa")
     use_attention(text_encoder, "sdpa")
+    vae_dir = (
+        init / "vae" if init is not None else current_vae_path(out_dir)
+    )  # the decoder may be tuned by now
     vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
     save_base_pipeline(
         final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg, _base_scheduler(cfg, init)
@@ -1336,7 +1382,7 @@ def save_base_pipeline(
         text_encoder=text_encoder.to("cpu"),
         tokenizer=tokenizer,
         unet=unet.to("cpu"),
-        scheduler=scheduler or build_scheduler(cfg.scheduler),
+        scheduler=build_scheduler(cfg.scheduler) if scheduler is None else scheduler,
         **PIPELINE_KWARGS,
     )
     _save_pretrained_atomic(pipe, Path(folder))
@@ -1370,7 +1416,7 @@ def export_checkpoint(
 
 
 def export_bundle(out_dir: Path, dest: Path) -> dict[str, Path]:
-    """Copy the final models into ``dest/base`` and ``dest/clip`` for bundling, with the UNet and VAE weights
+    """Copy the final models into ``dest/base`` and ``dest/clip`` (where the run has one) for bundling, with the UNet and VAE weights
     stored in fp16 (diffusers casts them back to fp32 when loading without ``torch_dtype``). The transformers
     models (text encoder, CLIP) stay fp32: transformers would keep fp16 weights in fp16.
     """
@@ -1381,6 +1427,8 @@ def export_bundle(out_dir: Path, dest: Path) -> dict[str, Path]:
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
     _save_pretrained_atomic(pipe, dest / "base")
+    if not (clip_final_path(out_dir) / "config.json").is_file():  # a fine-tune (--unet-init) trains no CLIP
+        return {"base": dest / "base"}
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".clip.", dir=dest))
     try:
@@ -1498,7 +1546,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrainSettings(**values)
     try:
         check_settings(settings)
-    except ValueError as exc:
+    except SettingsError as exc:
         print(f"ip2p toy train-base: error: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
@@ -1512,6 +1560,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"ip2p toy train-base: {exc}", file=sys.stderr)
         return 130
+    except SettingsError as exc:
+        print(f"ip2p toy train-base: error: {exc}", file=sys.stderr)
+        return 2
     if args.export:
         result.update({f"export-{k}": v for k, v in export_bundle(out_dir, Path(args.export)).items()})
     for name, path in result.items():
