@@ -14,6 +14,8 @@
 # records, and what is done is skipped.
 #
 #   scripts/toy_brief.sh                          # -> runs/toy-brief
+#   FT_STEPS=600 N_SCENES=20000 EVAL_ITEMS=120 IMAGE_GUIDANCE=1.5,2.0 CAPTION_SETS=brief \
+#     QUALITY_FLAGS="--limit 50" OUT=runs/brief-probe scripts/toy_brief.sh      # a 20-minute probe
 #   INIT=runs/toy-cpu/base FT_STEPS=3000 OUT=runs/brief-cpu scripts/toy_brief.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,7 @@ EVAL_ITEMS=${EVAL_ITEMS:-300}
 EVAL_STEPS=${EVAL_STEPS:-20}
 IMAGE_GUIDANCE=${IMAGE_GUIDANCE:-1.0,1.5,2.0,2.5}
 STRENGTHS=${STRENGTHS:-0.3,0.5,0.7,0.9}
+CAPTION_SETS=${CAPTION_SETS:-brief complete}  # which evaluations: brief captions, complete ones, or both
 QUALITY_FLAGS=${QUALITY_FLAGS:-}
 FT_FLAGS=${FT_FLAGS:-}
 start=$(date +%s)
@@ -43,7 +46,8 @@ $IP2P toy train-base --out "$OUT" --stages unet --preset "$PRESET" --unet-init "
 say "quality: complete captions (the bars) and brief ones"
 [[ -f "$OUT/quality/quality.json" ]] ||
   $IP2P toy quality --model "$OUT/base" --only t2i,t2i_brief --out "$OUT/quality" $QUALITY_FLAGS
-for captions in brief complete; do
+for captions in $CAPTION_SETS; do
+  [[ $captions == brief || $captions == complete ]] || { echo "CAPTION_SETS: brief or complete, not '$captions'" >&2; exit 2; }
   set_name=$([[ $captions == brief ]] && echo toy-brief || echo toy)
   say "the editor against SDEdit, $captions captions"
   $IP2P evaluate --model "$EDIT_MODEL" --base "$OUT/base" --clip "$CLIP" --test-set "$set_name:$EVAL_ITEMS" \
