@@ -44,6 +44,16 @@ from .train_base import (
 
 BARS = {"vae_psnr_db": 30.0, "clip_top1": 0.90, "t2i_one_shape": 0.80, "t2i_two_shape": 0.50}
 MEASUREMENTS = ("vae", "clip", "t2i", "t2i_brief")
+
+
+def unknown_measurements(only) -> str:
+    """The one-line complaint about names in ``only`` that are not measurements, or "" when all are."""
+    unknown = set(only) - set(MEASUREMENTS)
+    if not unknown:
+        return ""
+    return f"unknown measurement(s) {', '.join(sorted(unknown))}; expected {', '.join(MEASUREMENTS)}"
+
+
 DEFAULT_GUIDANCE = 4.0
 DEFAULT_GUIDANCE_RESCALE = 0.0
 
@@ -271,11 +281,9 @@ def measure(
 
     from ip2p.devices import pick_device
 
-    unknown = set(only) - set(MEASUREMENTS)
-    if unknown:
-        raise ValueError(
-            f"unknown measurement(s) {', '.join(sorted(unknown))}; expected {', '.join(MEASUREMENTS)}"
-        )
+    problem = unknown_measurements(only)
+    if problem:
+        raise ValueError(problem)
     dev = pick_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(2)
@@ -372,11 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    unknown = set(args.only.split(",")) - set(MEASUREMENTS)
-    if unknown:
-        p.error(
-            f"--only: unknown measurement(s) {', '.join(sorted(unknown))}; expected {', '.join(MEASUREMENTS)}"
-        )
+    problem = unknown_measurements(args.only.split(","))
+    if problem:
+        p.error(f"--only: {problem}")
     out = (
         Path(args.out)
         if args.out
