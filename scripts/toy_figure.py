@@ -1,8 +1,9 @@
 """The toy world's evaluation figure and table for the README: the editors against SDEdit.
 
 Merges the summaries of several `ip2p evaluate` runs (each editor evaluated once, SDEdit taken from the first run
-that has it), draws one curve per method (directional similarity x, image similarity y, as the paper's figures) and
-prints a Markdown table with the oracle's verdicts, overall and per edit type.
+that has it), draws one curve per method (directional similarity x, image similarity y, as the paper's figures;
+beside it the oracle's plane, edits right x, rest preserved y) and prints a Markdown table with the oracle's
+verdicts, overall and per edit type, then how each editor's curve compares with SDEdit's in both planes.
 
     .venv/bin/python scripts/toy_figure.py "runs/toy-eval=synthesized pairs" "runs/toy-eval-exact=exact pairs" \
         -o docs/toy-eval.png
@@ -14,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ip2p.evaluate import curve_margin, plot_curves
+from ip2p.evaluate import PLANES, curve_margin, plot_curves
 
 COLUMNS = ("clip_direction", "clip_image", "oracle_edit", "oracle_preserved", "oracle_success")
 TYPES = ("recolor", "change_kind", "background", "add", "remove", "style")
@@ -63,9 +64,10 @@ def main() -> None:
     plot_curves(rows, Path(args.output), title=args.title)
     print(table(rows))
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "sdedit"):
-        margin = curve_margin(rows, method, "sdedit")
-        print(f"\n{method} vs sdedit: {json.dumps({k: v for k, v in margin.items() if k != 'margins'})}")
-        print("margins:", [round(m, 3) for m in margin["margins"]])
+        for plane in PLANES:
+            margin = curve_margin(rows, method, "sdedit", plane=plane)
+            print(f"\n{method} vs sdedit: {json.dumps({k: v for k, v in margin.items() if k != 'margins'})}")
+            print("margins:", [round(m, 3) for m in margin["margins"]])
     print(f"\nwrote {args.output}")
 
 

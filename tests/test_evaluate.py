@@ -21,6 +21,7 @@ from ip2p.evaluate import (
     load_test_set,
     measure_batch,
     pixel_metrics,
+    plot_curves,
     read_records,
     sdedit_method,
     setting_key,
@@ -222,6 +223,28 @@ def test_sweeps_and_curve_margin():
     assert m["compared_points"] == 1 and m["margins"][0] == pytest.approx(0.15) and m["above_everywhere"]
     assert m["best_oracle_success/a"] == 0.7
     assert not curve_margin(summary, "b", "a")["above_everywhere"]
+    # (0.5, 0.5) lies right of every point of a: outside the overlap, and beaten on neither axis at once
+    assert (m["dominated"], m["points"]) == (1, 2)
+    for row, (edit, kept) in zip(summary, [(0.9, 0.6), (0.95, 0.5), (0.5, 0.55), (0.6, 0.3)], strict=True):
+        row.update(oracle_edit=edit, oracle_preserved=kept)
+    o = curve_margin(summary, "a", "b", plane="oracle")
+    assert o["plane"] == "oracle" and o["compared_points"] == 0 and o["dominated"] == 2
+    with pytest.raises(ValueError, match="unknown plane"):
+        curve_margin(summary, "a", "b", plane="pixels")
+
+
+def test_plot_adds_the_oracle_plane_where_rows_have_it(tmp_path):
+    from PIL import Image
+
+    rows = [
+        {"method": "a", "setting": "s=1", "clip_direction": 0.1, "clip_image": 0.9},
+        {"method": "b", "setting": "s=2", "clip_direction": 0.2, "clip_image": 0.7},
+    ]
+    clip_only = Image.open(plot_curves(rows, tmp_path / "clip.png")).size
+    for r in rows:
+        r.update(oracle_edit=0.5, oracle_preserved=0.5)
+    both = Image.open(plot_curves(rows, tmp_path / "both.png", title="t")).size
+    assert both[0] > 1.8 * clip_only[0] and both[1] == clip_only[1]
 
 
 def test_summary_reports_oracle_rates_per_edit_type():
@@ -312,6 +335,7 @@ def test_cli_evaluate_tiny(tmp_path, tiny_model_dir, tiny_clip_dir, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "sdedit" in text and "ip2p" in text and (out / "plot.png").is_file()
+    assert "clip plane: ip2p beats sdedit on both axes at" in text and "oracle plane" not in text  # no oracle
     assert len(read_records(out)) == 2 + 2
     assert main([*argv[:-1], "--methods", "nope"]) == 1
     assert "unknown" in capsys.readouterr().err

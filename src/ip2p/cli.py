@@ -971,6 +971,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ip2p.devices import pick_device
     from ip2p.evaluate import (
+        PLANES,
         SDEDIT_STRENGTHS,
         EvalConfig,
         EvaluationError,
@@ -1067,14 +1068,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(_summary_table(summary))
     names = [m.name for m in chosen]
-    if len(names) == 2 and all("clip_direction" in r for r in summary):
-        margin = curve_margin(summary, names[0], names[1])
-        if margin["compared_points"]:
-            print(
-                f"{names[0]} above {names[1]} at {sum(m > 0 for m in margin['margins'])}/"
-                f"{margin['compared_points']} of its points (image similarity margin min "
-                f"{min(margin['margins']):+.3f}, mean {sum(margin['margins']) / len(margin['margins']):+.3f})"
+    if len(names) == 2:
+        for plane in PLANES:
+            margin = curve_margin(summary, names[0], names[1], plane=plane)
+            if not margin["points"]:
+                continue
+            line = (
+                f"{plane} plane: {names[0]} beats {names[1]} on both axes at {margin['dominated']}/"
+                f"{margin['points']} of its points"
             )
+            if margin["compared_points"]:
+                gaps = margin["margins"]
+                line += (
+                    f"; above it at {sum(m > 0 for m in gaps)}/{len(gaps)} where the curves overlap "
+                    f"(margin min {min(gaps):+.3f}, mean {sum(gaps) / len(gaps):+.3f})"
+                )
+            print(line)
     print(f"output in {args.output} (summary.csv, plot.png, examples.png)")
     return 0
 

@@ -672,31 +672,47 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+PLANES = {
+    "clip": ("clip_direction", "clip_image", "CLIP text-image direction similarity", "CLIP image similarity"),
+    "oracle": ("oracle_edit", "oracle_preserved", "oracle: edit right", "oracle: rest preserved"),
+}
+"""The planes a method's curve is drawn in: the paper's CLIP plane, and where the test set knows each edit (the
+toy world) its ground-truth counterpart, the share of edits right (x) against the share that keeps the rest (y)."""
+
+
 def plot_curves(summary: list[dict], path: Path, title: str | None = None) -> Path:
     """Directional similarity (x) vs image similarity (y), one curve per method, its points labelled with the
-    swept value (the paper's figures 8 and 10; higher and further right is better)."""
+    swept value (the paper's figures 8 and 10; higher and further right is better). Where the rows carry the
+    toy oracle's verdicts, a second panel draws the same curves in the oracle's plane (``PLANES``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in summary):
-        rows = [r for r in summary if r["method"] == method and "clip_direction" in r]
-        if not rows:
-            continue
-        xs, ys = [r["clip_direction"] for r in rows], [r["clip_image"] for r in rows]
-        ax.plot(xs, ys, marker="o", label=method)
-        for r, x, y in zip(rows, xs, ys, strict=True):
-            swept = _swept_value(r, rows)
-            if swept:
-                ax.annotate(swept, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xlabel("CLIP text-image direction similarity")
-    ax.set_ylabel("CLIP image similarity")
+    planes = [
+        plane
+        for plane, (x, y, _, _) in PLANES.items()
+        if any(x in r and y in r for r in summary) or plane == "clip"
+    ]
+    fig, axes = plt.subplots(1, len(planes), figsize=(5.5 * len(planes), 4.2), dpi=120, squeeze=False)
+    for ax, plane in zip(axes[0], planes, strict=True):
+        x_key, y_key, x_label, y_label = PLANES[plane]
+        for method in dict.fromkeys(r["method"] for r in summary):
+            rows = [r for r in summary if r["method"] == method and x_key in r and y_key in r]
+            if not rows:
+                continue
+            xs, ys = [r[x_key] for r in rows], [r[y_key] for r in rows]
+            ax.plot(xs, ys, marker="o", label=method)
+            for r, x, y in zip(rows, xs, ys, strict=True):
+                swept = _swept_value(r, rows)
+                if swept:
+                    ax.annotate(swept, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     try:
         return save_figure(fig, path)
@@ -746,20 +762,19 @@ def examples_grid(
 # ---------------------------------------------------------------------------
 
 
-def curve_margin(summary: list[dict], better: str, worse: str) -> dict[str, Any]:
-    """How far ``better``'s curve lies above ``worse``'s: at each of ``worse``'s points whose directional
-    similarity falls within ``better``'s range, ``better``'s image similarity (interpolated linearly along
-    directional similarity) minus ``worse``'s. Also the best oracle success of each, where measured."""
-    a = sorted(
-        (r["clip_direction"], r["clip_image"])
-        for r in summary
-        if r["method"] == better and "clip_direction" in r
-    )
-    b = [
-        (r["clip_direction"], r["clip_image"])
-        for r in summary
-        if r["method"] == worse and "clip_direction" in r
-    ]
+def curve_margin(summary: list[dict], better: str, worse: str, plane: str = "clip") -> dict[str, Any]:
+    """How far ``better``'s curve lies above ``worse``'s in a plane of ``PLANES`` (default the paper's: CLIP
+    directional similarity x, image similarity y).
+
+    ``margins``: at each of ``worse``'s points whose x falls within ``better``'s range, ``better``'s y
+    (interpolated linearly along x) minus ``worse``'s. ``dominated``: how many of ``worse``'s points some point of
+    ``better`` beats on both axes at once (no interpolation, so it also counts points outside the overlap).
+    Also the best oracle success of each, where measured."""
+    if plane not in PLANES:
+        raise ValueError(f"unknown plane {plane!r}; choose from {', '.join(PLANES)}")
+    x_key, y_key = PLANES[plane][:2]
+    a = sorted((r[x_key], r[y_key]) for r in summary if r["method"] == better and x_key in r and y_key in r)
+    b = [(r[x_key], r[y_key]) for r in summary if r["method"] == worse and x_key in r and y_key in r]
     margins = []
     if len(a) >= 1:
         xs, ys = [p[0] for p in a], [p[1] for p in a]
@@ -767,9 +782,12 @@ def curve_margin(summary: list[dict], better: str, worse: str) -> dict[str, Any]
             if xs[0] <= x <= xs[-1]:
                 margins.append(float(np.interp(x, xs, ys)) - y)
     result: dict[str, Any] = {
+        "plane": plane,
         "compared_points": len(margins),
         "margins": margins,
         "above_everywhere": bool(margins) and min(margins) > 0,
+        "dominated": sum(any(ax > bx and ay > by for ax, ay in a) for bx, by in b),
+        "points": len(b),
     }
     for name in (better, worse):
         values = [r["oracle_success"] for r in summary if r["method"] == name and "oracle_success" in r]
