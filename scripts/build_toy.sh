@@ -7,7 +7,9 @@
 #   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
 #
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor
-# syn-eval bundle cpu-eval figure. The bundled editor is made on the CPU by scripts/toy_dataset.sh then
+# syn-eval brief bundle cpu-eval brief-eval figure. The bundled base is the base step's, fine-tuned by the brief step
+# so that it also draws brief captions (scripts/toy_brief.sh, 1,500 steps; brief-eval then runs that script's
+# evaluations, the editor against SDEdit with brief captions, for the README figure). The bundled editor is made on the CPU by scripts/toy_dataset.sh then
 # scripts/toy_editor.sh (the bundle step takes it from $RUNS/toy-editor-cpu when there; cpu-eval then sweeps it against
 # SDEdit, 21 minutes here, for the figure); syn-editor's is the previous one (20,348 synthesized
 # pairs; stage 1 on the CPU, stages 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the
@@ -33,7 +35,7 @@ RUNS=${RUNS:-runs}
 IP2P=${IP2P:-.venv/bin/ip2p}
 PY=${PY:-.venv/bin/python}
 CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 1)
-STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor syn-eval bundle cpu-eval figure}
+STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor syn-eval brief bundle cpu-eval brief-eval figure}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
 PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet evaluations, for the CPU (README)
@@ -258,9 +260,15 @@ if want filter-report; then
   $IP2P toy judge-pairs "$RUNS/toy-filters/pairs/data" --filters --image-image 0.7,0.75,0.8,0.85,0.9 --no-progress \
     | tee "$RUNS/toy-filters/report.md"
 fi
+if want brief; then
+  say "the base fine-tuned so that it also draws brief captions (scripts/toy_brief.sh; its evaluations: brief-eval)"
+  INIT="$RUNS/toy/base" OUT="$RUNS/toy-brief" CAPTION_SETS=" " scripts/toy_brief.sh
+fi
 if want bundle; then
   say "bundle into the package"
-  args=(--base "$RUNS/toy/base" --clip "$RUNS/toy/clip" --lm "$RUNS/toy-lm")
+  base="$RUNS/toy/base"
+  [[ -f "$RUNS/toy-brief/base/model_index.json" ]] && base="$RUNS/toy-brief/base"  # the step brief
+  args=(--base "$base" --clip "$RUNS/toy/clip" --lm "$RUNS/toy-lm")
   if [[ -f "$RUNS/toy-editor-cpu/model/model_index.json" ]]; then  # scripts/toy_dataset.sh, then scripts/toy_editor.sh
     args+=(--editor "$RUNS/toy-editor-cpu/model")
   elif [[ -f "$RUNS/toy-syn/editor/model/model_index.json" ]]; then
@@ -273,6 +281,11 @@ if want cpu-eval; then
   $IP2P evaluate --model toy --base toy --clip toy --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 \
     --sweep grid --text-guidance 3,7.5 --image-guidance 1.0,1.5,2.0,2.5 --strengths 0.3,0.5,0.7,0.9 \
     -o "$RUNS/toy-eval-cpu" $EVAL_FLAGS
+fi
+if want brief-eval; then
+  say "the bundled editor against SDEdit with the brief-caption base, brief captions then complete ones"
+  INIT="$RUNS/toy/base" OUT="$RUNS/toy-brief" scripts/toy_brief.sh
+  cp "$RUNS/toy-brief/eval-brief.png" docs/toy-eval-brief.png
 fi
 if want figure; then
   say "README figure and table"

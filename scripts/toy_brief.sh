@@ -7,9 +7,9 @@
 #   1. the base's UNet (INIT, default the bundled base) fine-tuned so that it also draws brief captions: half of
 #      its captions brief, FT_STEPS steps of 128 latents at lr 2e-4 (cosine), bf16 autocast, classic attention;
 #   2. its quality bars on complete captions, and its accuracy on the same scenes' brief captions;
-#   3. the editor (EDIT_MODEL, default the bundled one) against SDEdit with that base, on the 300 held-out edits with
-#      brief captions, then with complete ones;
-#   4. the figure and table of each (toy_figure.py).
+#   3. the editor (EDIT_MODEL, default the bundled one; text guidance 3, image guidance 1 to 5) against SDEdit with
+#      that base (strengths 0.3 to 0.9), on the 300 held-out edits with brief captions, then with complete ones;
+#   4. the figure and table of each (toy_figure.py): the CLIP plane and the oracle's.
 # Rerun the same command to resume: the fine-tune goes on from its last checkpoint, the evaluations from their
 # records, and what is done is skipped.
 #
@@ -31,7 +31,7 @@ N_SCENES=${N_SCENES:-40000}
 BRIEF=${BRIEF:-0.5}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 EVAL_STEPS=${EVAL_STEPS:-20}
-IMAGE_GUIDANCE=${IMAGE_GUIDANCE:-1.0,1.5,2.0,2.5}
+IMAGE_GUIDANCE=${IMAGE_GUIDANCE:-1,1.5,2,3,4,5}  # past the paper's 2.2: at low strength SDEdit changes little
 STRENGTHS=${STRENGTHS:-0.3,0.5,0.7,0.9}
 CAPTION_SETS=${CAPTION_SETS:-brief complete}  # which evaluations: brief captions, complete ones, or both
 QUALITY_FLAGS=${QUALITY_FLAGS:-}
