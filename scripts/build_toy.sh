@@ -9,8 +9,8 @@
 # Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor
 # syn-eval brief bundle cpu-eval brief-eval figure. The bundled base is the base step's, fine-tuned by the brief step
 # so that it also draws brief captions (scripts/toy_brief.sh, 1,500 steps; brief-eval then runs that script's
-# evaluations, the editor against SDEdit with brief captions, for the README figure). The bundled editor is made on the CPU by scripts/toy_dataset.sh then
-# scripts/toy_editor.sh (the bundle step takes it from $RUNS/toy-editor-cpu when there; cpu-eval then sweeps it against
+# evaluations, the editor against SDEdit with brief captions, for the README figure). The bundled editor is made on
+# the CPU by scripts/toy_dataset.sh then scripts/toy_editor.sh (the bundle step takes it from $RUNS/toy-editor-cpu when there; cpu-eval then sweeps it against
 # SDEdit, 21 minutes here, for the figure); syn-editor's is the previous one (20,348 synthesized
 # pairs; stage 1 on the CPU, stages 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the
 # smaller one before it (1,094 pairs) and `exact-editor` its ablation on exact pairs.
