@@ -99,3 +99,29 @@ def _learn_merges(texts: list[str], num_merges: int) -> list[tuple[str, str]]:
             merged[tuple(out)] += count
         words = merged
     return merges
+
+
+# What a fast tokenizer keeps of its last call's padding and truncation, which `save_pretrained` would write into
+# tokenizer.json and the next load would read back as defaults (the ids of an unpadded call are unchanged).
+_CALL_STATE = (
+    "max_length",
+    "pad_to_multiple_of",
+    "pad_token_type_id",
+    "stride",
+    "truncation_side",
+    "truncation_strategy",
+)
+
+
+def without_call_state(tokenizer):
+    """A copy of ``tokenizer`` to save: no padding or truncation left over from its calls, as it was built."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
+    for key in _CALL_STATE:
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer

@@ -83,6 +83,23 @@ def test_tokenizer_makes_world_words_single_tokens():
     assert tok.model_max_length % 8 == 0 and tok.model_max_length >= 44
 
 
+def test_saved_tokenizer_keeps_no_padding_from_its_calls(tmp_path):
+    from ip2p.tokenization import without_call_state
+
+    tok = build_tokenizer(preset("test").clip, tokenizer_corpus(300, 100))
+    tok(["a red circle"], padding="max_length", max_length=tok.model_max_length, truncation=True)
+    tok.save_pretrained(tmp_path / "as-called")
+    without_call_state(tok).save_pretrained(tmp_path / "clean")
+    called, clean = (
+        json.loads((tmp_path / d / "tokenizer.json").read_text()) for d in ("as-called", "clean")
+    )
+    assert called["padding"] is not None  # what transformers persists, and this helper removes
+    assert clean["padding"] is None and clean["truncation"] is None
+    assert tok.backend_tokenizer.padding is not None  # the original is left as it was
+    reloaded = type(tok).from_pretrained(tmp_path / "clean")
+    assert reloaded("a red circle").input_ids == tok("a red circle").input_ids
+
+
 def test_one_attribute_variants_differ_in_exactly_one_attribute():
     rng = random.Random(0)
     for _ in range(20):

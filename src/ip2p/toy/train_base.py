@@ -1374,13 +1374,16 @@ def _base_scheduler(cfg: BaseModelConfig, init: Path | None):
 def save_base_pipeline(
     folder: Path, vae, text_encoder, tokenizer, unet, cfg: BaseModelConfig, scheduler=None
 ) -> Path:
-    """Save a StableDiffusionPipeline folder (safetensors, no safety checker) atomically."""
+    """Save a StableDiffusionPipeline folder (safetensors, no safety checker) atomically; the tokenizer without
+    the padding and truncation that training's calls left in it."""
     from diffusers import StableDiffusionPipeline
+
+    from ip2p.tokenization import without_call_state
 
     pipe = StableDiffusionPipeline(
         vae=vae.to("cpu"),
         text_encoder=text_encoder.to("cpu"),
-        tokenizer=tokenizer,
+        tokenizer=without_call_state(tokenizer),
         unet=unet.to("cpu"),
         scheduler=build_scheduler(cfg.scheduler) if scheduler is None else scheduler,
         **PIPELINE_KWARGS,
