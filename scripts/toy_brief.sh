@@ -9,7 +9,8 @@
 #   2. its quality bars on complete captions, and its accuracy on the same scenes' brief captions;
 #   3. the editor (EDIT_MODEL, default the bundled one; text guidance 3, image guidance 1 to 5) against SDEdit with
 #      that base (strengths 0.3 to 0.9), on the 300 held-out edits with brief captions, then with complete ones;
-#   4. the figure and table of each (toy_figure.py): the CLIP plane and the oracle's.
+#   4. the reference points (no edit, the exact edits, the exact edits through the autoencoder) on the same items;
+#   5. the figure and table of each (toy_figure.py): the CLIP plane and the oracle's.
 # Rerun the same command to resume: the fine-tune goes on from its last checkpoint, the evaluations from their
 # records, and what is done is skipped.
 #
@@ -53,7 +54,12 @@ for captions in $CAPTION_SETS; do
   $IP2P evaluate --model "$EDIT_MODEL" --base "$OUT/base" --clip "$CLIP" --test-set "$set_name:$EVAL_ITEMS" \
     --resolution 64 --steps "$EVAL_STEPS" --sweep grid --text-guidance 3 --image-guidance "$IMAGE_GUIDANCE" \
     --strengths "$STRENGTHS" -o "$OUT/eval-$captions"
-  $PY scripts/toy_figure.py "$OUT/eval-$captions=editor" -o "$OUT/eval-$captions.png" \
+  # the reference points on the same items: no edit, every edit exact, and the exact edits through the editor's
+  # autoencoder, the best a latent editor can output (under a minute)
+  $IP2P evaluate --model "$EDIT_MODEL" --methods none --references input,target,target-vae --clip "$CLIP" \
+    --test-set "$set_name:$EVAL_ITEMS" --resolution 64 -o "$OUT/eval-$captions-references"
+  $PY scripts/toy_figure.py "$OUT/eval-$captions=editor" "$OUT/eval-$captions-references" \
+    -o "$OUT/eval-$captions.png" \
     --title "toy world, $EVAL_ITEMS held-out edits, $captions captions" > "$OUT/eval-$captions.md"
   cat "$OUT/eval-$captions.md"
 done

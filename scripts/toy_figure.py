@@ -15,10 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ip2p.evaluate import PLANES, curve_margin, plot_curves
+from ip2p.evaluate import PLANES, REFERENCES, curve_margin, plot_curves
 
 COLUMNS = ("clip_direction", "clip_image", "oracle_edit", "oracle_preserved", "oracle_success")
 TYPES = ("recolor", "change_kind", "background", "add", "remove", "style")
+SHARED = ("sdedit", *REFERENCES)  # taken once, from the first run that has them; never labelled
 
 
 def load(runs: list[str]) -> list[dict]:
@@ -28,12 +29,12 @@ def load(runs: list[str]) -> list[dict]:
         summary = Path(folder) / "summary.jsonl"
         if not summary.is_file():
             raise SystemExit(f"{summary}: not found (run `ip2p evaluate ... -o {folder}` first)")
-        have_sdedit = any(r["method"] == "sdedit" for r in rows)
+        have = {r["method"] for r in rows if r["method"] in SHARED}
         for line in summary.read_text().splitlines():
             row = json.loads(line)
-            if row["method"] == "sdedit" and have_sdedit:
-                continue  # the baseline once, from the first run that has it
-            if row["method"] != "sdedit" and label:
+            if row["method"] in have:
+                continue  # the baseline and the references once, from the first run that has them
+            if row["method"] not in SHARED and label:
                 row["method"] = f"{row['method']} ({label})"
             rows.append(row)
     return rows
@@ -63,11 +64,24 @@ def main() -> None:
     rows = load(args.runs)
     plot_curves(rows, Path(args.output), title=args.title)
     print(table(rows))
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "sdedit"):
+    for ref in dict.fromkeys(
+        r["method"] for r in rows if r["method"] in REFERENCES and r["method"] != "input"
+    ):
+        beaten = [f"{p} plane {curve_margin(rows, ref, 'sdedit', plane=p)['dominated']}" for p in PLANES]
+        print(f"\nreference {ref}: SDEdit points beaten on both axes: {', '.join(beaten)}")
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] not in SHARED):
         for plane in PLANES:
             margin = curve_margin(rows, method, "sdedit", plane=plane)
             print(f"\n{method} vs sdedit: {json.dumps({k: v for k, v in margin.items() if k != 'margins'})}")
             print("margins:", [round(m, 3) for m in margin["margins"]])
+        print(
+            f"\n{method} vs sdedit, CLIP plane within each edit type (SDEdit points beaten on both axes; margins)"
+        )
+        for kind in TYPES:
+            margin = curve_margin(rows, method, "sdedit", edit_type=kind)
+            if margin["points"]:
+                margins = ", ".join(f"{m:+.3f}" for m in margin["margins"]) or "no overlap"
+                print(f"  {kind:12} {margin['dominated']}/{margin['points']}; {margins}")
     print(f"\nwrote {args.output}")
 
 

@@ -23,6 +23,7 @@ from ip2p.evaluate import (
     pixel_metrics,
     plot_curves,
     read_records,
+    reference_method,
     sdedit_method,
     setting_key,
     summarize,
@@ -264,6 +265,49 @@ def test_summary_reports_oracle_rates_per_edit_type():
     assert row["oracle_success"] == pytest.approx(2 / 3)
 
 
+def test_summary_and_margin_per_edit_type():
+    records = [
+        {"method": m, "setting": "x=1", "item": str(i), "edit_type": t, "clip_direction": d, "clip_image": c}
+        for i, (m, t, d, c) in enumerate(
+            [("a", "add", 0.4, 0.7), ("a", "add", 0.6, 0.8), ("a", "style", 0.9, 0.9), ("b", "add", 0.5, 0.6)]
+        )
+    ]
+    methods = [Method(m, [{"x": 1.0}], lambda *a: []) for m in "ab"]
+    a, b = summarize(records, methods)
+    assert a["clip_direction/add"] == pytest.approx(0.5) and a["clip_image/style"] == 0.9
+    assert "clip_image/style" not in b and "oracle_success/add" not in a  # only what was measured
+    m = curve_margin([a, b], "a", "b", edit_type="add")
+    assert m["edit_type"] == "add" and (m["dominated"], m["points"]) == (0, 1)  # equal direction: not beaten
+    assert m["margins"] == [pytest.approx(0.15)]
+    assert curve_margin([a, b], "a", "b", edit_type="style")["points"] == 0
+
+
+def test_reference_points_bound_the_planes(tmp_path, pipe, scorer):
+    """No edit is at the CLIP plane's corner; the target is every edit right; its autoencoder round trip is the
+    target as a latent editor can draw it (here an untrained one's)."""
+    items = _items(3)
+    refs = [reference_method(n, pipe.components.vae) for n in ("input", "target", "target-vae")]
+    config = EvalConfig(output=str(tmp_path / "e"), test_set="toy:3", resolution=32, examples=1)
+    rows = {r["method"]: r for r in evaluate(config, refs, scorer=scorer, items=items)["summary"]}
+    assert rows["input"]["setting"] == "" and rows["input"]["clip_image"] == pytest.approx(1.0, abs=1e-5)
+    assert (
+        rows["input"]["clip_direction"] == pytest.approx(0.0, abs=1e-5) and rows["input"]["oracle_edit"] == 0
+    )
+    assert rows["target"]["psnr"] == 100.0 and rows["target"]["oracle_success"] == 1.0
+    assert rows["target"]["clip_target"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["target-vae"]["l1"] > 0 and rows["target-vae"]["psnr"] < 100.0  # the tiny VAE is untrained
+    assert (tmp_path / "e" / "images" / "target" / f"{items[0].id}.png").is_file()
+    Image.open(plot_curves(list(rows.values()), tmp_path / "refs.png"))  # single points, drawn as stars
+    with pytest.raises(EvaluationError, match="unknown reference"):
+        reference_method("oracle")
+    with pytest.raises(EvaluationError, match="autoencoder"):
+        reference_method("target-vae")
+    no_target = [EvalItem("x", items[0].image, "do it")]
+    with pytest.raises(EvaluationError, match="needs target images; test item x"):
+        evaluate(EvalConfig(output=str(tmp_path / "f")), refs[1:2], items=no_target)
+    assert not (tmp_path / "f").exists()  # refused before anything was written
+
+
 def test_jsonl_test_set(tmp_path):
     Image.new("RGB", (40, 30), "red").save(tmp_path / "a.png")
     Image.new("RGB", (40, 30), "blue").save(tmp_path / "b.png")
@@ -339,6 +383,23 @@ def test_cli_evaluate_tiny(tmp_path, tiny_model_dir, tiny_clip_dir, capsys):
     assert len(read_records(out)) == 2 + 2
     assert main([*argv[:-1], "--methods", "nope"]) == 1
     assert "unknown" in capsys.readouterr().err
+    assert main([*argv[:-1], "--references", "input,nope"]) == 1
+    assert "--references: unknown ['nope']" in capsys.readouterr().err
+    assert main([*argv, "--references", "target"]) == 1  # the JSONL item has no target image
+    assert "needs target images" in capsys.readouterr().err
+    refs = tmp_path / "refs"
+    argv[argv.index(str(out))] = str(refs)
+    assert main([*argv, "--methods", "ip2p", "--references", "input"]) == 0
+    text = capsys.readouterr().out
+    assert "input" in text and "clip plane" not in text  # one method: nothing to compare
+    assert {r["method"] for r in read_records(refs)} == {"ip2p", "input"}
+    Image.new("RGB", (32, 32), "blue").save(tmp_path / "b.png")
+    row = json.loads((tmp_path / "t.jsonl").read_text())
+    (tmp_path / "t.jsonl").write_text(json.dumps({**row, "target": "b.png"}) + "\n")
+    argv[argv.index(str(refs))] = str(tmp_path / "with-target")
+    assert main([*argv, "--references", "input,target,target-vae"]) == 0
+    text = capsys.readouterr().out
+    assert "for reference, target beats sdedit on both axes at" in text and "target-vae beats" in text
     assert (
         main(
             [

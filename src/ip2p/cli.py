@@ -917,7 +917,16 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         help="text-to-image model for the SDEdit baseline (default with --model toy: the toy base model)",
     )
     p.add_argument(
-        "--methods", default="ip2p,sdedit", help="comma-separated: ip2p, sdedit (default: %(default)s)"
+        "--methods",
+        default="ip2p,sdedit",
+        help="comma-separated: ip2p, sdedit, or none for --references alone (default: %(default)s)",
+    )
+    p.add_argument(
+        "--references",
+        default="",
+        help="comma-separated reference points measured beside the methods: input (no edit), target (the exact "
+        "target image), target-vae (the target through the editor's autoencoder: the best a latent editor can "
+        "output); target and target-vae need a test set with targets (default: none)",
     )
     p.add_argument(
         "--sweep",
@@ -972,6 +981,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ip2p.devices import pick_device
     from ip2p.evaluate import (
         PLANES,
+        REFERENCES,
         SDEDIT_STRENGTHS,
         EvalConfig,
         EvaluationError,
@@ -979,6 +989,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         editor_method,
         evaluate,
         guidance_grid,
+        reference_method,
         sdedit_method,
     )
     from ip2p.models import TOY_MODEL, load_pipeline_components
@@ -987,10 +998,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ip2p.sampling import SCHEDULERS
 
     toy = args.model == TOY_MODEL
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
+    references = list(dict.fromkeys(r.strip() for r in args.references.split(",") if r.strip()))
     unknown = set(methods) - {"ip2p", "sdedit"}
-    if unknown or not methods:
-        raise CLIError(f"--methods: unknown {sorted(unknown)}; choose from ip2p, sdedit")
+    if unknown or not (methods or references):
+        raise CLIError(
+            f"--methods: unknown {sorted(unknown)}; choose from ip2p, sdedit (none: only --references)"
+        )
+    unknown = set(references) - set(REFERENCES)
+    if unknown:
+        raise CLIError(f"--references: unknown {sorted(unknown)}; choose from {', '.join(REFERENCES)}")
     if args.scheduler is not None and args.scheduler not in SCHEDULERS:
         raise CLIError(
             f"--scheduler: unknown {args.scheduler!r}; choose from {', '.join(sorted(SCHEDULERS))}"
@@ -1056,6 +1073,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     dtype=args.dtype,
                 )
             )
+        vae = None
+        if "target-vae" in references:
+            vae = pipe.components.vae if "ip2p" in methods else None
+            if vae is None:
+                vae = load_pipeline_components(args.model, edit=True, config=args.config).vae
+        chosen += [reference_method(name, vae) for name in references]
         config.size_multiple = multiple
         result = evaluate(config, chosen)
     except EvaluationError as exc:
@@ -1067,7 +1090,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(_summary_table(summary))
-    names = [m.name for m in chosen]
+    names = [m.name for m in chosen if m.name not in REFERENCES]
     if len(names) == 2:
         for plane in PLANES:
             margin = curve_margin(summary, names[0], names[1], plane=plane)
@@ -1084,6 +1107,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     f"(margin min {min(gaps):+.3f}, mean {sum(gaps) / len(gaps):+.3f})"
                 )
             print(line)
+            for ref in (
+                r for r in references if r != "input"
+            ):  # where a perfect edit lies against the baseline
+                beaten = curve_margin(summary, ref, names[1], plane=plane)["dominated"]
+                print(f"  for reference, {ref} beats {names[1]} on both axes at {beaten}/{margin['points']}")
     print(f"output in {args.output} (summary.csv, plot.png, examples.png)")
     return 0
 
@@ -1094,10 +1122,11 @@ def _summary_table(summary: list[dict]) -> str:
         for c in ("clip_direction", "clip_image", "clip_text", "psnr", "oracle_success")
         if any(c in r for r in summary)
     ]
-    lines = [f"{'method':8} {'setting':44} {'n':>5} " + " ".join(f"{c:>14}" for c in columns)]
+    width = max(8, *(len(r["method"]) for r in summary))
+    lines = [f"{'method':{width}} {'setting':44} {'n':>5} " + " ".join(f"{c:>14}" for c in columns)]
     for r in summary:
         cells = " ".join(f"{r[c]:14.4f}" if c in r else f"{'-':>14}" for c in columns)
-        lines.append(f"{r['method']:8} {r['setting']:44} {r['n']:5d} {cells}")
+        lines.append(f"{r['method']:{width}} {r['setting']:44} {r['n']:5d} {cells}")
     return "\n".join(lines)
 
 

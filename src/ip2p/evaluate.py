@@ -9,7 +9,11 @@ edited from the item's own seed (the same seed for every method and setting) and
 - ``clip_text``: CLIP similarity of the edited image to the output caption;
 - with a target image: ``l1``, ``l2`` (mean squared error), ``psnr`` (dB) in [0, 1] pixels, and ``clip_target``;
 - in the toy world: the oracle's ``oracle_edit`` (the edited attributes read as the instruction says),
-  ``oracle_preserved`` (every other attribute kept) and ``oracle_success`` (both), per edit type in the summary.
+  ``oracle_preserved`` (every other attribute kept) and ``oracle_success`` (both), per edit type in the summary
+  (with the CLIP axes: ``TYPE_METRICS``).
+
+Reference points (``REFERENCES``: the input unchanged, the exact target, the target through the editor's
+autoencoder) are measured as methods of one point each, so every plane shows what no edit and a perfect edit score.
 
 Images enter CLIP in [0, 1], resized (bicubic, no crop) to its input size and normalised with the model's mean and
 std (``ClipScorer``). The original ``metrics/compute_metrics.py`` fed images in [-1, 1] to a CLIP expecting [0, 1],
@@ -236,6 +240,7 @@ class Method:
     settings: list[dict[str, float]]
     edit: EditFn
     describe: dict[str, Any] = field(default_factory=dict)  # recorded in run.json
+    needs_targets: bool = False  # refused, before anything runs, on a test set without target images
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -347,6 +352,55 @@ def sdedit_method(
         edit,
         {"model": components.name, "guidance_scale": guidance_scale, "steps": steps, "scheduler": scheduler},
     )
+
+
+REFERENCES = {
+    "input": "the input unchanged: no edit at all (in the CLIP plane direction 0, image similarity 1)",
+    "target": "the test set's target image: every edit exactly right",
+    "target-vae": "the target through the editor's autoencoder (encoded to its posterior mean, then decoded): the "
+    "best that a latent-diffusion editor with that autoencoder can output",
+}
+"""Reference points that bound the planes: what no edit, the exact edit and the exact edit as far as a latent
+editor can draw it score on the same items and metrics. Each is one point (one setting, named by no values)."""
+
+
+def reference_method(name: str, vae=None) -> Method:
+    """The reference ``name`` of ``REFERENCES`` as a method; ``target-vae`` needs the autoencoder ``vae`` (used on
+    its own device and dtype, e.g. the editor's ``pipe.components.vae``)."""
+    if name not in REFERENCES:
+        raise EvaluationError(f"unknown reference {name!r}; choose from {', '.join(REFERENCES)}")
+    if name == "input":
+        return Method(
+            name,
+            [{}],
+            lambda images, items, setting, seeds: [im.copy() for im in images],
+            {"reference": REFERENCES[name]},
+        )
+    if name == "target":
+        return Method(
+            name,
+            [{}],
+            lambda images, items, setting, seeds: [it.target for it in items],
+            {"reference": REFERENCES[name]},
+            needs_targets=True,
+        )
+    if vae is None:
+        raise EvaluationError("the target-vae reference needs the editor's autoencoder")
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor(vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
+
+    @torch.no_grad()
+    def edit(images, items, setting, seeds):
+        targets = [
+            it.target.convert("RGB").resize(im.size, Image.BICUBIC)
+            for it, im in zip(items, images, strict=True)
+        ]
+        x = processor.preprocess(targets).to(vae.device, vae.dtype)
+        decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
+        return processor.postprocess(decoded.float(), output_type="pil")
+
+    return Method(name, [{}], edit, {"reference": REFERENCES[name]}, needs_targets=True)
 
 
 # ---------------------------------------------------------------------------
@@ -515,6 +569,10 @@ def evaluate(
         items = load_test_set(config.test_set, config.limit)
     elif config.limit is not None:
         items = items[: config.limit]
+    for m in methods:
+        lacking = next((it.id for it in items if it.target is None), None) if m.needs_targets else None
+        if lacking is not None:
+            raise EvaluationError(f"method {m.name!r} needs target images; test item {lacking} has none")
     state = PartialState(cpu=config.device == "cpu")
     identity = config.identity(methods)
     run_file = out / "run.json"
@@ -630,9 +688,13 @@ METRICS = (
 )
 
 
+# the metrics also averaged per edit type (``<metric>/<type>``), for the planes within one type of edit
+TYPE_METRICS = ("clip_direction", "clip_image", "oracle_edit", "oracle_preserved", "oracle_success")
+
+
 def summarize(records: list[dict], methods: list[Method]) -> list[dict]:
-    """One row per (method, setting) in sweep order: the number of items, the mean of every metric, and the
-    oracle's success rate per edit type (``oracle_success/<type>``)."""
+    """One row per (method, setting) in sweep order: the number of items, the mean of every metric, and where the
+    items have edit types the means of ``TYPE_METRICS`` per type (``oracle_success/<type>`` and so on)."""
     rows = []
     for method in methods:
         for setting in method.settings:
@@ -646,11 +708,10 @@ def summarize(records: list[dict], methods: list[Method]) -> list[dict]:
                 if values:
                     row[metric] = float(np.mean(values))
             for kind in sorted({r["edit_type"] for r in mine if r.get("edit_type")}):
-                values = [
-                    r["oracle_success"] for r in mine if r.get("edit_type") == kind and "oracle_success" in r
-                ]
-                if values:
-                    row[f"oracle_success/{kind}"] = float(np.mean(values))
+                for metric in TYPE_METRICS:
+                    values = [r[metric] for r in mine if r.get("edit_type") == kind and metric in r]
+                    if values:
+                        row[f"{metric}/{kind}"] = float(np.mean(values))
             rows.append(row)
     return rows
 
@@ -683,7 +744,9 @@ toy world) its ground-truth counterpart, the share of edits right (x) against th
 def plot_curves(summary: list[dict], path: Path, title: str | None = None) -> Path:
     """Directional similarity (x) vs image similarity (y), one curve per method, its points labelled with the
     swept value (the paper's figures 8 and 10; higher and further right is better). Where the rows carry the
-    toy oracle's verdicts, a second panel draws the same curves in the oracle's plane (``PLANES``)."""
+    toy oracle's verdicts, a second panel draws the same curves in the oracle's plane (``PLANES``). Reference
+    points (``REFERENCES``) are stars, joined to the input's by a dotted line: the exact edits, each made or left
+    undone at random."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -697,7 +760,21 @@ def plot_curves(summary: list[dict], path: Path, title: str | None = None) -> Pa
     fig, axes = plt.subplots(1, len(planes), figsize=(5.5 * len(planes), 4.2), dpi=120, squeeze=False)
     for ax, plane in zip(axes[0], planes, strict=True):
         x_key, y_key, x_label, y_label = PLANES[plane]
-        for method in dict.fromkeys(r["method"] for r in summary):
+        references = {
+            r["method"]: (r[x_key], r[y_key])
+            for r in summary
+            if r["method"] in REFERENCES and not r["setting"] and x_key in r and y_key in r
+        }
+        for i, (name, (x, y)) in enumerate(references.items()):
+            ax.plot([x], [y], marker="*", markersize=11, linestyle="none", color="0.35")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 if i % 2 else -10), fontsize=7)
+            if (
+                name != "input" and "input" in references
+            ):  # the exact edits, each made or left undone at random
+                ax.plot(
+                    *zip(references["input"], (x, y), strict=True), linestyle=":", color="0.6", linewidth=1
+                )
+        for method in dict.fromkeys(r["method"] for r in summary if r["method"] not in references):
             rows = [r for r in summary if r["method"] == method and x_key in r and y_key in r]
             if not rows:
                 continue
@@ -710,7 +787,8 @@ def plot_curves(summary: list[dict], path: Path, title: str | None = None) -> Pa
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -743,7 +821,7 @@ def examples_grid(
                     if path.is_file()
                     else Image.new("RGB", image.size, "white")
                 )
-                names.append(_swept_value(setting, method.settings) or setting_key(setting))
+                names.append(_swept_value(setting, method.settings) or setting_key(setting) or method.name)
             pad = columns - len(row)
             images += row + [Image.new("RGB", image.size, "white")] * pad
             labels += names + [""] * pad
@@ -762,9 +840,12 @@ def examples_grid(
 # ---------------------------------------------------------------------------
 
 
-def curve_margin(summary: list[dict], better: str, worse: str, plane: str = "clip") -> dict[str, Any]:
+def curve_margin(
+    summary: list[dict], better: str, worse: str, plane: str = "clip", edit_type: str | None = None
+) -> dict[str, Any]:
     """How far ``better``'s curve lies above ``worse``'s in a plane of ``PLANES`` (default the paper's: CLIP
-    directional similarity x, image similarity y).
+    directional similarity x, image similarity y); with ``edit_type``, in that plane drawn from the items of that
+    type of edit alone (the summary's ``<metric>/<type>`` means).
 
     ``margins``: at each of ``worse``'s points whose x falls within ``better``'s range, ``better``'s y
     (interpolated linearly along x) minus ``worse``'s. ``dominated``: how many of ``worse``'s points some point of
@@ -773,6 +854,8 @@ def curve_margin(summary: list[dict], better: str, worse: str, plane: str = "cli
     if plane not in PLANES:
         raise ValueError(f"unknown plane {plane!r}; choose from {', '.join(PLANES)}")
     x_key, y_key = PLANES[plane][:2]
+    if edit_type is not None:
+        x_key, y_key = f"{x_key}/{edit_type}", f"{y_key}/{edit_type}"
     a = sorted((r[x_key], r[y_key]) for r in summary if r["method"] == better and x_key in r and y_key in r)
     b = [(r[x_key], r[y_key]) for r in summary if r["method"] == worse and x_key in r and y_key in r]
     margins = []
@@ -783,6 +866,7 @@ def curve_margin(summary: list[dict], better: str, worse: str, plane: str = "cli
                 margins.append(float(np.interp(x, xs, ys)) - y)
     result: dict[str, Any] = {
         "plane": plane,
+        "edit_type": edit_type,
         "compared_points": len(margins),
         "margins": margins,
         "above_everywhere": bool(margins) and min(margins) > 0,
