@@ -5,7 +5,8 @@
 # background and the style, and leave every size and position unsaid.
 #
 #   1. the base's UNet (INIT, default the bundled base) fine-tuned so that it also draws brief captions: half of
-#      its captions brief, FT_STEPS steps of 128 latents at lr 2e-4 (cosine), bf16 autocast, classic attention;
+#      its captions brief, FT_STEPS steps of 128 latents at lr 2e-4 (cosine), classic attention, bf16 autocast
+#      where the CPU has it natively (scripts/cpu_precision.sh; PRECISION=fp32|bf16 overrides);
 #   2. its quality bars on complete captions, and its accuracy on the same scenes' brief captions;
 #   3. the editor (EDIT_MODEL, default the bundled one; text guidance 3, image guidance 1 to 5) against SDEdit with
 #      that base (strengths 0.3 to 0.9), on the 300 held-out edits with brief captions, then with complete ones;
@@ -37,13 +38,14 @@ STRENGTHS=${STRENGTHS:-0.3,0.5,0.7,0.9}
 CAPTION_SETS=${CAPTION_SETS:-brief complete}  # which evaluations: brief captions, complete ones, or both
 QUALITY_FLAGS=${QUALITY_FLAGS:-}
 FT_FLAGS=${FT_FLAGS:-}
+source scripts/cpu_precision.sh
 start=$(date +%s)
 say() { printf '\n== %s (%s, %d min since the start)\n' "$1" "$(date +%H:%M:%S)" $(( ($(date +%s) - start) / 60 )); }
 
 say "the base's UNet fine-tuned on complete and brief captions"
 $IP2P toy train-base --out "$OUT" --stages unet --preset "$PRESET" --unet-init "$INIT" --brief-captions "$BRIEF" \
   --n-scenes "$N_SCENES" --unet-steps "$FT_STEPS" --unet-batch 128 --unet-lr 2e-4 --unet-warmup 100 \
-  --attention classic --unet-precision bf16 --ckpt-every 100 --threads 2 $FT_FLAGS
+  --attention classic --unet-precision "$PRECISION" --ckpt-every 100 --threads 2 $FT_FLAGS
 say "quality: complete captions (the bars) and brief ones"
 [[ -f "$OUT/quality/quality.json" ]] ||
   $IP2P toy quality --model "$OUT/base" --only t2i,t2i_brief --out "$OUT/quality" $QUALITY_FLAGS

@@ -8,7 +8,7 @@
 #
 # On this 2-core CPU the defaults (preset toy-fast, bf16, two single-threaded workers with the candidates of 32
 # triplets in each UNet call) made the README's figures. bf16 is chosen where the CPU computes it natively
-# (AVX-512 BF16 or AMX); elsewhere fp32, which is faster there. DTYPE=fp32|bf16 overrides.
+# (AVX-512 BF16 or AMX; scripts/cpu_precision.sh); elsewhere fp32, which is faster there. DTYPE=fp32|bf16 overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IP2P=${IP2P:-.venv/bin/ip2p}
@@ -22,7 +22,8 @@ SHARD=${SHARD:-32}          # triplets per output shard, the unit of resumption
 # makes more of the toy language model's triplets valid (README); "" samples it at 0.7 too, as the paper
 CAPTION_T=${CAPTION_T-0}
 if [[ -z "${DTYPE:-}" ]]; then
-  if grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then DTYPE=bf16; else DTYPE=fp32; fi
+  source scripts/cpu_precision.sh
+  DTYPE=$PRECISION
 fi
 case "$DTYPE" in fp32|bf16|fp16|auto) ;; *) echo "DTYPE must be fp32, bf16, fp16 or auto, not '$DTYPE'" >&2; exit 2 ;; esac
 mkdir -p "$OUT"

@@ -24,6 +24,8 @@ MINUTES=${MINUTES:-86}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 TEXT_GUIDANCE=${TEXT_GUIDANCE:-3}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
+source scripts/cpu_precision.sh  # bf16 autocast where the CPU has it natively, else fp32 (PRECISION overrides)
+mixed_precision=$([[ $PRECISION == bf16 ]] && echo bf16 || echo no)
 [[ -e "$DATA" ]] || { echo "$DATA: no such dataset (make one with scripts/toy_dataset.sh)" >&2; exit 2; }
 start=$(date +%s)
 if [[ -f "$OUT/model/model_index.json" ]]; then
@@ -31,7 +33,7 @@ if [[ -f "$OUT/model/model_index.json" ]]; then
 else
   echo "== training on $DATA: $STEPS steps, at most $MINUTES minutes ($(date +%H:%M:%S))"
   $IP2P train --preset toy --base-model toy --data "$DATA" --output-dir "$OUT" --cache-latents \
-    --latent-target mean --mixed-precision bf16 --attention classic --learning-rate 1e-3 --lr-schedule cosine \
+    --latent-target mean --mixed-precision "$mixed_precision" --attention classic --learning-rate 1e-3 --lr-schedule cosine \
     --lr-warmup-steps 200 --timestep-bias later --timestep-bias-multiplier 3 --timestep-bias-portion 0.3 \
     --max-train-steps "$STEPS" --max-minutes "$MINUTES" --checkpointing-steps 500 --validation-steps 1000 $TRAIN_FLAGS
   echo "== trained in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"

@@ -50,3 +50,11 @@ def test_brief_script_fine_tunes_measures_and_compares(tmp_path):
     again = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming" not in again.stdout  # the fine-tune is done: skipped
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
+def test_brief_script_refuses_an_unknown_precision(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "brief"), PRECISION="fp16")
+    run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "PRECISION must be fp32 or bf16, not 'fp16'" in run.stderr
+    assert not (tmp_path / "brief").exists()
