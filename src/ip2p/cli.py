@@ -1073,11 +1073,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     dtype=args.dtype,
                 )
             )
-        vae = None
+        vae = None  # the editor's autoencoder, for the target-vae reference
         if "target-vae" in references:
-            vae = pipe.components.vae if "ip2p" in methods else None
-            if vae is None:
-                vae = load_pipeline_components(args.model, edit=True, config=args.config).vae
+            vae = (
+                pipe.components.vae
+                if "ip2p" in methods
+                else load_pipeline_components(args.model, edit=True, config=args.config).vae
+            )
         chosen += [reference_method(name, vae) for name in references]
         config.size_multiple = multiple
         result = evaluate(config, chosen)
