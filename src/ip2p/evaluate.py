@@ -768,9 +768,8 @@ def plot_curves(summary: list[dict], path: Path, title: str | None = None) -> Pa
         for i, (name, (x, y)) in enumerate(references.items()):
             ax.plot([x], [y], marker="*", markersize=11, linestyle="none", color="0.35")
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 if i % 2 else -10), fontsize=7)
-            if (
-                name != "input" and "input" in references
-            ):  # the exact edits, each made or left undone at random
+            # the dotted line: the exact edits, each made or left undone at random
+            if name != "input" and "input" in references:
                 ax.plot(
                     *zip(references["input"], (x, y), strict=True), linestyle=":", color="0.6", linewidth=1
                 )
