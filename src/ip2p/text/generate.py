@@ -14,7 +14,6 @@ and the file ends as an uninterrupted run's would.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ip2p.fileio import write_json_atomic
 from ip2p.text.backends import InstructionGenerator, ItemError
 from ip2p.text.filters import BACKEND_ERROR, DUPLICATE_TRIPLET, FilterConfig, TripletFilter
 from ip2p.text.format import Triplet, caption_seed
@@ -126,12 +126,6 @@ def _identity(settings: dict[str, Any], config: GenerateConfig) -> dict[str, Any
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def generate_triplets(
     captions: Sequence[str],
     backend: InstructionGenerator,
@@ -168,7 +162,11 @@ def generate_triplets(
                 f"{output} was made with other settings ({', '.join(changed)}); use a new output or --overwrite"
             )
     output.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(files["config"], {"identity": identity, "backend": settings, "generate": config.to_dict()})
+    write_json_atomic(
+        files["config"],
+        {"identity": identity, "backend": settings, "generate": config.to_dict()},
+        ensure_ascii=False,
+    )
 
     filters = TripletFilter(config.filters)
     report = GenerationReport()
@@ -225,7 +223,7 @@ def generate_triplets(
         kept_log.close()
         rejected_log.close()
         report.seconds = round(time.time() - started, 2)
-        _write_json(files["report"], report.to_dict())
+        write_json_atomic(files["report"], report.to_dict(), ensure_ascii=False)
     return report
 
 
