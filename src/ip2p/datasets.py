@@ -11,13 +11,14 @@ import glob
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from ip2p.fileio import atomic_path
 
 # The official dataset's columns (timbrooks/instructpix2pix-clip-filtered).
 OFFICIAL_COLUMNS = ("original_prompt", "original_image", "edit_prompt", "edited_prompt", "edited_image")
@@ -224,14 +225,8 @@ def write_parquet_shard(
             features[name] = _feature_of(table.schema.field(name).type)
     meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
     table = table.replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
