@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from ip2p.fileio import atomic_dir, write_text_atomic
 
 METADATA_KEYS = (
     "seed",
@@ -50,11 +50,8 @@ def write_item_folder(
         record: the input record, dumped as prompt.json.
         pairs: (metadata, image 0, image 1) of each kept candidate, best first; metadata holds ``METADATA_KEYS``.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / item_dir_name(index)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    final = Path(root) / item_dir_name(index)
+    with atomic_dir(final) as tmp:  # a rerun of an interrupted shard: the new folder replaces the old
         (tmp / "prompt.json").write_text(json.dumps(record, ensure_ascii=False))
         lines = []
         for meta, image_0, image_1 in pairs:
@@ -63,13 +60,6 @@ def write_item_folder(
             image_1.save(tmp / f"{seed}_1.jpg", quality=100)
             lines.append(json.dumps({k: meta[k] for k in METADATA_KEYS}))
         (tmp / "metadata.jsonl").write_text("".join(line + "\n" for line in lines))
-        os.chmod(tmp, 0o755)
-        if final.exists():  # a rerun of an interrupted shard: the new folder replaces the old
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -86,10 +76,5 @@ def write_seeds_json(root: str | os.PathLike) -> Path:
             if found:
                 seeds.append((folder.name, found))
     seeds.sort()
-    path = root / "seeds.json"
-    fd, tmp = tempfile.mkstemp(prefix=".seeds.json.", dir=root)  # several jobs may finish at once
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(seeds))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    # As prepare_dataset.py's json.dump: no indent, no final newline. Several jobs may finish at once.
+    return write_text_atomic(root / "seeds.json", json.dumps(seeds))
