@@ -5,9 +5,9 @@ Every failure is an ``ImageError`` whose message is one line naming the file and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from ip2p.fileio import atomic_write
 
 # Refuse images above this many pixels before decoding them (a "decompression bomb" guard). 40 MP covers
 # any photograph; the edit itself runs at `resolution` (512 px) anyway.
@@ -182,15 +184,8 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     """Write a matplotlib figure as a PNG through a temporary file of its own and a rename: never half-written,
     and safe when several processes write the same figure at once (job-array workers each write the report)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", **savefig_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format="png", **savefig_kwargs)
     return path
 
 
@@ -199,21 +194,15 @@ def save_png(image: Image.Image, path: str | os.PathLike, metadata: dict[str, st
     path = Path(path)
     if path.exists() and path.is_dir():
         raise ImageError(f"{path}: is a folder; give a file name for the output")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        info = PngImagePlugin.PngInfo()
-        for key, value in (metadata or {}).items():
-            info.add_text(key, str(value))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot write the output ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    info = PngImagePlugin.PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, str(value))
+    with contextlib.ExitStack() as stack:
+        try:  # a folder that cannot be made or written to is the user's to fix; later errors are the disk's
+            handle = stack.enter_context(atomic_write(path, "wb"))
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot write the output ({exc.strerror or exc})") from exc
+        image.save(handle, format="PNG", pnginfo=info)
     return path
 
 
