@@ -37,13 +37,18 @@ def option(
     parse: Callable[[str], Any] | None = None,
     metavar: str | None = None,
     cli: bool = True,
+    positional: bool = False,
+    required: bool = False,
+    group: str | None = None,
     **field_kw: Any,
 ) -> Any:
     """A dataclass field with its command-line description.
 
     ``flag`` overrides the flag's name (default ``--field-name``); ``aliases`` are further names; ``parse`` turns the
     flag's text into the field's value (default: from the annotation: int, float, str, a list of them, bool);
-    ``cli=False`` keeps the field off the command line. Other keywords go to :func:`dataclasses.field`.
+    ``cli=False`` keeps the field off the command line. ``positional`` makes it a positional argument (optional
+    unless ``required``); ``required`` makes a flag mandatory; ``group`` names the help section it is listed in.
+    Other keywords go to :func:`dataclasses.field`.
     """
     meta = {
         "help": help,
@@ -51,7 +56,7 @@ def option(
         "flag": flag,
         "aliases": tuple(aliases),
     }
-    meta.update(parse=parse, metavar=metavar, cli=cli)
+    meta.update(parse=parse, metavar=metavar, cli=cli, positional=positional, required=required, group=group)
     return dataclasses.field(metadata=meta, **field_kw)
 
 
@@ -105,29 +110,45 @@ def add_config_flags(
     values; ``choices`` are checked by argparse.
     """
     shown = defaults or {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in cli_fields(cls, exclude):
         meta = f.metadata
+        target = parser
+        if meta.get("group") and isinstance(parser, argparse.ArgumentParser):
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            target = groups[meta["group"]]
         text = meta["help"].replace("%", "%%")  # argparse formats help with %
         default = str(shown[f.name]) if f.name in shown else _default_text(f)
-        if default is not None:
+        if default is not None and not meta.get("required"):
             text = f"{text} (default: {default.replace('%', '%%')})"
-        names = [flag_name(f), *meta.get("aliases", ())]
         kind = _annotation(f)
-        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": text}
-        if kind == "bool" and meta.get("parse") is None:
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        if kind.startswith(("list[", "tuple[")):
-            inner = kind.split("[", 1)[1].split(",")[0].rstrip("]").strip()
-            kw["nargs"] = "+"
-            kw["type"] = meta.get("parse") or _SCALARS.get(inner, str)
+        many = kind.startswith(("list[", "tuple["))
+        if meta.get("positional"):
+            names = [f.name]
+            kw: dict[str, Any] = {"default": None, "help": text}
+            kw["nargs"] = (
+                ("+" if meta.get("required") else "*") if many else (None if meta.get("required") else "?")
+            )
         else:
-            kw["type"] = meta.get("parse") or _SCALARS.get(kind, str)
+            names = [flag_name(f), *meta.get("aliases", ())]
+            kw = {"dest": f.name, "default": None, "help": text}
+            if meta.get("required"):
+                kw["required"] = True
+            if kind == "bool" and meta.get("parse") is None:
+                target.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+                continue
+            if many:
+                kw["nargs"] = "+"
+        inner = kind.split("[", 1)[1].split(",")[0].rstrip("]").strip() if many else kind
+        kw["type"] = meta.get("parse") or _SCALARS.get(inner, str)
+        if kw.get("nargs") is None:
+            kw.pop("nargs", None)
         if meta.get("choices"):
             kw["choices"] = list(meta["choices"])
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
-        parser.add_argument(*names, **kw)
+        target.add_argument(*names, **kw)
 
 
 def config_overrides(args: argparse.Namespace, cls: type, exclude: Iterable[str] = ()) -> dict[str, Any]:

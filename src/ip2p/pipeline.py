@@ -19,10 +19,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ip2p.devices import pick_device, pick_dtype
+from ip2p.edit_config import EditConfig
+from ip2p.edit_settings import merge_settings, read_edit_settings, validate_settings
 from ip2p.guidance import dual_guidance
 from ip2p.imaging import (
     Prepared,
-    ResizeMode,
     load_image,
     pil_to_tensor,
     prepare_image,
@@ -35,38 +36,6 @@ from ip2p.sampling import StepCallback, denoise, make_scheduler
 # A fast tokenizer keeps its padding/truncation settings in shared state that each call rewrites, so two threads
 # (the web app's concurrent edits) can get each other's padding; tokenizing is cheap, so it is serialised.
 _TOKENIZER_LOCK = threading.Lock()
-
-
-@dataclass
-class EditConfig:
-    """Settings of one edit. Defaults are the paper's (original ``edit_cli.py``)."""
-
-    num_inference_steps: int = 100
-    text_guidance_scale: float = 7.5  # s_T: follow the instruction
-    image_guidance_scale: float = 1.5  # s_I: stay close to the input image
-    scheduler: str | None = None  # None keeps the model's own (Euler ancestral for the released model)
-    num_images: int = 1
-    negative_prompt: str | None = None  # replaces "" as the null text
-    resolution: int = 512  # long side; the toy model uses 64
-    resize_mode: ResizeMode = "fit"  # "fit" is the original's; "pad"/"crop" keep the exact aspect ratio
-    restore_size: bool = False  # resize the result back to the input's size
-    eta: float = 0.0  # DDIM only
-    # phi of Lin et al. 2024 (sec. 3.4): rescale the guided prediction towards the std of the fully conditioned
-    # one, which curbs the over-saturation of strong guidance on zero-terminal-SNR models; 0 = off (the paper's)
-    guidance_rescale: float = 0.0
-
-    def validate(self) -> None:
-        if self.num_inference_steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.num_inference_steps}")
-        if self.num_images < 1:
-            raise ValueError(f"the number of images must be at least 1, got {self.num_images}")
-        if self.resolution < 8:
-            raise ValueError(f"resolution must be at least 8, got {self.resolution}")
-        if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise ValueError(f"guidance rescale must lie in [0, 1], got {self.guidance_rescale}")
-        for name in ("text_guidance_scale", "image_guidance_scale"):
-            if not (-100.0 <= getattr(self, name) <= 100.0):
-                raise ValueError(f"{name} = {getattr(self, name)} is outside [-100, 100]")
 
 
 @dataclass
@@ -100,14 +69,24 @@ class EditResult:
 class EditPipeline:
     """Instruction-based image editing with an InstructPix2Pix model.
 
+    ``settings`` are the model's recommended edit settings (its ``edit_settings.json``, read by
+    ``from_pretrained``): a call without a value for a setting uses the model's, else the paper's default.
+
     Example:
         >>> pipe = EditPipeline.from_pretrained("toy")
-        >>> result = pipe(image, "make the circle green", seed=0)
+        >>> result = pipe(image, "make the circle green", seed=0)  # the toy editor's 64 px, 20 steps, 3 / 2
         >>> result.images[0].save("edited.png")
     """
 
-    def __init__(self, components: EditComponents, device: str | torch.device | None = None, dtype=None):
+    def __init__(
+        self,
+        components: EditComponents,
+        device: str | torch.device | None = None,
+        dtype=None,
+        settings: dict[str, Any] | None = None,
+    ):
         self.components = components
+        self.settings = validate_settings(dict(settings or {}), "settings")
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         for module in (components.unet, components.vae, components.text_encoder):
@@ -124,8 +103,19 @@ class EditPipeline:
         dtype: str | None = None,
         config: str | None = None,
     ) -> EditPipeline:
-        """Load from a diffusers folder, a hub id, an original checkpoint file, ``"toy"`` or ``"tiny"``."""
-        return cls(load_pipeline_components(source, edit=True, config=config), device=device, dtype=dtype)
+        """Load from a diffusers folder, a hub id, an original checkpoint file, ``"toy"`` or ``"tiny"``, with the
+        model's recommended settings (``edit_settings.json`` in its folder, where present)."""
+        settings = read_edit_settings(source)  # a bad file fails before the weights load
+        components = load_pipeline_components(source, edit=True, config=config)
+        return cls(components, device=device, dtype=dtype, settings=settings)
+
+    def config_for(self, **overrides: Any) -> EditConfig:
+        """The settings of an edit: the paper's defaults < the model's settings < ``overrides`` (``None``: unset).
+
+        Example:
+            >>> pipe.config_for(num_inference_steps=50).text_guidance_scale  # the model's, or the paper's 7.5
+        """
+        return merge_settings(self.settings, overrides)
 
     # -- building blocks -------------------------------------------------------------------------------------
     @property
@@ -205,14 +195,14 @@ class EditPipeline:
             image: a PIL image or a path.
             instruction: the edit, e.g. "make the circle green". An empty instruction returns the (resized) input
                 unchanged, as the original does.
-            config: settings (``EditConfig``); keyword ``overrides`` replace single fields.
+            config: settings (``EditConfig``); without it, :meth:`config_for` (the model's settings). Keyword
+                ``overrides`` replace single fields.
             seed: makes the result reproducible; drawn at random (and recorded) when neither it nor ``generator``
                 is given.
             generator: a torch generator to draw the noise from (instead of ``seed``).
             callback: ``callback(step, num_steps, latents)`` after every sampler step.
         """
-        config = EditConfig(**{**asdict(config or EditConfig()), **overrides})
-        config.validate()
+        config = self._config(config, overrides)
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
         prepared = self.prepare(image, config)
@@ -257,8 +247,7 @@ class EditPipeline:
         rounding (every input draws its initial and per-step noise from its own generator). The inputs must
         prepare to one size (same aspect ratio); ``num_images`` must be 1.
         """
-        config = EditConfig(**{**asdict(config or EditConfig()), **overrides})
-        config.validate()
+        config = self._config(config, overrides)
         if not (len(images) == len(instructions) == len(seeds)):
             raise ValueError(
                 f"need one instruction and seed per image: {len(images)}, {len(instructions)}, {len(seeds)}"
@@ -289,6 +278,14 @@ class EditPipeline:
             for i, im in zip(todo, tensor_to_pil(self.decode(latents)), strict=True):
                 out[i] = restore_image(im, prepared[i], config.restore_size)
         return out  # type: ignore[return-value]
+
+    def _config(self, config: EditConfig | None, overrides: dict[str, Any]) -> EditConfig:
+        if config is None:
+            config = self.config_for(**overrides)
+        else:
+            config = EditConfig(**{**asdict(config), **overrides})
+        config.validate()
+        return config
 
     def _sample(self, images, instructions, config, scheduler, generator, callback) -> torch.Tensor:
         # B inputs of one size, each edited config.num_images times: n = B * num_images rows.

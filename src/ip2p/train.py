@@ -17,11 +17,9 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,182 +29,26 @@ from PIL import Image
 
 from ip2p.datasets import Columns, EditExample, open_edit_dataset
 from ip2p.guidance import apply_conditioning_dropout
+from ip2p.harness import (
+    Deadline,
+    Interrupted,
+    StopRequest,
+    atomic_folder,
+    atomic_write,
+    keep_newest,
+    numbered,
+    stop_requests,
+)
 from ip2p.imaging import make_grid, pil_to_tensor, save_png
-
-
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
-@dataclass
-class TrainConfig:
-    """Settings of ``ip2p train``. Defaults are the paper's (and the original ``configs/train.yaml``)."""
-
-    base_model: str = _help(
-        "text-to-image model to start from (diffusers folder, hub id, 'tiny'), or an editing "
-        "model to continue",
-        default="runwayml/stable-diffusion-v1-5",
-    )
-    data: list[str] = _help(
-        "Parquet files/globs/folders (official schema) or an original-format folder", default_factory=list
-    )
-    output_dir: str = _help(
-        "where checkpoints, logs, validation grids and the final model go", default="runs/train"
-    )
-    original_image_column: str = _help("column of the input image", default="original_image")
-    edit_prompt_column: str = _help("column of the instruction", default="edit_prompt")
-    edited_image_column: str = _help("column of the edited image", default="edited_image")
-    resolution: int = _help("training crop size (paper: 256)", default=256)
-    min_resize: int = _help("random resize lower bound before cropping (paper: 256)", default=256)
-    max_resize: int = _help("random resize upper bound before cropping (paper: 288)", default=288)
-    flip_prob: float = _help("probability of a horizontal flip of both images (paper: 0.5)", default=0.5)
-    train_batch_size: int = _help(
-        "examples per process per micro-batch (paper: 32 x 8 GPUs x 4 accumulation)", default=32
-    )
-    gradient_accumulation_steps: int = _help("micro-batches per optimizer step (paper: 4)", default=1)
-    max_train_steps: int = _help("optimizer steps (paper: 10,000)", default=10_000)
-    learning_rate: float = _help("AdamW learning rate, peak (paper: 1e-4)", default=1e-4)
-    lr_warmup_steps: int = _help("linear warm-up steps (paper: 0)", default=0)
-    lr_schedule: str = _help(
-        "after the warm-up: constant (the paper's), or linear or cosine decay to 0 at max_train_steps",
-        default="constant",
-    )
-    adam_beta1: float = _help("AdamW beta1", default=0.9)
-    adam_beta2: float = _help("AdamW beta2", default=0.999)
-    adam_weight_decay: float = _help("AdamW weight decay (torch's default, as the original)", default=1e-2)
-    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
-    max_grad_norm: float = _help("gradient clipping norm (0 disables)", default=1.0)
-    conditioning_dropout_prob: float = _help(
-        "probability of each dropout case: text only, both, image only (paper: 0.05)", default=0.05
-    )
-    timestep_bias: str = _help(
-        "which timesteps are drawn more often: none (uniform, the paper's), later (the noisiest, where an edit's "
-        "layout and colours are decided) or earlier (the least noisy), as diffusers' SDXL training script",
-        default="none",
-    )
-    timestep_bias_multiplier: float = _help(
-        "how many times more often the biased timesteps are drawn", default=2.0
-    )
-    timestep_bias_portion: float = _help("the share of the timesteps that is biased", default=0.25)
-    sample_weights: str | None = _help(
-        "a text file of one non-negative weight per training example, in the data's order (one number a line; "
-        "'#' comments): each epoch draws its examples in proportion to them, with replacement, for example to "
-        "balance edit types (`ip2p toy type-weights`); unset: every example once an epoch, as the paper",
-        default=None,
-    )
-    use_ema: bool = _help("keep an EMA of the UNet and export it (paper: yes)", default=True)
-    ema_decay: float = _help("EMA decay, with the (1+n)/(10+n) warm-up (paper: 0.9999)", default=0.9999)
-    mixed_precision: str = _help("no, fp16 or bf16", default="no")
-    gradient_checkpointing: bool = _help("trade compute for memory in the UNet", default=False)
-    attention: str = _help(
-        "the UNet's attention kernels in training: sdpa (torch's scaled_dot_product_attention, diffusers' "
-        "default) or classic (diffusers' AttnProcessor: the same math as explicit matmuls and a softmax; faster "
-        "on a CPU when the heads are small, as the toy UNet's 4-dim heads: benchmarks/bench_attention.py)",
-        default="sdpa",
-    )
-    max_minutes: float | None = _help(
-        "stop after this many minutes of training, with a checkpoint, and export (for time-limited jobs; the "
-        "same command with more time resumes towards max_train_steps)",
-        default=None,
-    )
-    checkpointing_steps: int = _help("save a resumable checkpoint every N steps", default=500)
-    checkpoints_total_limit: int = _help("keep only the newest N checkpoints", default=2)
-    validation_steps: int = _help("write a validation grid every N steps (0: only at the end)", default=500)
-    num_validation_examples: int = _help("examples in the validation grid (the first of the data)", default=4)
-    validation_inference_steps: int = _help("sampler steps of validation edits", default=20)
-    validation_resolution: int = _help(
-        "resolution of validation edits (0: the training resolution)", default=0
-    )
-    log_every: int = _help("log metrics every N steps", default=10)
-    tensorboard: bool = _help("also log to TensorBoard (needs the tensorboard package)", default=False)
-    cache_latents: bool = _help(
-        "encode images and instructions once and train from the cache (no random "
-        "resize/crop then; flips kept)",
-        default=False,
-    )
-    latent_target: str = _help(
-        "the edited image's latent the UNet learns: sample (a draw from the VAE posterior, as the paper and "
-        "diffusers) or mean (the posterior mean; for a VAE whose posterior noise is not small, as the toy one's)",
-        default="sample",
-    )
-    conv_in_init: str = _help(
-        "how the input convolution's image channels start: zeros (the paper's: the model starts as the "
-        "text-to-image one) or copy (Marigold's: the latent channels' weights, halved on both)",
-        default="zeros",
-    )
-    seed: int = _help("seed of every random choice in the run", default=42)
-    device: str = _help("cpu to force the CPU; otherwise accelerate's choice", default="auto")
-
-    def validate(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.timestep_bias not in TIMESTEP_BIASES:
-            raise ValueError(
-                f"timestep_bias must be {', '.join(TIMESTEP_BIASES)}, got {self.timestep_bias!r}"
-            )
-        if self.timestep_bias_multiplier <= 0 or not 0 < self.timestep_bias_portion <= 1:
-            raise ValueError(
-                "timestep_bias_multiplier must be above 0 and timestep_bias_portion in (0, 1], got "
-                f"{self.timestep_bias_multiplier} and {self.timestep_bias_portion}"
-            )
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be {' or '.join(ATTENTIONS)}, got {self.attention!r}")
-        if self.latent_target not in ("sample", "mean"):
-            raise ValueError(f"latent_target must be sample or mean, got {self.latent_target!r}")
-        from ip2p.models import CONV_IN_INITS
-
-        if self.conv_in_init not in CONV_IN_INITS:
-            raise ValueError(f"conv_in_init must be {' or '.join(CONV_IN_INITS)}, got {self.conv_in_init!r}")
-        if not self.data:
-            raise ValueError("no training data: pass --data PATH")
-        if self.max_minutes is not None and self.max_minutes < 0:
-            raise ValueError(f"max_minutes must be at least 0, got {self.max_minutes}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if not (self.min_resize <= self.max_resize and self.resolution <= self.min_resize):
-            raise ValueError(
-                f"need resolution <= min_resize <= max_resize, got {self.resolution}, "
-                f"{self.min_resize}, {self.max_resize}"
-            )
-        for name in (
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "max_train_steps",
-            "checkpointing_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},  # the defaults: 256 px, lr 1e-4 constant, EMA 0.9999, dropout 0.05
-    # The toy world at 64 px: random resize 64-72 then crop 64, as the paper's 256-288 -> 256.
-    # No flips: toy instructions name positions ("the star on the left"), which a flip would contradict.
-    # Posterior samples as targets, as the paper (the bundled editor's recipe), although the toy VAE's posterior
-    # noise is 0.68 of its scaled latents' spread and the toy base UNet learnt posterior means: --latent-target mean
-    # lowers the training loss from 0.62 to 0.08 and sharpens the validation edits, but measured on 300 held-out
-    # edits it did not raise success (8.3% after 1,500 steps; sampled: 8.0% after 1,200, 9.0% after 3,000).
-    "toy": dict(
-        resolution=64,
-        min_resize=64,
-        max_resize=72,
-        flip_prob=0.0,
-        train_batch_size=32,
-        learning_rate=2e-4,
-        max_train_steps=3000,
-        checkpointing_steps=250,
-        validation_steps=500,
-        ema_decay=0.999,
-        num_validation_examples=8,
-        validation_inference_steps=20,
-    ),
-}
-
-
-# -- pure pieces ------------------------------------------------------------------------------------------------
-LR_SCHEDULES = ("constant", "linear", "cosine")
-ATTENTIONS = ("sdpa", "classic")
-TIMESTEP_BIASES = ("none", "later", "earlier")
+from ip2p.train_config import (  # noqa: F401 (the config lives torch-free; re-exported here)
+    ATTENTIONS,
+    LR_SCHEDULES,
+    PRESETS,
+    TIMESTEP_BIASES,
+    TrainConfig,
+    apply_preset,
+    config_fields,
+)
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
@@ -597,32 +439,42 @@ class Trainer:
             total=c.max_train_steps, initial=self.step, desc="training", disable=not acc.is_main_process
         )
         timer, seen = time.perf_counter(), 0
-        deadline = None if c.max_minutes is None else timer + 60 * c.max_minutes
-        while self.step < c.max_train_steps:
-            mean_loss = self.train_step()
-            seen += c.train_batch_size * acc.num_processes * c.gradient_accumulation_steps
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if self.step % c.log_every == 0 or self.step == c.max_train_steps:
-                elapsed = time.perf_counter() - timer
-                self._log(
-                    {
-                        "step": self.step,
-                        "loss": mean_loss,
-                        "lr": self.lr_scheduler.get_last_lr()[0],
-                        "samples_per_second": seen / max(elapsed, 1e-9),
-                    },
-                    writer,
-                )
-                timer, seen = time.perf_counter(), 0
-            if self.step % c.checkpointing_steps == 0 or self.step == c.max_train_steps:
-                self.save_checkpoint()
-            if c.validation_steps and self.step % c.validation_steps == 0:
-                self.validate()
-            if deadline is not None and self._past(deadline):
+        deadline = Deadline(c.max_minutes)
+        # SIGINT/SIGTERM end the step under way with a checkpoint (then Interrupted): the same command resumes.
+        with stop_requests() as request:
+            while self.step < c.max_train_steps:
+                mean_loss = self.train_step()
+                seen += c.train_batch_size * acc.num_processes * c.gradient_accumulation_steps
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if self.step % c.log_every == 0 or self.step == c.max_train_steps:
+                    elapsed = time.perf_counter() - timer
+                    self._log(
+                        {
+                            "step": self.step,
+                            "loss": mean_loss,
+                            "lr": self.lr_scheduler.get_last_lr()[0],
+                            "samples_per_second": seen / max(elapsed, 1e-9),
+                        },
+                        writer,
+                    )
+                    timer, seen = time.perf_counter(), 0
+                if self.step % c.checkpointing_steps == 0 or self.step == c.max_train_steps:
+                    self.save_checkpoint()
+                if c.validation_steps and self.step % c.validation_steps == 0:
+                    self.validate()
+                reason = self._stop_reason(deadline, request)
+                if reason is None:
+                    continue
                 if self.step % c.checkpointing_steps:
                     self.save_checkpoint()
-                if acc.is_main_process:
+                if reason == "signal" and self.step < c.max_train_steps:
+                    bar.close()
+                    raise Interrupted(
+                        f"training stopped at step {self.step} of {c.max_train_steps} ({request.name or 'signal'}), "
+                        "checkpoint saved: run the same command again to resume"
+                    )
+                if reason == "time" and acc.is_main_process:
                     bar.write(f"stopping at step {self.step}: max_minutes ({c.max_minutes}) reached")
                 break
         bar.close()
@@ -630,14 +482,16 @@ class Trainer:
             self.validate()
         return self.export()
 
-    def _past(self, deadline: float) -> bool:
-        """Whether the main process's clock has passed ``deadline`` (every process stops at the same step)."""
-        over = time.perf_counter() > deadline
-        if self.accelerator.num_processes == 1:
-            return over  # no device tensor, so no synchronisation on every step
-        from accelerate.utils import broadcast
+    def _stop_reason(self, deadline: Deadline, request: StopRequest) -> str | None:
+        """Why training stops after this step: "signal" (SIGINT/SIGTERM), "time" (max_minutes) or None, as the
+        main process sees it (every process stops at the same step)."""
+        flags = [request.requested, deadline.passed()]
+        if self.accelerator.num_processes > 1:  # one process: no device tensor, no synchronisation every step
+            from accelerate.utils import broadcast
 
-        return bool(broadcast(torch.tensor([float(over)], device=self.accelerator.device)).item())
+            shared = broadcast(torch.tensor(flags, dtype=torch.float32, device=self.accelerator.device))
+            flags = [bool(f) for f in shared.tolist()]
+        return "signal" if flags[0] else "time" if flags[1] else None
 
     def train_step(self) -> float:
         """One optimizer step (all micro-batches of it, on every process); returns the mean loss."""
@@ -671,10 +525,7 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
-        found = [
-            p for p in (self.out / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
-        ]
-        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+        return [path for _, path in numbered(self.out / "checkpoints", "checkpoint-")]
 
     def save_checkpoint(self) -> Path | None:
         """Weights, optimizer, EMA, LR schedule and step, written to a temporary folder and renamed."""
@@ -685,10 +536,8 @@ class Trainer:
         from safetensors.torch import save_file
 
         root = self.out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
         final = root / f"checkpoint-{self.step}"
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-        try:
+        with atomic_folder(final, prefix=".tmp-") as tmp:
             unet = acc.unwrap_model(self.unet)
             save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
             if self.ema is not None:
@@ -706,13 +555,7 @@ class Trainer:
                 "sample_weights_sha256": self._sample_weights_sha256(),
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for old in self._checkpoints()[: -self.config.checkpoints_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        keep_newest(root, "checkpoint-", self.config.checkpoints_total_limit)
         return final
 
     def _resume(self) -> None:
@@ -858,14 +701,7 @@ def load_pipeline_components_for_training(source: str, loader) -> Any:
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
 
 
 def train(config: TrainConfig, dataset: Sequence[EditExample] | None = None) -> Path:
@@ -874,14 +710,3 @@ def train(config: TrainConfig, dataset: Sequence[EditExample] | None = None) -> 
     train(TrainConfig(base_model="path/to/sd", data=["pairs/*.parquet"], output_dir="runs/editor"))
     """
     return Trainer(config, dataset).train()
-
-
-def config_fields() -> list:
-    """The dataclass fields of ``TrainConfig`` (the CLI builds one flag per field)."""
-    return list(fields(TrainConfig))
-
-
-def apply_preset(name: str, overrides: dict[str, Any]) -> TrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return TrainConfig(**{**PRESETS[name], **overrides})

@@ -21,9 +21,9 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,113 +37,11 @@ STATE_FILE = "trainer_state.json"  # written last into a checkpoint: marks it co
 CONFIG_FILE = "finetune_config.json"
 
 
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tuning run. Defaults follow the paper's fine-tune (``--n_epochs 1``)."""
-
-    model: str = ""  # causal LM folder or hub id; "toy" builds the toy LM (ip2p.text.toy_lm) from scratch
-    seeds: str | None = (
-        None  # JSONL of input/edit/output; None: the human-written 700 where present, else "toy"
-    )
-    output: str = "runs/text-lm"
-    epochs: int = 1  # paper: 1 epoch over the 700 triplets
-    max_steps: int | None = None  # optimizer steps; None: epochs x steps per epoch
-    learning_rate: float = 1e-5  # full fine-tuning of a pretrained model; LoRA wants ~2e-4
-    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    batch_size: int = 8  # per device
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    max_length: int = 512  # tokens; longer ones are cut (the human-written triplets are < 100 GPT-2 tokens)
-    paraphrase: bool = False  # toy world only: re-phrase both captions of each seed triplet every epoch
-    relabel: bool = False  # toy world only: also rename its symbols (colours, kinds, ...) every epoch
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"  # peft's shorthand: every linear layer except the output head
-    merge_lora: bool = False  # save the merged model instead of the adapter
-    checkpoint_every: int = 200  # optimizer steps between checkpoints (0: only the final model)
-    keep_checkpoints: int = 2
-    resume: bool = True  # continue from the latest checkpoint in output/checkpoints
-    seed: int = 0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    cpu: bool = False  # train on the CPU even where a GPU is present
-    log_every: int = 10  # optimizer steps between lines of output/train_log.jsonl
-    # The toy model's shape (used when model == "toy"); ~0.9 M parameters.
-    toy_layers: int = 4
-    toy_width: int = 128
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with the config
-
-    def validate(self) -> None:
-        if not self.model:
-            raise ValueError(
-                "no model: give --model (a causal LM folder or hub id; for --preset toy-relabel, the folder "
-                "that --preset toy wrote) or --preset toy"
-            )
-        if self.model != "toy" and Path(self.model).resolve() == Path(self.output).resolve():
-            raise ValueError(f"--output is the model being fine-tuned ({self.model}): write elsewhere")
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
-            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; use constant, linear or cosine")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"unknown mixed precision {self.mixed_precision!r}; use no, fp16 or bf16")
-        if self.toy_layers < 1 or self.toy_width < 4 or self.toy_width % 4:
-            raise ValueError(
-                f"the toy model needs at least 1 layer and a width divisible by its 4 heads, got "
-                f"{self.toy_layers} layers of width {self.toy_width}"
-            )
-        if self.lora and self.model == "toy":
-            raise ValueError(
-                "LoRA adapts a pretrained model; the toy model is trained from scratch (drop --lora)"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# The toy LM: trained from scratch on the 700 toy seed triplets, re-phrased every epoch (without that it
-# memorises them: 3% valid triplets on held-out captions). 8800 steps, ~55 min on one shared CPU core; valid
-# triplets on held-out captions rise with steps (39% at 3800, 54% at 5200, 59% at the end, after filtering).
-_TOY = FinetuneConfig(
-    model="toy",
-    seeds="toy",
-    output="runs/toy-lm-phrase",
-    paraphrase=True,
-    epochs=200,
-    learning_rate=2e-3,
-    lr_schedule="cosine",
-    warmup_steps=50,
-    weight_decay=0.01,
-    batch_size=16,
-    checkpoint_every=100,
+from ip2p.text.config import (  # noqa: E402, F401 (the config lives in a torch-free module; re-exported here)
+    PRESETS,
+    FinetuneConfig,
+    preset,
 )
-
-PRESETS: dict[str, FinetuneConfig] = {
-    "paper": FinetuneConfig(),
-    "toy": _TOY,
-    # Its second phase, from the first phase's model (--model): the seeds with their symbols renamed every epoch
-    # (see ip2p.text.toy_lm.relabel). From scratch, relabelled seeds alone left the model ignoring its input (0%
-    # valid after 3,000 steps); after the first phase they teach it to copy attributes it never saw together.
-    # Repeated rounds of it, each from the one before, keep raising validity (scripts/build_toy.sh runs six; README).
-    "toy-relabel": replace(_TOY, model="", output="runs/toy-lm", relabel=True, learning_rate=5e-4),
-}
-
-
-def preset(name: str, **overrides: Any) -> FinetuneConfig:
-    """A copy of a named preset with some fields replaced (None values are ignored)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
 # -- data ---------------------------------------------------------------------------------------------------
