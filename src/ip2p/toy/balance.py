@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 from ip2p.datasets import open_edit_dataset
+from ip2p.fileio import write_text_atomic
 
 from .edits import edit_type_of
 
@@ -109,14 +108,5 @@ def write_type_weights(
         f"# {t}: {s['pairs']} pairs, {s['share']:.1%} of the data, {s['share_drawn']:.1%} of the draws"
         for t, s in summary.items()
     ]
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(header + [f"{w:.8g}" for w in weights]) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(output, "\n".join(header + [f"{w:.8g}" for w in weights]) + "\n")
     return summary

@@ -17,11 +17,11 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ip2p.fileio import atomic_dir
 from ip2p.models import toy_model_path
 
 KINDS = ("base", "clip", "editor", "lm")
@@ -75,15 +75,8 @@ def bundle(sources: dict[str, str | os.PathLike], root: Path | None = None) -> d
         if not source.is_dir():
             raise ValueError(f"{source}: no such folder")
         final = (root / kind) if root is not None else toy_model_path(kind)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{kind}.", dir=final.parent))
-        try:
+        with atomic_dir(final) as tmp:
             _save_half(kind, source, tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         done[kind] = final
     return done
 

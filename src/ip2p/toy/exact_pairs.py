@@ -12,12 +12,12 @@ there are kept, so a rerun resumes) and ``manifest.json`` with the counts.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 
 from ip2p.datasets import write_parquet_shard
+from ip2p.fileio import write_json_atomic
 from ip2p.jsonl import iter_jsonl_objects
 
 
@@ -75,8 +75,5 @@ def exact_pairs(
         "resolution": resolution,
         **dict(sorted(counts.items())),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
+    write_json_atomic(out / "manifest.json", manifest)
     return manifest

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from ip2p.fileio import atomic_write
 
 from .captions import caption_with_plan, random_plan
 from .edits import EDIT_TYPES, random_edit
@@ -52,24 +53,11 @@ def seed_triplets(n: int = 700, seed: int = 0) -> list[dict[str, str]]:
 
 
 def write_jsonl(path: str | os.PathLike[str], triplets: Iterable[dict[str, str]]) -> Path:
-    """Write one JSON object per line, atomically (temp file + os.replace)."""
+    """Write one JSON object per line, atomically and synced to disk (``ip2p.fileio.atomic_write``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; this is data, not a secret
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for t in triplets:
-                f.write(json.dumps({k: t[k] for k in TRIPLET_KEYS}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, fsync=True) as f:
+        for t in triplets:
+            f.write(json.dumps({k: t[k] for k in TRIPLET_KEYS}, ensure_ascii=False) + "\n")
     return path
 
 
