@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ip2p.fileio import write_text_atomic
 from ip2p.jsonl import iter_jsonl_objects
 from ip2p.pairs.clip_score import (
     ClipScorer,
@@ -219,19 +219,6 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}"
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomic write: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _file_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -292,7 +279,7 @@ def generate_pairs(
     workers = config.num_shards * state.num_processes
     _check_same_run(out / "config.json", identity)
     if state.is_main_process:
-        _write_text(
+        write_text_atomic(
             out / "config.json", json.dumps({"identity": identity, "config": asdict(config)}, indent=2)
         )
     todo = [
@@ -413,9 +400,9 @@ def run_shard(
     if config.format == "parquet" and rows:
         write_parquet_shard(rows, out / "data" / f"{name}.parquet")
     if config.log_scores:
-        _write_text(out / "scores" / f"{name}.jsonl", "".join(line + "\n" for line in score_lines))
+        write_text_atomic(out / "scores" / f"{name}.jsonl", "".join(line + "\n" for line in score_lines))
     stats["seconds"] = round(time.perf_counter() - start_time, 3)
-    _write_text(out / "stats" / f"{name}.json", json.dumps(stats, indent=2))  # last: commits the shard
+    write_text_atomic(out / "stats" / f"{name}.json", json.dumps(stats, indent=2))  # last: commits the shard
     return stats
 
 
@@ -452,13 +439,13 @@ def finalize(config: PairsConfig, identity: dict[str, Any], num_shards: int) -> 
         }
         if rows:
             plot_histograms(rows, thresholds, report_dir / "scores.png")
-        _write_text(
+        write_text_atomic(
             report_dir / "report.json",
             json.dumps(
                 {"totals": totals, "summary": manifest["summary"], "scored_candidates": len(rows)}, indent=2
             ),
         )
-    _write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 
