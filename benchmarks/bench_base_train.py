@@ -31,11 +31,11 @@ def unet_step_fns(variants: list[str], batch: int, device: torch.device):
     from diffusers import DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from ip2p.models import toy_model_path
+    from ip2p.toy.base.common import use_attention
     from ip2p.toy.captions import caption
     from ip2p.toy.models import build_scheduler, build_unet, preset
+    from ip2p.toy.plugin import toy_model_path
     from ip2p.toy.scene import random_scene
-    from ip2p.toy.train_base import use_attention
 
     base = toy_model_path("base")
     cfg = preset("toy")
@@ -85,14 +85,16 @@ def unet_step_fns(variants: list[str], batch: int, device: torch.device):
 def clip_step_fns(variants: list[str], batch: int, hard: int, device: torch.device):
     from transformers import CLIPTokenizer
 
-    from ip2p.models import toy_model_path
-    from ip2p.toy import train_base as tb
+    from ip2p.toy.base import clip as tb
+    from ip2p.toy.base.config import TrainSettings
+    from ip2p.toy.data import training_scenes
     from ip2p.toy.models import build_clip, preset
+    from ip2p.toy.plugin import toy_model_path
 
     cfg = preset("toy")
     tokenizer = CLIPTokenizer.from_pretrained(toy_model_path("clip"))
-    settings = tb.TrainSettings(clip_batch=batch, clip_hard_captions=hard)
-    make = tb.clip_batch_maker(tb.training_scenes(2000, 0), tokenizer, settings, "clip", text_targets=True)
+    settings = TrainSettings(clip_batch=batch, clip_hard_captions=hard)
+    make = tb.clip_batch_maker(training_scenes(2000, 0), tokenizer, settings, "clip", text_targets=True)
     batches = [
         {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in make(i).items()} for i in range(4)
     ]

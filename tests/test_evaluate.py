@@ -55,8 +55,8 @@ def _items(n: int = 3) -> list[EvalItem]:
 
 
 def test_toy_test_set_is_held_out_balanced_and_deterministic():
+    from ip2p.toy.data import training_scenes
     from ip2p.toy.edits import EDIT_TYPES
-    from ip2p.toy.train_base import training_scenes
 
     items = load_test_set("toy:12")
     again = load_test_set("toy:12")

@@ -12,8 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ip2p.harness import Checkpointer
 from ip2p.toy import quality
+from ip2p.toy.base import TrainBaseConfig, TrainSettings, train_base, train_stages
 from ip2p.toy.captions import parse_caption
+from ip2p.toy.data import heldout_scenes, one_attribute_variants, training_scenes
 from ip2p.toy.models import (
     build_clip,
     build_tokenizer,
@@ -24,14 +27,6 @@ from ip2p.toy.models import (
     tokenizer_corpus,
 )
 from ip2p.toy.scene import random_scene
-from ip2p.toy.train_base import (
-    Checkpointer,
-    TrainSettings,
-    heldout_scenes,
-    one_attribute_variants,
-    train_base,
-    training_scenes,
-)
 
 PIPE_KWARGS = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
@@ -56,7 +51,7 @@ def tiny_settings(**overrides) -> TrainSettings:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy-base")
-    result = train_base(out, "cpu", preset("test"), tiny_settings())
+    result = train_base(TrainBaseConfig(out=str(out), device="cpu", preset="test", settings=tiny_settings()))
     return out, result
 
 
@@ -150,7 +145,7 @@ def test_train_base_writes_loadable_models(trained, monkeypatch):
 def test_stages_are_skipped_when_done(trained):
     out, _ = trained
     before = (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
-    train_base(out, "cpu", preset("test"), tiny_settings(unet_steps=5))
+    train_stages(out, "cpu", preset("test"), tiny_settings(unet_steps=5))
     assert (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
 
 
@@ -170,14 +165,14 @@ def test_resume_reaches_the_same_state(trained, tmp_path, stage):
     """Stop after one step and run again: the second step's checkpoint equals an uninterrupted run's, bit for bit."""
     out, _ = trained
     straight = _restart_stage(out, tmp_path / "straight", stage)
-    train_base(tmp_path / "straight", "cpu", preset("test"), tiny_settings(), stages=(stage,))
+    train_stages(tmp_path / "straight", "cpu", preset("test"), tiny_settings(), stages=(stage,))
     resumed = _restart_stage(out, tmp_path / "resumed", stage)
-    train_base(
+    train_stages(
         tmp_path / "resumed", "cpu", preset("test"), tiny_settings(**{f"{stage}_steps": 1}), stages=(stage,)
     )
     assert Checkpointer(resumed).latest() == 1
     shutil.rmtree(tmp_path / "resumed" / FINAL[stage])
-    train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=(stage,))
+    train_stages(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=(stage,))
     assert Checkpointer(resumed).latest() == 2
     a = load_file(straight / "step-2.safetensors")
     b = load_file(resumed / "step-2.safetensors")
@@ -220,7 +215,7 @@ def test_quality_measures_run(trained):
 def test_export_bundle_loads_in_fp32(trained, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from ip2p.toy.train_base import export_bundle
+    from ip2p.toy.base.export import export_bundle
 
     out, _ = trained
     paths = export_bundle(out, tmp_path / "weights")
@@ -238,7 +233,7 @@ def test_decoder_fine_tuning_keeps_the_encoder(trained, tmp_path):
     out, _ = trained
     other = tmp_path / "run"
     shutil.copytree(out, other)
-    train_base(other, "cpu", preset("test"), tiny_settings(vae_decoder_steps=1), stages=("vae_decoder",))
+    train_stages(other, "cpu", preset("test"), tiny_settings(vae_decoder_steps=1), stages=("vae_decoder",))
     before = AutoencoderKL.from_pretrained(out / "work" / "vae" / "final").state_dict()
     after = AutoencoderKL.from_pretrained(other / "base" / "vae").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
@@ -258,9 +253,11 @@ def test_batches_from_worker_processes_are_the_same(trained, tmp_path, stage):
     """Batches prepared by forked loader workers train exactly as batches made in the training process."""
     out, _ = trained
     here = _restart_stage(out, tmp_path / "here", stage)
-    train_base(tmp_path / "here", "cpu", preset("test"), tiny_settings(), stages=(stage,))
+    train_stages(tmp_path / "here", "cpu", preset("test"), tiny_settings(), stages=(stage,))
     workers = _restart_stage(out, tmp_path / "workers", stage)
-    train_base(tmp_path / "workers", "cpu", preset("test"), tiny_settings(loader_workers=2), stages=(stage,))
+    train_stages(
+        tmp_path / "workers", "cpu", preset("test"), tiny_settings(loader_workers=2), stages=(stage,)
+    )
     _assert_same_checkpoints(here, workers, 2)
 
 
@@ -271,7 +268,7 @@ def test_a_stage_out_of_minutes_finishes_with_what_it_has_and_stop_step_repeats_
     out, _ = trained
     ckpts = _restart_stage(out, tmp_path / "timed", stage)
     timed = tiny_settings(ckpt_every=100, **{f"{stage}_steps": 50, f"{stage}_minutes": 1e-9})
-    train_base(tmp_path / "timed", "cpu", preset("test"), timed, stages=(stage,))
+    train_stages(tmp_path / "timed", "cpu", preset("test"), timed, stages=(stage,))
     assert Checkpointer(ckpts).latest() == 1  # one step, then a checkpoint although ckpt_every is 100
     assert (tmp_path / "timed" / FINAL[stage]).is_dir()
     record = json.loads((tmp_path / "timed" / "work" / stage / "settings.json").read_text())
@@ -279,7 +276,7 @@ def test_a_stage_out_of_minutes_finishes_with_what_it_has_and_stop_step_repeats_
 
     repeat = _restart_stage(out, tmp_path / "repeat", stage)
     again = tiny_settings(ckpt_every=100, **{f"{stage}_steps": 50, f"{stage}_stop_step": 1})
-    train_base(tmp_path / "repeat", "cpu", preset("test"), again, stages=(stage,))
+    train_stages(tmp_path / "repeat", "cpu", preset("test"), again, stages=(stage,))
     assert Checkpointer(repeat).latest() == 1
     _assert_same_checkpoints(ckpts, repeat, 1)
 
@@ -294,7 +291,7 @@ def test_clip_vision_tunes_the_image_tower_alone_and_resumes_exactly(trained, tm
         shutil.copytree(out, folder)
         for steps in schedule:  # each run ends the stage; removing its record makes the next one resume
             (folder / "work" / "clip_vision" / "settings.json").unlink(missing_ok=True)
-            train_base(
+            train_stages(
                 folder, "cpu", preset("test"), tiny_settings(clip_vision_steps=steps), stages=("clip_vision",)
             )
         return folder
@@ -316,10 +313,10 @@ def test_clip_vision_tunes_the_image_tower_alone_and_resumes_exactly(trained, tm
     )  # the resumed run ends where the straight one does
     # cut between the two renames of the final swap: the next run puts clip/ back
     (resumed / "clip").rename(resumed / ".clip.replaced")
-    train_base(resumed, "cpu", preset("test"), tiny_settings(clip_vision_steps=2), stages=("clip_vision",))
+    train_stages(resumed, "cpu", preset("test"), tiny_settings(clip_vision_steps=2), stages=("clip_vision",))
     assert (resumed / "clip" / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="run the clip stage first"):
-        train_base(
+        train_stages(
             tmp_path / "empty",
             "cpu",
             preset("test"),
@@ -332,7 +329,7 @@ def test_unet_stage_under_bf16_autocast(trained, tmp_path):
     """--unet-precision bf16 trains the same float32 weights under bfloat16 autocast: a different, finite result."""
     out, _ = trained
     _restart_stage(out, tmp_path / "bf16", "unet")
-    train_base(
+    train_stages(
         tmp_path / "bf16", "cpu", preset("test"), tiny_settings(unet_precision="bf16"), stages=("unet",)
     )
     unet_file = "base/unet/diffusion_pytorch_model.safetensors"
@@ -342,7 +339,7 @@ def test_unet_stage_under_bf16_autocast(trained, tmp_path):
     record = json.loads((tmp_path / "bf16" / "work" / "unet" / "settings.json").read_text())
     assert record["train"]["unet_precision"] == "bf16"
     with pytest.raises(ValueError, match="unet precision must be fp32 or bf16"):
-        train_base(
+        train_stages(
             tmp_path / "x", "cpu", preset("test"), tiny_settings(unet_precision="fp8"), stages=("unet",)
         )
 
@@ -353,7 +350,7 @@ def test_classic_attention_trains_the_same_models_as_sdpa(trained, tmp_path, sta
     stage ends with the same weights within rounding, and saves models that load with the libraries' default."""
     out, _ = trained
     _restart_stage(out, tmp_path / "classic", stage)
-    train_base(
+    train_stages(
         tmp_path / "classic", "cpu", preset("test"), tiny_settings(attention="classic"), stages=(stage,)
     )
     weights = {"clip": "clip/model.safetensors", "unet": "base/unet/diffusion_pytorch_model.safetensors"}[
@@ -376,7 +373,7 @@ def test_clip_stage_under_bf16_autocast(trained, tmp_path):
     """--clip-precision bf16 trains the same float32 CLIP under bfloat16 autocast: a different, finite result."""
     out, _ = trained
     _restart_stage(out, tmp_path / "bf16", "clip")
-    train_base(
+    train_stages(
         tmp_path / "bf16", "cpu", preset("test"), tiny_settings(clip_precision="bf16"), stages=("clip",)
     )
     fp32, bf16 = (
@@ -404,9 +401,9 @@ def test_clip_stage_under_bf16_autocast(trained, tmp_path):
     ],
 )
 def test_train_base_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, flags, message):
-    from ip2p.cli import main
+    from ip2p.toy.base.run import main
 
-    assert main(["toy", "train-base", "--out", str(tmp_path / "run"), *flags]) == 2
+    assert main(["--out", str(tmp_path / "run"), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [f"ip2p toy train-base: error: {message}"]
     assert not (tmp_path / "run").exists()
@@ -414,7 +411,7 @@ def test_train_base_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, flags
 
 def test_unet_captions_are_brief_in_the_asked_share():
     from ip2p.toy.captions import Brief, parse_brief
-    from ip2p.toy.train_base import unet_captions
+    from ip2p.toy.data import unet_captions
 
     scenes = training_scenes(400)
     complete = unet_captions(scenes, random.Random(1), TrainSettings())
@@ -439,12 +436,12 @@ def test_unet_fine_tune_starts_from_a_pipeline_and_keeps_its_companions(trained,
     pipeline with that pipeline's VAE, text encoder, tokenizer and scheduler; no VAE or CLIP stage needed."""
     from diffusers import StableDiffusionPipeline
 
-    from ip2p.toy.train_base import export_checkpoint
+    from ip2p.toy.base.export import export_checkpoint
 
     out, _ = trained
     init = out / "base"
     settings = tiny_settings(unet_init=str(init), brief_captions=0.5, unet_lr=0.0)
-    train_base(tmp_path / "still", "cpu", preset("test"), settings, stages=("unet",))
+    train_stages(tmp_path / "still", "cpu", preset("test"), settings, stages=("unet",))
     for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"):
         a, b = load_file(init / f"{part}.safetensors"), load_file(tmp_path / f"still/base/{part}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), part
@@ -454,7 +451,7 @@ def test_unet_fine_tune_starts_from_a_pipeline_and_keeps_its_companions(trained,
     record = json.loads((tmp_path / "still/work/unet/settings.json").read_text())
     assert record["train"]["unet_init"] == str(init) and record["train"]["brief_captions"] == 0.5
     moved = tiny_settings(unet_init=str(init), brief_captions=0.5, unet_lr=1e-2)
-    train_base(tmp_path / "moved", "cpu", preset("test"), moved, stages=("unet",))
+    train_stages(tmp_path / "moved", "cpu", preset("test"), moved, stages=("unet",))
     a, b = (
         load_file(d / "base/unet/diffusion_pytorch_model.safetensors")
         for d in (init.parent, tmp_path / "moved")
@@ -471,7 +468,7 @@ def test_unet_fine_tune_starts_from_a_pipeline_and_keeps_its_companions(trained,
 
 
 def test_a_fine_tune_resumes_exactly_and_refuses_another_start(trained, tmp_path):
-    from ip2p.toy.train_base import SettingsError
+    from ip2p.toy.base import SettingsError
 
     out, _ = trained
     init = out / "base"
@@ -479,28 +476,28 @@ def test_a_fine_tune_resumes_exactly_and_refuses_another_start(trained, tmp_path
     one_step = tiny_settings(unet_init=str(init), brief_captions=0.5, unet_steps=1)
     # Both runs read their latents from the same cache, as an interrupted run does after its first start (a process
     # that has just encoded them rounds the next steps' last bits differently).
-    train_base(tmp_path / "cache", "cpu", preset("test"), one_step, stages=("unet",))
+    train_stages(tmp_path / "cache", "cpu", preset("test"), one_step, stages=("unet",))
     for run in ("straight", "resumed"):
         (tmp_path / run / "work").mkdir(parents=True)
         shutil.copytree(tmp_path / "cache" / "work" / "unet", tmp_path / run / "work" / "unet")
         shutil.rmtree(tmp_path / run / "work" / "unet" / "checkpoints")
-    train_base(tmp_path / "straight", "cpu", preset("test"), settings, stages=("unet",))
-    train_base(tmp_path / "resumed", "cpu", preset("test"), one_step, stages=("unet",))
+    train_stages(tmp_path / "straight", "cpu", preset("test"), settings, stages=("unet",))
+    train_stages(tmp_path / "resumed", "cpu", preset("test"), one_step, stages=("unet",))
     shutil.rmtree(tmp_path / "resumed" / "base")
-    train_base(tmp_path / "resumed", "cpu", preset("test"), settings, stages=("unet",))
+    train_stages(tmp_path / "resumed", "cpu", preset("test"), settings, stages=("unet",))
     a, b = (
         load_file(tmp_path / d / "work/unet/checkpoints/step-2.safetensors") for d in ("straight", "resumed")
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     shutil.rmtree(tmp_path / "resumed" / "base")
     with pytest.raises(SettingsError, match="started from .*, not from scratch: pass the same --unet-init"):
-        train_base(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=("unet",))
+        train_stages(tmp_path / "resumed", "cpu", preset("test"), tiny_settings(), stages=("unet",))
     epsilon = tmp_path / "epsilon"
     shutil.copytree(init, epsilon)
     config = epsilon / "scheduler" / "scheduler_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "epsilon"}))
     with pytest.raises(SettingsError, match="predicts 'epsilon'; the UNet stage trains v-prediction"):
-        train_base(
+        train_stages(
             tmp_path / "x", "cpu", preset("test"), tiny_settings(unet_init=str(epsilon)), stages=("unet",)
         )
 
@@ -508,7 +505,7 @@ def test_a_fine_tune_resumes_exactly_and_refuses_another_start(trained, tmp_path
 def test_use_attention_switches_both_libraries_kernels():
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    from ip2p.toy.train_base import use_attention
+    from ip2p.toy.base.common import use_attention
 
     cfg = preset("test")
     tokenizer = build_tokenizer(cfg.clip, tokenizer_corpus(200, 100))
@@ -522,28 +519,3 @@ def test_use_attention_switches_both_libraries_kernels():
     use_attention(unet, "sdpa")
     assert clip.config._attn_implementation == "sdpa"
     assert {type(p) for p in unet.attn_processors.values()} == {AttnProcessor2_0}
-
-
-def test_a_signal_ends_the_step_saves_a_checkpoint_and_stops(tmp_path):
-    """SIGTERM (or Ctrl-C) during a stage: the step under way ends, its checkpoint is saved, Interrupted is raised
-    and the previous handler is back; the run is then resumed from that step as from any checkpoint."""
-    import os
-    import signal
-
-    from ip2p.toy.train_base import Interrupted, _loop
-
-    saved, ran = [], []
-
-    def step_fn(step):
-        ran.append(step)
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return 1.0
-
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Interrupted, match=r"stopped at step 3 of 10 \(SIGTERM\).*run the same command again"):
-        _loop("unet", 10, 0, step_fn, saved.append, ckpt_every=5, threads=1)
-    assert ran == [0, 1, 2] and saved == [3]
-    assert signal.getsignal(signal.SIGTERM) is before
-    assert _loop("unet", 10, 3, lambda step: ran.append(step) or 1.0, saved.append, 5, 1) == 10
-    assert ran == list(range(10)) and saved == [3, 5, 10]

@@ -14,33 +14,34 @@ whatever their layout.
 
 Usage::
 
-    python -m ip2p.toy.quality --model runs/toy            # a train_base output folder (base/ and clip/)
-    python -m ip2p.toy.quality --model toy                 # the bundled weights
-    python -m ip2p.toy.quality --model runs/toy --checkpoint latest --only t2i   # a UNet stage checkpoint
+    ip2p toy quality --model runs/toy            # a train-base output folder (base/ and clip/)
+    ip2p toy quality --model toy                 # the bundled weights
+    ip2p toy quality --model runs/toy --checkpoint latest --only t2i   # a UNet stage checkpoint
+
+    measure_quality(QualityConfig(model="runs/toy", only="t2i", limit=20))   # the same from Python
+
+This module imports no torch until it measures: ``ip2p toy quality --help`` reads :class:`QualityConfig`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .train_base import (
-    PIPELINE_KWARGS,
-    heldout_scenes,
-    image_embeddings,
-    one_attribute_variants,
-    text_embeddings,
-    to_tensor,
-    to_uint8,
-)
+from ip2p.flags import option
+
+from .data import heldout_scenes, one_attribute_variants, to_tensor, to_uint8
+
+if TYPE_CHECKING:
+    import torch
 
 BARS = {"vae_psnr_db": 30.0, "clip_top1": 0.90, "t2i_one_shape": 0.80, "t2i_two_shape": 0.50}
 MEASUREMENTS = ("vae", "clip", "t2i", "t2i_brief")
@@ -59,9 +60,9 @@ DEFAULT_GUIDANCE_RESCALE = 0.0
 
 
 def resolve_model(model: str) -> tuple[Path, Path]:
-    """(base pipeline folder, CLIP folder) from a train_base output folder, a pipeline folder, or "toy"."""
+    """(base pipeline folder, CLIP folder) from a train-base output folder, a pipeline folder, or "toy"."""
     if model == "toy":
-        from ip2p.models import toy_model_path
+        from ip2p.toy.plugin import toy_model_path
 
         return toy_model_path("base"), toy_model_path("clip")
     path = Path(model)
@@ -77,6 +78,8 @@ def resolve_model(model: str) -> tuple[Path, Path]:
 
 def vae_psnr(vae, images: np.ndarray, batch: int = 100) -> dict[str, float]:
     """PSNR (dB) of reconstructions through the posterior mean: mean over images, and over all pixels."""
+    import torch
+
     per_image = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -107,6 +110,9 @@ def retrieval_candidates(scenes, rng: random.Random, n_distractors: int = 9, var
 
 def clip_retrieval(clip, tokenizer, scenes, seed: int = 0, varied: bool = False) -> dict[str, float]:
     """Top-1 accuracy of choosing an image's true caption among it and 9 one-attribute distractors."""
+    import torch
+
+    from .base.clip import image_embeddings, text_embeddings
     from .render import render_batch
 
     rng = random.Random(seed)
@@ -140,6 +146,8 @@ def generate(
     guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
 ) -> np.ndarray:
     """uint8 (N, 64, 64, 3) samples, one seeded generator per prompt (independent of the batch size)."""
+    import torch
+
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
@@ -254,6 +262,8 @@ def sample_grid(samples: dict, path: Path, per_set: int = 16, columns: int = 8, 
 def load_pipeline(base: Path, device: torch.device):
     from diffusers import StableDiffusionPipeline
 
+    from .base.common import PIPELINE_KWARGS
+
     pipe = StableDiffusionPipeline.from_pretrained(base, **PIPELINE_KWARGS).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -273,10 +283,11 @@ def measure(
 ) -> dict:
     """Measure the bars; write ``quality.json`` and ``samples.png`` under ``out``; return the results.
 
-    ``checkpoint`` ("latest" or a step) evaluates a UNet-stage checkpoint's EMA weights of the train_base output
+    ``checkpoint`` ("latest" or a step) evaluates a UNet-stage checkpoint's EMA weights of the train-base output
     folder ``model`` instead of its final model. Several ``guidance`` scales: the text-to-image rows are measured
     for each and the best (by the mean of the two rates) is reported.
     """
+    import torch
     from transformers import CLIPModel, CLIPTokenizer
 
     from ip2p.devices import pick_device
@@ -290,7 +301,7 @@ def measure(
     base, clip_dir = resolve_model(model)
     tmp = None
     if checkpoint is not None:
-        from .train_base import export_checkpoint
+        from .base.export import export_checkpoint
 
         tmp = tempfile.TemporaryDirectory(prefix="toy-ckpt-")
         step = None if checkpoint == "latest" else int(checkpoint)
@@ -304,8 +315,8 @@ def measure(
         from .render import render_batch
 
         vae_dir = base / "vae"
-        if not (vae_dir / "config.json").is_file():  # a train_base run whose UNet stage has not finished
-            from .train_base import current_vae_path
+        if not (vae_dir / "config.json").is_file():  # a train-base run whose UNet stage has not finished
+            from .base.common import current_vae_path
 
             vae_dir = current_vae_path(Path(model))
         vae = AutoencoderKL.from_pretrained(vae_dir).to(dev).eval()
@@ -353,54 +364,105 @@ def measure(
     return result
 
 
+# ---------------------------------------------------------------------------
+# The library entry and its settings
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class QualityConfig:
+    """What ``ip2p toy quality`` measures, of which model, and how (see :func:`measure_quality`)."""
+
+    model: str | None = option(
+        "train-base output folder, a base pipeline folder, or 'toy' (the bundled weights); required",
+        default=None,
+        metavar="DIR",
+    )
+    out: str | None = option(
+        "where quality.json and samples.png go (default: MODEL/quality; toy-quality for 'toy')",
+        default=None,
+        metavar="DIR",
+    )
+    device: str = option("auto (CUDA when present), cpu, cuda, cuda:1, mps", default="auto")
+    only: str = option(
+        "comma-separated subset of vae,clip,t2i,t2i_brief (brief captions)", default="vae,clip,t2i"
+    )
+    guidance: str = option(
+        "classifier-free guidance scale, or several comma-separated (the best is kept)",
+        default=str(DEFAULT_GUIDANCE),
+    )
+    guidance_rescale: float = option(
+        "rescale of the guided prediction towards the conditional one's std (0: none)",
+        default=DEFAULT_GUIDANCE_RESCALE,
+    )
+    steps: int = option("sampling steps", default=50)
+    limit: int | None = option("only the first N captions of each set (quick looks)", default=None)
+    checkpoint: str | None = option(
+        "'latest' or a step: evaluate a UNet stage checkpoint's EMA weights", default=None
+    )
+    seed: int = option("seed of the samples' generators (sample i of a set: seed + i)", default=0)
+
+    def measurements(self) -> tuple[str, ...]:
+        return tuple(self.only.split(","))
+
+    def guidance_scales(self) -> tuple[float, ...]:
+        try:
+            return tuple(float(g) for g in self.guidance.split(","))
+        except ValueError:
+            raise ValueError(f"--guidance takes numbers separated by commas, not {self.guidance!r}") from None
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("toy-quality") if self.model == "toy" else Path(self.model) / "quality"
+
+    def check(self) -> None:
+        """One-line errors (ValueError) for a configuration nothing can measure."""
+        if not self.model:
+            raise ValueError(
+                "--model is required: a train-base output folder, a base pipeline folder, or 'toy'"
+            )
+        problem = unknown_measurements(self.measurements())
+        if problem:
+            raise ValueError(f"--only: {problem}")
+        self.guidance_scales()
+
+
+def measure_quality(config: QualityConfig) -> dict:
+    """Measure the quality bars of ``config.model``; write ``quality.json`` and ``samples.png`` under
+    ``config.out_dir()``; return the results (see :func:`measure`). Example::
+
+        measure_quality(QualityConfig(model="toy", only="vae,clip"))["passed"]
+    """
+    config.check()
+    return measure(
+        config.model,
+        config.out_dir(),
+        config.device,
+        config.measurements(),
+        config.guidance_scales(),
+        config.guidance_rescale,
+        config.steps,
+        config.limit,
+        config.checkpoint,
+        config.seed,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ip2p.toy.quality", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model", required=True, help="train_base output folder, a base pipeline folder, or 'toy'"
-    )
-    p.add_argument(
-        "--out", default=None, help="where quality.json and samples.png go (default: MODEL/quality)"
-    )
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--only",
-        default="vae,clip,t2i",
-        help="comma-separated subset of vae,clip,t2i,t2i_brief (brief captions)",
-    )
-    p.add_argument(
-        "--guidance", default=str(DEFAULT_GUIDANCE), help="CFG scale, or several comma-separated (best kept)"
-    )
-    p.add_argument("--guidance-rescale", type=float, default=DEFAULT_GUIDANCE_RESCALE)
-    p.add_argument("--steps", type=int, default=50, help="sampling steps")
-    p.add_argument(
-        "--limit", type=int, default=None, help="only the first N captions of each set (quick looks)"
-    )
-    p.add_argument(
-        "--checkpoint", default=None, help="'latest' or a step: evaluate a UNet checkpoint's EMA weights"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    problem = unknown_measurements(args.only.split(","))
-    if problem:
-        p.error(f"--only: {problem}")
-    out = (
-        Path(args.out)
-        if args.out
-        else (Path("toy-quality") if args.model == "toy" else Path(args.model) / "quality")
-    )
-    result = measure(
-        args.model,
-        out,
-        args.device,
-        tuple(args.only.split(",")),
-        tuple(float(g) for g in args.guidance.split(",")),
-        args.guidance_rescale,
-        args.steps,
-        args.limit,
-        args.checkpoint,
-        args.seed,
-    )
-    print(json.dumps(result, indent=1))
+    """``ip2p toy quality``: flags from :class:`QualityConfig`."""
+    import argparse
+
+    from ip2p.flags import add_config_flags, config_overrides
+
+    p = argparse.ArgumentParser(prog="ip2p toy quality", description=__doc__.split("\n\n")[0])
+    add_config_flags(p, QualityConfig)
+    config = QualityConfig(**config_overrides(p.parse_args(argv), QualityConfig))
+    try:
+        config.check()
+    except ValueError as exc:
+        p.error(str(exc))
+    print(json.dumps(measure_quality(config), indent=1))
     return 0
 
 

@@ -213,7 +213,7 @@ def check_settings(settings: TrainSettings) -> None:
 
 def unet_init_path(source: str) -> Path:
     """The pipeline folder a fine-tune starts from: "toy" is the bundled base."""
-    from ip2p.models import toy_model_path
+    from ip2p.toy.plugin import toy_model_path
 
     return toy_model_path("base") if source == "toy" else Path(source)
 
