@@ -7,9 +7,8 @@ so we keep diffusers' formats and loaders and add only what the method needs.
 
 from __future__ import annotations
 
+import inspect
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    DiffusionPipeline,
     SchedulerMixin,
     StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
@@ -24,11 +24,14 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ip2p.fileio import atomic_dir
+
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 # Names that resolve to models this package carries or builds itself.
 TOY_MODEL = "toy"
 TINY_MODEL = "tiny"
-_PIPELINE_KWARGS = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+# What editing never uses: diffusers' safety checker and the feature extractor that feeds it.
+_NO_SAFETY_CHECKER = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 class ModelLoadError(ValueError):
@@ -55,6 +58,45 @@ class EditComponents:
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: the VAE's factor times the UNet's total downsampling."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+
+def pipeline_kwargs(pipe_cls: type[DiffusionPipeline]) -> dict[str, Any]:
+    """The keyword arguments that turn the safety checker off, those of them that ``pipe_cls`` takes.
+
+    For a constructor, ``from_pretrained`` or ``from_single_file``. ``DiffusionPipeline`` itself, whose
+    ``from_pretrained`` picks the class from ``model_index.json``, gets all of them.
+
+    Example:
+        >>> pipeline_kwargs(StableDiffusionPipeline)
+        {'safety_checker': None, 'feature_extractor': None, 'requires_safety_checker': False}
+    """
+    if pipe_cls is DiffusionPipeline:
+        return dict(_NO_SAFETY_CHECKER)
+    params = inspect.signature(pipe_cls.__init__).parameters
+    return {name: value for name, value in _NO_SAFETY_CHECKER.items() if name in params}
+
+
+def build_pipeline(
+    pipe_cls: type[DiffusionPipeline], components: EditComponents, scheduler: SchedulerMixin | None = None
+) -> DiffusionPipeline:
+    """A diffusers pipeline of class ``pipe_cls`` over ``components`` (shared, not copied), safety checker off.
+
+    Args:
+        pipe_cls: a Stable Diffusion family pipeline (text-to-image, img2img, InstructPix2Pix, ...).
+        components: its VAE, text encoder, tokenizer and UNet.
+        scheduler: instead of ``components.scheduler``.
+
+    Example:
+        >>> pipe = build_pipeline(StableDiffusionImg2ImgPipeline, load_pipeline_components("tiny", edit=False))
+    """
+    return pipe_cls(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=components.scheduler if scheduler is None else scheduler,
+        **pipeline_kwargs(pipe_cls),
+    )
 
 
 CONV_IN_INITS = ("zeros", "copy")  # how to_edit_unet starts the image channels
@@ -168,7 +210,7 @@ def load_pipeline_components(
     """
     text = str(source)
     pipe_cls = StableDiffusionInstructPix2PixPipeline if edit else StableDiffusionPipeline
-    kwargs: dict[str, Any] = dict(_PIPELINE_KWARGS)
+    kwargs: dict[str, Any] = pipeline_kwargs(pipe_cls)
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
 
@@ -268,22 +310,8 @@ def save_edit_model(components: EditComponents, folder: str | os.PathLike) -> Pa
     The folder is written under a temporary name and renamed, so an interrupted save leaves nothing half-written.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        pipe = StableDiffusionInstructPix2PixPipeline(
-            vae=components.vae,
-            text_encoder=components.text_encoder,
-            tokenizer=components.tokenizer,
-            unet=components.unet,
-            scheduler=components.scheduler,
-            **_PIPELINE_KWARGS,
+    with atomic_dir(folder) as tmp:
+        build_pipeline(StableDiffusionInstructPix2PixPipeline, components).save_pretrained(
+            tmp, safe_serialization=True
         )
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
