@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import collections
 
-from ip2p.evaluate import item_seed, toy_test_set
+from ip2p.evaluate import item_seed
 from ip2p.pipeline import EditConfig, EditPipeline
 from ip2p.toy.oracle import read_scene, scene_attributes
+from ip2p.toy.testsets import toy_test_set
 
 TYPES = ("recolor", "change_kind", "remove")
 

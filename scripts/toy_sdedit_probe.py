@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ip2p.evaluate import editor_method, pixel_metrics, sdedit_method, to_unit_tensor, toy_test_set
+from ip2p.evaluate import editor_method, pixel_metrics, sdedit_method, to_unit_tensor
 from ip2p.models import load_pipeline_components
 from ip2p.pipeline import EditConfig, EditPipeline
 from ip2p.toy.oracle import judge_edit
 from ip2p.toy.render import OUTLINE_WIDTH, SIZE_RADIUS, unit_polygon
 from ip2p.toy.scene import BACKGROUNDS, COLORS, Scene, position_cell
+from ip2p.toy.testsets import toy_test_set
 
 
 def render_with_detail(scene: Scene, detail: dict, size: int = 64, ss: int = 4) -> Image.Image:

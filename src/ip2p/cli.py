@@ -874,216 +874,46 @@ def cmd_gen_pairs(args: argparse.Namespace) -> int:
 
 
 # -- evaluate ------------------------------------------------------------------------------------------------
-def _floats(text: str) -> list[float]:
-    """``1,1.5,2`` or ``start:stop:step`` (inclusive) -> floats."""
-    try:
-        if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            n = int(round((stop - start) / step))
-            return [round(start + i * step, 6) for i in range(n + 1)]
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give numbers as a,b,c or start:stop:step") from None
+# EvalRunConfig's fields whose flags come from add_model_flags and -o/--output, not from its own metadata
+_EVAL_SHARED_FLAGS = ("output", "model", "model_config", "device", "dtype")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from ip2p.evaluate.config import EvalRunConfig
+    from ip2p.flags import add_config_flags
+
     p = sub.add_parser(
         "evaluate",
         help="measure an editor: CLIP direction vs image similarity over guidance sweeps, against SDEdit (paper 4)",
         description="Edit every test item with the editor at every setting of a guidance sweep, and with the "
         "SDEdit baseline (img2img with the text-to-image model and the output caption) over strengths; measure "
         "CLIP image, directional and output-caption similarity, pixel metrics against targets where the test "
-        "set has them, and the toy oracle's accuracy per edit type. Writes records, a summary (JSONL, CSV), a "
-        "plot like the paper's and a grid of examples. Rerun the same command to resume; "
+        "set has them, and every metric plug-in (the toy oracle's accuracy per edit type). Writes records, a "
+        "summary (JSONL, CSV), a plot like the paper's and a grid of examples. Rerun the same command to resume; "
         "`accelerate launch -m ip2p.cli evaluate ...` splits the items over processes.",
     )
     add_model_flags(p, default_model="toy")
     p.add_argument("-o", "--output", required=True, help="output folder (rerun the same command to resume)")
-    p.add_argument(
-        "--test-set",
-        default=None,
-        help="toy or toy:N (the toy world's held-out renders, N <= 300; default with --model toy: toy:300), "
-        "toy-val or toy-val:N (its validation split, N <= 200, for choosing settings), toy-brief[:N] and "
-        "toy-val-brief[:N] (the same items with brief captions: no sizes or positions), a JSONL of "
-        "{image, instruction, input_caption, output_caption[, target]}, Parquet shards (ours or the official "
-        "schema) or an original-format folder",
-    )
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
-    p.add_argument(
-        "--base",
-        default=None,
-        help="text-to-image model for the SDEdit baseline (default with --model toy: the toy base model)",
-    )
-    p.add_argument(
-        "--methods",
-        default="ip2p,sdedit",
-        help="comma-separated: ip2p, sdedit, or none for --references alone (default: %(default)s)",
-    )
-    p.add_argument(
-        "--references",
-        default="",
-        help="comma-separated reference points measured beside the methods: input (no edit), target (the exact "
-        "target image), target-vae (the target through the editor's autoencoder: the best a latent editor can "
-        "output); target and target-vae need a test set with targets (default: none)",
-    )
-    p.add_argument(
-        "--sweep",
-        choices=["paper", "text", "grid"],
-        default="paper",
-        help="paper: text 7.5, image 1.0-2.2 by 0.2; text: text 3-12.5 at image 1.5; grid: every pair of "
-        "--text-guidance and --image-guidance (default: %(default)s)",
-    )
-    p.add_argument(
-        "--text-guidance", type=_floats, default=None, help="text scales: a,b,c or start:stop:step"
-    )
-    p.add_argument(
-        "--image-guidance", type=_floats, default=None, help="image scales: a,b,c or start:stop:step"
-    )
-    p.add_argument(
-        "--strengths", type=_floats, default=None, help="SDEdit strengths (default: 0.3:0.9:0.1, the paper's)"
-    )
-    p.add_argument("--sdedit-guidance", type=float, default=7.5, help="SDEdit's text guidance (default: 7.5)")
-    p.add_argument(
-        "--steps", type=int, default=None, help="sampler steps (default: 100; 20 for the toy model)"
-    )
-    p.add_argument("--scheduler", default=None, help="sampler for both methods (default: each model's own)")
-    p.add_argument(
-        "--guidance-rescale",
-        type=_floats,
-        default=None,
-        help="the editor's guidance rescale(s), 0-1, each crossed with the guidance scales (default: 0, off)",
-    )
-    p.add_argument(
-        "--resolution",
-        type=int,
-        default=None,
-        help="long side of the inputs (default: 512; 64 for the toy model)",
-    )
-    p.add_argument(
-        "--clip",
-        default=None,
-        help="CLIP for the metrics: a folder, hub id or 'toy' (default: openai/clip-vit-large-patch14; 'toy' for "
-        "the toy model); 'none' skips CLIP metrics",
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="items edited at once (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-item seeds (default: %(default)s)")
-    p.add_argument(
-        "--examples", type=int, default=4, help="items shown in examples.png (default: %(default)s)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(p, EvalRunConfig, exclude=_EVAL_SHARED_FLAGS)
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ip2p.devices import pick_device
-    from ip2p.evaluate import (
-        PLANES,
-        REFERENCES,
-        SDEDIT_STRENGTHS,
-        EvalConfig,
-        EvaluationError,
-        curve_margin,
-        editor_method,
-        evaluate,
-        guidance_grid,
-        reference_method,
-        sdedit_method,
-    )
-    from ip2p.models import TOY_MODEL, load_pipeline_components
-    from ip2p.pairs.clip_score import DEFAULT_CLIP, TOY_CLIP
-    from ip2p.pipeline import EditConfig, EditPipeline
-    from ip2p.sampling import SCHEDULERS
+    from ip2p.evaluate.config import EvalRunConfig, run_evaluation
+    from ip2p.flags import config_overrides
 
-    toy = args.model == TOY_MODEL
-    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
-    references = list(dict.fromkeys(r.strip() for r in args.references.split(",") if r.strip()))
-    unknown = set(methods) - {"ip2p", "sdedit"}
-    if unknown or not (methods or references):
-        raise CLIError(
-            f"--methods: unknown {sorted(unknown)}; choose from ip2p, sdedit (none: only --references)"
-        )
-    unknown = set(references) - set(REFERENCES)
-    if unknown:
-        raise CLIError(f"--references: unknown {sorted(unknown)}; choose from {', '.join(REFERENCES)}")
-    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
-        raise CLIError(
-            f"--scheduler: unknown {args.scheduler!r}; choose from {', '.join(sorted(SCHEDULERS))}"
-        )
-    for flag in ("batch_size", "steps", "resolution"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    base = args.base or (TOY_MODEL if toy else None)
-    if "sdedit" in methods and base is None:
-        if args.methods != "ip2p,sdedit":
-            raise CLIError("--methods sdedit needs --base MODEL (the text-to-image model SDEdit runs on)")
-        methods.remove("sdedit")
-        print("note: no --base given, so the SDEdit baseline is skipped", file=sys.stderr)
-    steps = args.steps or (20 if toy else 100)
-    resolution = args.resolution or (64 if toy else 512)
-    clip = args.clip or (TOY_CLIP if toy else DEFAULT_CLIP)
-    config = EvalConfig(
+    config = EvalRunConfig(
         output=args.output,
-        test_set=args.test_set or ("toy:300" if toy else ""),
-        limit=args.limit,
-        resolution=resolution,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        clip=None if clip == "none" else clip,
-        examples=args.examples,
-        progress=not args.no_progress,
+        model=args.model,
+        model_config=args.config,
+        device=args.device,
+        dtype=args.dtype,
+        **config_overrides(args, EvalRunConfig, exclude=_EVAL_SHARED_FLAGS),
     )
-    if not config.test_set:
-        raise CLIError("--test-set is required with a model other than toy")
-    from accelerate import PartialState
-
-    state = PartialState(cpu=args.device == "cpu")
-    # Under `accelerate launch` each process takes its own GPU; "auto" or "cuda" would put all on the first.
-    device = str(state.device) if state.num_processes > 1 and args.device in ("auto", "cuda") else args.device
-    config.device = str(pick_device(device))
     try:
-        chosen = []
-        multiple = 8
-        if "ip2p" in methods:
-            pipe = EditPipeline.from_pretrained(
-                args.model, device=device, dtype=args.dtype, config=args.config
-            )
-            multiple = pipe.size_multiple
-            edit_config = EditConfig(
-                num_inference_steps=steps, scheduler=args.scheduler, resolution=resolution
-            )
-            settings = guidance_grid(
-                args.sweep, args.text_guidance, args.image_guidance, args.guidance_rescale
-            )
-            chosen.append(editor_method(pipe, edit_config, settings))
-        if "sdedit" in methods:
-            components = load_pipeline_components(base, edit=False)
-            multiple = max(multiple, components.size_multiple)
-            chosen.append(
-                sdedit_method(
-                    components,
-                    args.strengths or SDEDIT_STRENGTHS,
-                    guidance_scale=args.sdedit_guidance,
-                    steps=steps,
-                    scheduler=args.scheduler,
-                    device=device,
-                    dtype=args.dtype,
-                )
-            )
-        vae = None  # the editor's autoencoder, for the target-vae reference
-        if "target-vae" in references:
-            vae = (
-                pipe.components.vae
-                if "ip2p" in methods
-                else load_pipeline_components(args.model, edit=True, config=args.config).vae
-            )
-        chosen += [reference_method(name, vae) for name in references]
-        config.size_multiple = multiple
-        result = evaluate(config, chosen)
-    except EvaluationError as exc:
+        result = run_evaluation(config)
+    except ValueError as exc:  # settings, test sets and methods (EvaluationError), models (ModelLoadError)
         raise CLIError(str(exc)) from exc
     summary = result["summary"]
     if not summary:  # a non-main accelerate process
@@ -1091,45 +921,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(_summary_table(summary))
-    names = [m.name for m in chosen if m.name not in REFERENCES]
-    if len(names) == 2:
-        for plane in PLANES:
-            margin = curve_margin(summary, names[0], names[1], plane=plane)
-            if not margin["points"]:
-                continue
-            line = (
-                f"{plane} plane: {names[0]} beats {names[1]} on both axes at {margin['dominated']}/"
-                f"{margin['points']} of its points"
-            )
-            if margin["compared_points"]:
-                gaps = margin["margins"]
-                line += (
-                    f"; above it at {sum(m > 0 for m in gaps)}/{len(gaps)} where the curves overlap "
-                    f"(margin min {min(gaps):+.3f}, mean {sum(gaps) / len(gaps):+.3f})"
-                )
-            print(line)
-            for ref in (
-                r for r in references if r != "input"
-            ):  # where a perfect edit lies against the baseline
-                beaten = curve_margin(summary, ref, names[1], plane=plane)["dominated"]
-                print(f"  for reference, {ref} beats {names[1]} on both axes at {beaten}/{margin['points']}")
+    print(result["report"])
     print(f"output in {args.output} (summary.csv, plot.png, examples.png)")
     return 0
-
-
-def _summary_table(summary: list[dict]) -> str:
-    columns = [
-        c
-        for c in ("clip_direction", "clip_image", "clip_text", "psnr", "oracle_success")
-        if any(c in r for r in summary)
-    ]
-    width = max(8, *(len(r["method"]) for r in summary))
-    lines = [f"{'method':{width}} {'setting':44} {'n':>5} " + " ".join(f"{c:>14}" for c in columns)]
-    for r in summary:
-        cells = " ".join(f"{r[c]:14.4f}" if c in r else f"{'-':>14}" for c in columns)
-        lines.append(f"{r['method']:{width}} {r['setting']:44} {r['n']:5d} {cells}")
-    return "\n".join(lines)
 
 
 # -- toy world -----------------------------------------------------------------------------------------------

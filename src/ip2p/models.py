@@ -25,6 +25,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ip2p.fileio import atomic_dir
+from ip2p.registry import MODELS, NamedModel
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 # Names that resolve to models this package carries or builds itself.
@@ -166,11 +167,6 @@ def check_edit_unet(unet: UNet2DConditionModel, latent_channels: int, source: st
         )
 
 
-def toy_model_path(kind: str = "editor") -> Path:
-    """Where the bundled toy-world weights of ``kind`` ("editor", "base", ...) live inside the package."""
-    return Path(__file__).parent / "toy" / "weights" / kind
-
-
 def _looks_like_hub_id(source: str) -> bool:
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
@@ -197,9 +193,10 @@ def load_pipeline_components(
     """Load a model's components from a diffusers folder, a hub id or a single original-format checkpoint.
 
     Args:
-        source: ``"toy"`` (the bundled toy-world model), ``"tiny"`` (a tiny random model, for trying things out),
-            a diffusers-format folder, a ``.safetensors``/``.ckpt`` file as the original repository released it,
-            or a hub id such as ``"timbrooks/instruct-pix2pix"``.
+        source: a named model of ``ip2p.registry.MODELS`` (``"tiny"``: a tiny random model, for trying things
+            out; ``"toy"``: the toy world's bundled model, from its plug-in), a diffusers-format folder, a
+            ``.safetensors``/``.ckpt`` file as the original repository released it, or a hub id such as
+            ``"timbrooks/instruct-pix2pix"``.
         edit: True for an editing model (its UNet must take 8 channels), False for a text-to-image model.
         config: for single files, a diffusers folder or hub id to take the component configs from (by default
             diffusers infers it from the checkpoint, which needs the hub or its cache).
@@ -214,19 +211,9 @@ def load_pipeline_components(
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
 
-    if text == TINY_MODEL:
-        from ip2p.tiny import tiny_components
-
-        comps = tiny_components(edit=edit)
-        comps.name = TINY_MODEL
-    elif text == TOY_MODEL:
-        path = toy_model_path("editor" if edit else "base")
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(
-                f"the bundled toy {'editor' if edit else 'base model'} is not installed at {path}; "
-                "train it (see README) or pass --model PATH"
-            )
-        comps = _from_pipeline(pipe_cls.from_pretrained(path, **kwargs), TOY_MODEL)
+    named = MODELS.find(text)
+    if named is not None:
+        comps = _load_named(text, named, edit, pipe_cls, kwargs)
     else:
         path = Path(text).expanduser()
         if path.is_file():
@@ -252,7 +239,7 @@ def load_pipeline_components(
         else:
             raise ModelLoadError(
                 f"model {text!r} does not exist: pass a diffusers folder, a .safetensors/.ckpt file, "
-                "a hub id (owner/name), 'toy' or 'tiny'"
+                f"a hub id (owner/name) or a named model ({', '.join(MODELS.names())})"
             )
     latent_channels = comps.vae.config.latent_channels
     if edit:
@@ -263,6 +250,24 @@ def load_pipeline_components(
             f"takes {latent_channels}"
         )
     return comps
+
+
+def _load_named(name: str, named: NamedModel, edit: bool, pipe_cls: Any, kwargs: dict[str, Any]):
+    """A model of the registry: its editor or text-to-image variant, from a factory or a diffusers folder."""
+    what = "editor" if edit else "base model"
+    source = named.editor if edit else named.base
+    if source is None:
+        raise ModelLoadError(f"the model {name!r} has no {what}; pass --model PATH")
+    if callable(source):
+        comps = source()
+        comps.name = name
+        return comps
+    path = Path(source)
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"the bundled {name} {what} is not installed at {path}; train it (see README) or pass --model PATH"
+        )
+    return _from_pipeline(pipe_cls.from_pretrained(path, **kwargs), name)
 
 
 def _load_single_file(

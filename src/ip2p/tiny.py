@@ -6,15 +6,21 @@ is what the demo runs on where no trained model is available (it says so).
 
 from __future__ import annotations
 
-import torch
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from typing import TYPE_CHECKING
 
-from ip2p.tokenization import build_clip_tokenizer
+if TYPE_CHECKING:  # imported where a component is built: registering the name "tiny" stays light
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+TINY_MODEL = "tiny"  # its name in ip2p.registry.MODELS (``--model tiny``)
+TINY_NOTE = "tiny randomly initialised model: its edits are noise, it only exercises the code"
 
 
 def tiny_unet(in_channels: int = 8, cross_attention_dim: int = 32, seed: int = 0) -> UNet2DConditionModel:
     """A two-level UNet with cross-attention (the size of diffusers' own pipeline tests)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         block_out_channels=(32, 64),
@@ -32,6 +38,9 @@ def tiny_unet(in_channels: int = 8, cross_attention_dim: int = 32, seed: int = 0
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
     """A VAE with 4 latent channels and a downsampling factor of 2."""
+    import torch
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(seed)
     return AutoencoderKL(
         block_out_channels=(16, 32),
@@ -47,6 +56,9 @@ def tiny_vae(seed: int = 0) -> AutoencoderKL:
 
 def tiny_text_encoder(tokenizer, hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
     """A CLIP text tower; its special-token ids are the tokenizer's (the pooled output reads the EOS position)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -64,6 +76,8 @@ def tiny_text_encoder(tokenizer, hidden_size: int = 32, seed: int = 0) -> CLIPTe
 
 def tiny_scheduler() -> EulerAncestralDiscreteScheduler:
     """SD's noise schedule with the paper's sampler."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
     return EulerAncestralDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -77,6 +91,7 @@ def tiny_scheduler() -> EulerAncestralDiscreteScheduler:
 def tiny_components(edit: bool = True, seed: int = 0):
     """All components of a tiny editing (8-channel) or text-to-image (4-channel) model, deterministic in ``seed``."""
     from ip2p.models import EditComponents
+    from ip2p.tokenization import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer(model_max_length=77)
     return EditComponents(
@@ -85,6 +100,21 @@ def tiny_components(edit: bool = True, seed: int = 0):
         text_encoder=tiny_text_encoder(tokenizer, seed=seed),
         tokenizer=tokenizer,
         scheduler=tiny_scheduler(),
-        name="tiny",
-        info={"note": "tiny randomly initialised model: its edits are noise, it only exercises the code"},
+        name=TINY_MODEL,
+        info={"note": TINY_NOTE},
+    )
+
+
+def register() -> None:
+    """The ``ip2p.plugins`` entry point: ``--model tiny`` builds these components (editor and text-to-image)."""
+    from ip2p.registry import MODELS, NamedModel
+
+    MODELS.register(
+        TINY_MODEL,
+        NamedModel(
+            editor=lambda: tiny_components(edit=True),
+            base=lambda: tiny_components(edit=False),
+            description=TINY_NOTE,
+        ),
+        replace=True,
     )

@@ -98,7 +98,7 @@ def test_the_papers_human_written_seeds_are_the_default():
 
 def test_encoding_puts_the_loss_on_the_completion_only():
     from ip2p.text.finetune import IGNORE_INDEX, collate, encode_example
-    from ip2p.text.toy_lm import build_toy_tokenizer
+    from ip2p.toy.lm import build_toy_tokenizer
 
     tok = build_toy_tokenizer()
     t = read_seed_triplets("toy")[0]
@@ -121,8 +121,8 @@ def test_encoding_puts_the_loss_on_the_completion_only():
 
 
 def test_toy_tokenizer_makes_words_single_tokens_and_roundtrips():
-    from ip2p.text.toy_lm import build_toy_tokenizer
     from ip2p.toy.captions import VOCABULARY
+    from ip2p.toy.lm import build_toy_tokenizer
 
     tok = build_toy_tokenizer()
     for word in VOCABULARY:

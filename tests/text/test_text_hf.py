@@ -20,7 +20,7 @@ from ip2p.text.hf import (
     load_causal_lm,
 )
 from ip2p.text.sources import read_seed_triplets
-from ip2p.text.toy_lm import build_toy_model, build_toy_tokenizer
+from ip2p.toy.lm import build_toy_model, build_toy_tokenizer
 
 TINY = {"toy_layers": 1, "toy_width": 64}  # a ~80k-parameter Llama over the toy tokenizer
 TRIPLET = Triplet(
@@ -225,9 +225,10 @@ def test_loading_errors_are_one_line(tmp_path):
 
 
 def test_toy_names_the_bundled_language_model_and_says_where_it_is_missing(tmp_path, monkeypatch):
-    import ip2p.text.hf as hf
+    from ip2p import registry
 
-    monkeypatch.setattr(hf, "toy_model_path", lambda kind: tmp_path / kind)
+    registry.load_plugins()  # the toy plug-in's own entry, replaced for this test
+    monkeypatch.setitem(registry.LANGUAGE_MODELS._items, "toy", tmp_path / "lm")
     with pytest.raises(
         TextModelError, match=f"bundled toy language model is not installed at {tmp_path / 'lm'}"
     ):

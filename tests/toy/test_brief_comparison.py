@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from ip2p.models import toy_model_path
+from ip2p.toy.plugin import toy_model_path
 
 pytestmark = pytest.mark.skipif(
     not (toy_model_path("editor") / "model_index.json").is_file()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ip2p.models import toy_model_path
+from ip2p.toy.plugin import toy_model_path
 
 BASE, CLIP = toy_model_path("base"), toy_model_path("clip")
 pytestmark = pytest.mark.skipif(
@@ -31,7 +31,7 @@ def pipe():
 def test_vae_reconstructs_held_out_renders(pipe):
     from ip2p.toy.quality import vae_psnr
     from ip2p.toy.render import render_batch
-    from ip2p.toy.train_base import heldout_scenes
+    from ip2p.toy.data import heldout_scenes
 
     result = vae_psnr(pipe.vae, render_batch(heldout_scenes()["mixed"][:40]))
     assert result["vae_psnr_db"] >= 30.0
@@ -55,7 +55,7 @@ def test_generations_show_their_caption(pipe, n_shapes, at_least):
     two-shape generations (bars: 80% and 50%). Here: 8 captions each, at 20 steps."""
     from ip2p.toy.captions import caption
     from ip2p.toy.quality import DEFAULT_GUIDANCE, generate, judge_samples
-    from ip2p.toy.train_base import heldout_scenes
+    from ip2p.toy.data import heldout_scenes
 
     scenes = heldout_scenes()[n_shapes][:8]
     images = generate(pipe, [caption(s) for s in scenes], DEFAULT_GUIDANCE, steps=20, seed=0)
@@ -69,7 +69,7 @@ def test_clip_tells_one_attribute_apart():
     from transformers import CLIPModel, CLIPTokenizer
 
     from ip2p.toy.quality import clip_retrieval
-    from ip2p.toy.train_base import heldout_scenes
+    from ip2p.toy.data import heldout_scenes
 
     clip = CLIPModel.from_pretrained(CLIP, local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(CLIP, local_files_only=True)
@@ -93,13 +93,13 @@ LM = toy_model_path("lm")
 
 @pytest.mark.skipif(not (LM / "config.json").is_file(), reason="the toy language model is not bundled")
 def test_bundled_language_model_writes_valid_triplets(tmp_path):
-    """Measured on 2,000 held-out captions (`python -m ip2p.text.toy_lm --n 2000`, README): 79.7% valid after stage
+    """Measured on 2,000 held-out captions (`python -m ip2p.toy.lm --n 2000`, README): 79.7% valid after stage
     1's filters with the paper's sampling, 81.4% with greedy edited captions (bar 80%). Here: the first 100 captions,
     greedy captions, the same filters."""
     from ip2p.text.backends import SamplingConfig
     from ip2p.text.hf import HFGenerator
     from ip2p.text.sources import read_seed_triplets
-    from ip2p.text.toy_lm import heldout_toy_captions, measure_validity
+    from ip2p.toy.lm import heldout_toy_captions, measure_validity
 
     sampling = SamplingConfig(caption_temperature=0.0)
     generator = HFGenerator.from_pretrained(
@@ -132,7 +132,7 @@ def test_bundled_editor_loads_in_diffusers_and_follows_background_instructions()
     from ip2p.toy.edits import random_edit
     from ip2p.toy.oracle import read_scene
     from ip2p.toy.render import render
-    from ip2p.toy.train_base import heldout_scenes
+    from ip2p.toy.data import heldout_scenes
 
     theirs = StableDiffusionInstructPix2PixPipeline.from_pretrained(EDITOR, local_files_only=True)
     assert theirs.unet.config.in_channels == 8

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the original's ViT-L/14
-TOY_CLIP = "toy"  # the toy world's CLIP, bundled under ip2p/toy/weights/clip when trained
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -139,15 +138,18 @@ class ClipScorer:
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, device: torch.device | str = "cpu") -> ClipScorer:
-        """A CLIP folder (``save_pretrained`` layout), a hub id, or ``"toy"`` (the toy world's CLIP)."""
+        """A CLIP folder (``save_pretrained`` layout), a hub id, or a name of ``ip2p.registry.CLIP_MODELS``
+        (``"toy"``: the toy world's CLIP, from its plug-in)."""
         from transformers import AutoTokenizer, CLIPModel
 
-        from ip2p.models import ModelLoadError, toy_model_path
+        from ip2p.models import ModelLoadError
+        from ip2p.registry import CLIP_MODELS
 
         text = str(source)
-        path = toy_model_path("clip") if text == TOY_CLIP else Path(text).expanduser()
-        if text == TOY_CLIP and not (path / "config.json").is_file():
-            raise ModelLoadError(f"the toy CLIP is not installed at {path}; train it or pass --clip PATH")
+        named = CLIP_MODELS.find(text)
+        path = Path(named() if callable(named) else named) if named is not None else Path(text).expanduser()
+        if named is not None and not (path / "config.json").is_file():
+            raise ModelLoadError(f"the {text} CLIP is not installed at {path}; train it or pass --clip PATH")
         where = str(path) if path.is_dir() else text
         try:
             model = CLIPModel.from_pretrained(where)

@@ -6,7 +6,6 @@ caption) triplets.
 - :mod:`.hf`: transformers causal LMs (frequency penalty, per-caption seeds, stop at END);
 - :mod:`.openai_backend`: OpenAI-compatible chat endpoints, few-shot;
 - :mod:`.finetune`: fine-tuning on seed triplets (full or LoRA, accelerate, resumable);
-- :mod:`.toy_lm`: the toy world's small Llama-style LM, paraphrase augmentation, the validity check;
 - :mod:`.sources`: captions and seed triplets in; :mod:`.filters`: counted filters;
 - :mod:`.writer`: the resumable JSONL file; :mod:`.generate`: the loop.
 

@@ -26,7 +26,7 @@ class FinetuneConfig:
     """Settings of one fine-tuning run (``ip2p finetune-text``). Defaults follow the paper's fine-tune
     (``--n_epochs 1``)."""
 
-    model: str = option(  # "toy" builds the toy LM (ip2p.text.toy_lm) from scratch
+    model: str = option(  # "toy" builds the toy LM (ip2p.toy.lm) from scratch
         "causal LM folder or hub id to fine-tune ('toy': the toy LM from scratch)", default=""
     )
     seeds: str | None = option(  # None: the human-written 700 where present, else "toy"
@@ -142,7 +142,7 @@ PRESETS: dict[str, FinetuneConfig] = {
     "paper": FinetuneConfig(),
     "toy": _TOY,
     # Its second phase, from the first phase's model (--model): the seeds with their symbols renamed every epoch
-    # (see ip2p.text.toy_lm.relabel). From scratch, relabelled seeds alone left the model ignoring its input (0%
+    # (see ip2p.toy.lm.relabel). From scratch, relabelled seeds alone left the model ignoring its input (0%
     # valid after 3,000 steps); after the first phase they teach it to copy attributes it never saw together.
     # Repeated rounds of it, each from the one before, keep raising validity (scripts/build_toy.sh runs six; README).
     "toy-relabel": replace(_TOY, model="", output="runs/toy-lm", relabel=True, learning_rate=5e-4),

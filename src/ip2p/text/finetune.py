@@ -61,7 +61,8 @@ def encode_example(tokenizer, triplet: Triplet, max_length: int) -> dict[str, li
 
 class SeedDataset(torch.utils.data.Dataset):
     """Encoded seed triplets; with ``paraphrase_seed``, toy triplets re-phrased per epoch (set :attr:`epoch`), and
-    with ``relabel`` also renamed (:func:`ip2p.text.toy_lm.relabel`)."""
+    with ``relabel`` also renamed: the augmentations ``paraphrase`` and ``relabel`` of
+    ``ip2p.registry.TRIPLET_AUGMENTATIONS`` (the toy world's plug-in gives both: :mod:`ip2p.toy.lm`)."""
 
     def __init__(
         self,
@@ -92,12 +93,12 @@ class SeedDataset(torch.utils.data.Dataset):
             return self._fixed[index]
         import random
 
-        from ip2p.text.toy_lm import paraphrase, relabel
+        from ip2p.registry import TRIPLET_AUGMENTATIONS
 
         rng = random.Random(
             f"{self.paraphrase_seed}/{self.epoch}/{index}"
         )  # a function of (seed, epoch, item)
-        augment = relabel if self.relabel else paraphrase
+        augment = TRIPLET_AUGMENTATIONS.get("relabel" if self.relabel else "paraphrase")
         return self._encode(augment(self.triplets[index], rng))
 
 
@@ -117,18 +118,13 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
 
 # -- model --------------------------------------------------------------------------------------------------
 def load_for_training(config: FinetuneConfig):
-    """(model, tokenizer) to train: the toy LM built from scratch, or a pretrained causal LM (fp32 weights)."""
-    if config.model == "toy":
-        from ip2p.text.toy_lm import build_toy_model, build_toy_tokenizer
+    """(model, tokenizer) to train: a model built from scratch by a builder of ``ip2p.registry.LM_BUILDERS``
+    (``toy``: the toy LM), or a pretrained causal LM (fp32 weights)."""
+    from ip2p.registry import LM_BUILDERS
 
-        tokenizer = build_toy_tokenizer()
-        model = build_toy_model(
-            len(tokenizer),
-            tokenizer.eos_token_id,
-            seed=config.seed,
-            layers=config.toy_layers,
-            width=config.toy_width,
-        )
+    builder = LM_BUILDERS.find(config.model)
+    if builder is not None:
+        model, tokenizer = builder(config)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from ip2p.devices import pick_device, pick_dtype
-from ip2p.models import TOY_MODEL, toy_model_path
+from ip2p.registry import LANGUAGE_MODELS
 from ip2p.text.backends import Completion, SamplingConfig
 from ip2p.text.format import DELIMITER_1, STOP, make_prompt
 
@@ -97,7 +97,7 @@ class SplitTemperatureLogitsWarper(LogitsProcessor):
 
     A triplet's diversity is in its instruction; its edited caption is a function of the caption and the
     instruction, which a small model copies more faithfully without sampling noise (the toy language model:
-    ``python -m ip2p.text.toy_lm --caption-temperature``).
+    ``python -m ip2p.toy.lm --caption-temperature``).
     """
 
     def __init__(
@@ -181,19 +181,20 @@ def cut_at_stop(text: str, stop: str = STOP) -> str:
 def load_causal_lm(
     path: str | Path, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer from a folder or hub id (``toy``: the bundled toy language model); a LoRA
-    adapter folder is merged into its base.
+    """A causal LM and its tokenizer from a folder, a hub id or a name of ``ip2p.registry.LANGUAGE_MODELS``
+    (``toy``: the toy world's bundled language model); a LoRA adapter folder is merged into its base.
 
     ``trust_remote_code`` is never passed: architectures outside transformers are refused.
     """
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
     path = str(path)
-    if path == TOY_MODEL:
-        path = str(toy_model_path("lm"))
+    named = LANGUAGE_MODELS.find(path)
+    if named is not None:
+        name, path = path, str(named() if callable(named) else named)
         if not (Path(path) / "config.json").is_file():
             raise TextModelError(
-                f"the bundled toy language model is not installed at {path}; pass --model PATH"
+                f"the bundled {name} language model is not installed at {path}; pass --model PATH"
             )
     adapter = Path(path) / "adapter_config.json"
     try:

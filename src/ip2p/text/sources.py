@@ -2,9 +2,10 @@
 
 Captions come from a text file (one a line), a JSONL, CSV or Parquet file (one column), a ``datasets`` name where
 the hub is reachable (the paper used ``ChristophSchuhmann/improved_aesthetics_6.5plus``, column ``TEXT``), or
-``toy[:N]`` (toy captions held out from the toy seed triplets). Seed triplets come from a JSONL file of
-``{input, edit, output}`` lines (the paper's 700 human-written ones live in ``shared/data``, never in the package),
-or ``toy`` (``ip2p.toy.seeds.seed_triplets(700, seed=0)``).
+a caption source of ``ip2p.registry.CAPTION_SOURCES`` written ``NAME[:N]`` (the toy world's plug-in: ``toy[:N]``,
+toy captions held out from the toy seed triplets). Seed triplets come from a JSONL file of ``{input, edit,
+output}`` lines (the paper's 700 human-written ones live in ``shared/data``, never in the package), or a source of
+``ip2p.registry.SEED_SOURCES`` (``toy[:N]``: the toy world's seed triplets, 700 by default).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 
 from ip2p.jsonl import iter_jsonl_objects
+from ip2p.registry import CAPTION_SOURCES, SEED_SOURCES, RegistryError, find_counted
 from ip2p.text.format import Triplet
 
 # Columns tried, in order, when no column is named (the original read LAION's "TEXT").
@@ -31,11 +33,13 @@ class TextSourceError(ValueError):
 def read_captions(
     source: str | os.PathLike[str], column: str | None = None, split: str = "train"
 ) -> list[str]:
-    """Captions from a file, a ``datasets`` name or ``toy[:N]``, in file order, stripped, empty ones dropped.
+    """Captions from a file, a ``datasets`` name or a registered caption source, in file order, stripped, empty
+    ones dropped.
 
     Args:
         source: ``.txt`` (one caption a line), ``.jsonl``, ``.csv`` or ``.parquet`` path; a datasets name; or
-            ``toy`` / ``toy:N`` (N held-out toy captions, default 1000).
+            ``NAME`` / ``NAME:N`` of ``ip2p.registry.CAPTION_SOURCES`` (``toy:N``: N held-out toy captions,
+            default 1000).
         column: the caption column of a table; None tries ``caption``, ``text``, ``TEXT``, ``input``, ``prompt``.
         split: the split of a datasets name.
 
@@ -44,8 +48,10 @@ def read_captions(
         ['...', '...']  # doctest: +SKIP
     """
     text = str(source)
-    if text == "toy" or text.startswith("toy:"):
-        return _toy_captions(text)
+    named = _find_source(CAPTION_SOURCES, text)
+    if named is not None:
+        _, captions, count = named
+        return _clean(captions(count))
     path = Path(source)
     if path.exists():
         if path.is_dir():
@@ -133,18 +139,17 @@ def _read_dataset(name: str, column: str | None, split: str) -> list[str]:
     return _clean(ds[_pick_column(list(ds.column_names), column, name)])
 
 
-def _toy_captions(spec: str) -> list[str]:
-    count = spec.partition(":")[2] or "1000"
-    if not count.isdigit() or int(count) < 1:
-        raise TextSourceError(f"{spec}: expected toy or toy:N with N a positive number")
-    from ip2p.text.toy_lm import heldout_toy_captions
-
-    return heldout_toy_captions(int(count))
+def _find_source(registry, text: str):
+    try:
+        return find_counted(registry, text)
+    except RegistryError as exc:
+        raise TextSourceError(str(exc)) from None
 
 
 # -- seed triplets ------------------------------------------------------------------------------------------
 def default_seeds() -> str:
-    """The paper's human-written triplets where present beside the repository, else ``"toy"``."""
+    """The paper's human-written triplets where present beside the repository, else ``"toy"`` (the toy world's
+    seed source)."""
     return str(HUMAN_SEEDS) if HUMAN_SEEDS.is_file() else "toy"
 
 
@@ -152,21 +157,21 @@ def read_seed_triplets(source: str | os.PathLike[str] | None = None) -> list[Tri
     """Seed triplets for fine-tuning and few-shot prompts.
 
     Args:
-        source: a JSONL file of ``{input, edit, output}`` lines, ``"toy"`` (the 700 toy seed triplets,
-            ``seed_triplets(700, seed=0)``), ``"toy:N"`` (``seed_triplets(N, seed=0)``), or None for
-            :func:`default_seeds`.
+        source: a JSONL file of ``{input, edit, output}`` lines, ``NAME`` or ``NAME:N`` of
+            ``ip2p.registry.SEED_SOURCES`` (``"toy"``: the 700 toy seed triplets, ``seed_triplets(700, seed=0)``;
+            ``"toy:N"``: ``seed_triplets(N, seed=0)``), or None for :func:`default_seeds`.
     """
     source = default_seeds() if source is None else str(source)
-    if source == "toy" or source.startswith("toy:"):
-        from ip2p.toy.seeds import seed_triplets
-
-        count = source.partition(":")[2] or "700"
-        if not count.isdigit() or int(count) < 1:
-            raise TextSourceError(f"{source}: expected toy or toy:N with N a positive number")
-        return [Triplet.from_dict(t) for t in seed_triplets(int(count), seed=0)]
+    named = _find_source(SEED_SOURCES, source)
+    if named is not None:
+        _, seeds, count = named
+        return [Triplet.from_dict(t) for t in seeds(count)]
     path = Path(source)
     if not path.is_file():
-        raise TextSourceError(f"{path}: no such seed file (a JSONL of input/edit/output lines, or 'toy')")
+        raise TextSourceError(
+            f"{path}: no such seed file (a JSONL of input/edit/output lines, or a seed source: "
+            f"{', '.join(SEED_SOURCES.names())})"
+        )
     triplets = []
     for n, row in enumerate(_read_jsonl_rows(path), 1):
         try:

@@ -148,7 +148,10 @@ def referring_expression(scene: Scene, shape: Shape, rng: random.Random | None =
     return " ".join(words)
 
 
-def _resolve(scene: Scene, kind: str, color: str | None, size: str | None, position: str | None) -> Shape:
+def resolve_shape(
+    scene: Scene, kind: str, color: str | None, size: str | None, position: str | None
+) -> Shape:
+    """The one shape of ``scene`` that the description picks; ValueError if none or several match."""
     found = [s for s in scene.shapes if _matches(s, kind, color, size, position)]
     desc = " ".join(w for w in (size, color, kind) if w) + (f" at {position}" if position else "")
     if not found:
@@ -329,7 +332,7 @@ def apply_instruction(scene: Scene, instruction: str) -> Scene:
         return replace(scene, shapes=(*scene.shapes, p.shape)).validate()
 
     assert p.kind is not None
-    target = _resolve(scene, p.kind, p.color, p.size, p.position)
+    target = resolve_shape(scene, p.kind, p.color, p.size, p.position)
     rest = tuple(s for s in scene.shapes if s is not target)
     if p.type == "remove":
         if not rest:

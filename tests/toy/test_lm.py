@@ -8,7 +8,7 @@ from ip2p.text.backends import FakeGenerator
 from ip2p.text.finetune import SeedDataset
 from ip2p.text.format import DELIMITER_1, Triplet, parse_completion
 from ip2p.text.sources import read_seed_triplets
-from ip2p.text.toy_lm import (
+from ip2p.toy.lm import (
     build_toy_model,
     build_toy_tokenizer,
     heldout_toy_captions,

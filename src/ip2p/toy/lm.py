@@ -3,8 +3,8 @@
 It plays GPT-3's part for the toy world: ``ip2p finetune-text --preset toy`` trains it through the same fine-tuning
 path as a real model, and ``ip2p gen-text --model runs/toy-lm`` writes triplets with it. Because toy captions and
 instructions have exact meanings, its output can be checked: a triplet is *valid* when the edited caption describes
-exactly the scene that the instruction makes of the input caption's scene (``python -m ip2p.text.toy_lm MODEL``
-measures the share on held-out captions).
+exactly the scene that the instruction makes of the input caption's scene (:func:`lm_validity`, or
+``python -m ip2p.toy.lm MODEL``, measures the share on held-out captions).
 
 GPT-3 came to its 700 examples knowing English; a model trained from scratch on 700 strings memorises them (3% valid
 triplets on held-out captions after 25 epochs). The toy preset therefore re-phrases each seed triplet every epoch
@@ -184,59 +184,6 @@ def measure_validity(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ip2p.text.toy_lm MODEL_DIR [--n N]``: measure a toy LM's validity on held-out toy captions."""
-    import argparse
-    import json
-
-    from ip2p.text.backends import SamplingConfig
-    from ip2p.text.hf import HFGenerator
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("model", help="a folder saved by `ip2p finetune-text --preset toy`")
-    parser.add_argument("--n", type=int, default=300, help="held-out captions (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    parser.add_argument(
-        "--output", default=None, help="where to write the triplets (default: MODEL/eval.jsonl)"
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=0.7,
-        help="sampling temperature (default: %(default)s, the paper's)",
-    )
-    parser.add_argument(
-        "--caption-temperature",
-        type=float,
-        default=None,
-        help="the edited caption's temperature, after the instruction; 0: greedy (default: --temperature)",
-    )
-    args = parser.parse_args(argv)
-    sampling = SamplingConfig(temperature=args.temperature, caption_temperature=args.caption_temperature)
-    try:
-        sampling.validate()
-    except ValueError as e:
-        parser.error(str(e))
-    from ip2p.text.sources import read_seed_triplets
-
-    generator = HFGenerator.from_pretrained(args.model, sampling=sampling, batch_size=32, device=args.device)
-    output = args.output or str(Path(args.model) / "eval.jsonl")
-    saved = Path(args.model) / "finetune_config.json"
-    seeds = json.loads(saved.read_text()).get("seeds") or "toy" if saved.is_file() else "toy"
-    trained_on = {t.input for t in read_seed_triplets(seeds)}  # held out from what this model saw
-    result = measure_validity(
-        generator, heldout_toy_captions(args.n, exclude=trained_on), output, seed=args.seed
-    )
-    result["trained_on"] = seeds
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def rephrase_instruction(instruction: str, scene: Scene, rng: random.Random) -> str:
     """The same edit of ``scene`` in other words: another template, referring expression or phrasing."""
     from ip2p.toy.captions import background_word, random_plan, shape_phrase
@@ -297,7 +244,13 @@ def relabel(triplet: Triplet, rng: random.Random) -> Triplet:
     from dataclasses import replace
 
     from ip2p.toy.captions import background_word, caption_with_plan, parse_caption, random_plan, shape_phrase
-    from ip2p.toy.edits import STYLE_TEMPLATES, TEMPLATES, _resolve, parse_instruction, referring_expression
+    from ip2p.toy.edits import (
+        STYLE_TEMPLATES,
+        TEMPLATES,
+        parse_instruction,
+        referring_expression,
+        resolve_shape,
+    )
     from ip2p.toy.scene import BACKGROUNDS, COLORS, KINDS, POSITIONS, SIZES, STYLES
 
     try:
@@ -306,7 +259,7 @@ def relabel(triplet: Triplet, rng: random.Random) -> Triplet:
         target = (
             None
             if p.type in ("style", "background", "add")
-            else _resolve(before, p.kind, p.color, p.size, p.position)
+            else resolve_shape(before, p.kind, p.color, p.size, p.position)
         )
     except ValueError:
         return triplet
@@ -343,3 +296,108 @@ def relabel(triplet: Triplet, rng: random.Random) -> Triplet:
         value = color[p.value] if p.type == "recolor" else kind[p.value] if p.type == "change_kind" else None
         edit = rng.choice(TEMPLATES[p.type]).format(ref=ref, color=value, kind=value)
     return Triplet(caption_with_plan(new_before, plan), edit, caption_with_plan(new_after, plan))
+
+
+def lm_validity(
+    model: str | Path,
+    n: int = 300,
+    seed: int = 0,
+    output: str | Path | None = None,
+    device: str = "auto",
+    temperature: float = 0.7,
+    caption_temperature: float | None = None,
+) -> dict:
+    """A toy LM's validity (:func:`measure_validity`) on ``n`` toy captions held out from the seeds it was trained on.
+
+    Args:
+        model: a folder saved by ``ip2p finetune-text --preset toy``.
+        n: held-out captions.
+        seed: the sampling seed.
+        output: where to write the triplets (default: ``MODEL/eval.jsonl``).
+        device: cpu, cuda or auto.
+        temperature: the sampling temperature (the paper's 0.7).
+        caption_temperature: the edited caption's temperature, after the instruction; 0: greedy (default:
+            ``temperature``).
+
+    Example:
+        >>> lm_validity("runs/toy-lm", n=50)["valid_filtered"]  # doctest: +SKIP
+        0.79
+    """
+    import json
+
+    from ip2p.text.backends import SamplingConfig
+    from ip2p.text.hf import HFGenerator
+    from ip2p.text.sources import read_seed_triplets
+
+    sampling = SamplingConfig(temperature=temperature, caption_temperature=caption_temperature)
+    sampling.validate()
+    generator = HFGenerator.from_pretrained(str(model), sampling=sampling, batch_size=32, device=device)
+    folder = Path(model)
+    saved = folder / "finetune_config.json"
+    seeds = json.loads(saved.read_text()).get("seeds") or "toy" if saved.is_file() else "toy"
+    trained_on = {t.input for t in read_seed_triplets(seeds)}  # held out from what this model saw
+    result = measure_validity(
+        generator, heldout_toy_captions(n, exclude=trained_on), output or folder / "eval.jsonl", seed=seed
+    )
+    result["trained_on"] = seeds
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ip2p.toy.lm MODEL_DIR [--n N]``: measure a toy LM's validity on held-out toy captions."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("model", help="a folder saved by `ip2p finetune-text --preset toy`")
+    parser.add_argument("--n", type=int, default=300, help="held-out captions (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    parser.add_argument(
+        "--output", default=None, help="where to write the triplets (default: MODEL/eval.jsonl)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="sampling temperature (default: %(default)s, the paper's)",
+    )
+    parser.add_argument(
+        "--caption-temperature",
+        type=float,
+        default=None,
+        help="the edited caption's temperature, after the instruction; 0: greedy (default: --temperature)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = lm_validity(
+            args.model,
+            n=args.n,
+            seed=args.seed,
+            output=args.output,
+            device=args.device,
+            temperature=args.temperature,
+            caption_temperature=args.caption_temperature,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_for_finetune(config) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """``finetune-text --model toy``: the toy tokenizer and a fresh toy LM shaped by ``config.toy_layers`` and
+    ``config.toy_width``, initialised from ``config.seed`` (the registry's language-model builder)."""
+    tokenizer = build_toy_tokenizer()
+    model = build_toy_model(
+        len(tokenizer),
+        tokenizer.eos_token_id,
+        seed=config.seed,
+        layers=config.toy_layers,
+        width=config.toy_width,
+    )
+    return model, tokenizer
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""``ip2p evaluate``'s settings (torch-free, its flags built from them) and the one call that runs them.
+
+:class:`EvalRunConfig` holds what the command line sets: the models, the test set, the methods and their sweeps,
+the reference points. :func:`run_evaluation` resolves a named model's evaluation defaults (``ip2p.registry``: the
+toy world's are 64 px, 20 steps, its CLIP, base model and ``toy:300``), chooses the device (one GPU per process
+under ``accelerate launch``), builds the methods and runs :func:`ip2p.evaluate.run.evaluate`.
+
+Example::
+
+    from ip2p.evaluate.config import EvalRunConfig, run_evaluation
+    result = run_evaluation(EvalRunConfig(model="toy", output="runs/eval", methods="ip2p", sweep="text"))
+    print(result["report"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ip2p.flags import option
+
+Floats = list[float]  # one flag value: ``a,b,c`` or ``start:stop:step``
+SWEEPS = ("paper", "text", "grid")
+FALLBACK_STEPS = 100  # the paper's sampler steps, where the model names none
+FALLBACK_RESOLUTION = 512
+FALLBACK_CLIP = "openai/clip-vit-large-patch14"  # the original's ViT-L/14 (pairs.clip_score.DEFAULT_CLIP)
+DEFAULT_METHODS = "ip2p,sdedit"
+
+
+def parse_floats(text: str) -> list[float]:
+    """``1,1.5,2`` or ``start:stop:step`` (inclusive) -> floats.
+
+    Example:
+        >>> parse_floats("1:2:0.5"), parse_floats("7.5,10")
+        ([1.0, 1.5, 2.0], [7.5, 10.0])
+    """
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            n = int(round((stop - start) / step))
+            return [round(start + i * step, 6) for i in range(n + 1)]
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers as a,b,c or start:stop:step") from None
+
+
+@dataclass
+class EvalRunConfig:
+    """Settings of ``ip2p evaluate``. Fields left None take the named model's evaluation defaults (see
+    ``ip2p.registry.NamedModel.eval_defaults``), then the paper's."""
+
+    output: str = option("output folder (rerun the same command to resume)", flag="--output", aliases=("-o",))
+    model: str = option(
+        "editing model: a diffusers folder, a .safetensors/.ckpt file, a hub id or a named model",
+        default="toy",
+    )
+    model_config: str | None = option(
+        "for a single-file checkpoint: a diffusers folder (or hub id) holding the component configs",
+        flag="--config",
+        default=None,
+    )
+    device: str = option("cpu, cuda, cuda:1, mps or auto", default="auto")
+    dtype: str = option(
+        "weights and compute precision; auto = fp16 on GPU, fp32 on CPU",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "bf16"),
+    )
+    test_set: str | None = option(
+        "toy or toy:N (the toy world's held-out renders, N <= 300; default with --model toy: toy:300), "
+        "toy-val or toy-val:N (its validation split, N <= 200, for choosing settings), toy-brief[:N] and "
+        "toy-val-brief[:N] (the same items with brief captions: no sizes or positions), a JSONL of "
+        "{image, instruction, input_caption, output_caption[, target]}, Parquet shards (ours or the official "
+        "schema) or an original-format folder",
+        default=None,
+    )
+    limit: int | None = option("evaluate only the first N items", default=None)
+    base: str | None = option(
+        "text-to-image model for the SDEdit baseline (default with --model toy: the toy base model)",
+        default=None,
+    )
+    methods: str = option(
+        "comma-separated: ip2p, sdedit, or none for --references alone", default=DEFAULT_METHODS
+    )
+    references: str | None = option(
+        "comma-separated reference points measured beside the methods: input (no edit), target (the exact "
+        "target image), target-vae (the target through the editor's autoencoder: the best a latent editor can "
+        "output); target and target-vae need a test set with targets (default: none)",
+        default=None,
+    )
+    metrics: str | None = option(
+        "comma-separated metric plug-ins measured beside CLIP and pixel metrics (the toy world's: oracle); "
+        "none for none (default: every registered metric)",
+        default=None,
+    )
+    sweep: str = option(
+        "paper: text 7.5, image 1.0-2.2 by 0.2; text: text 3-12.5 at image 1.5; grid: every pair of "
+        "--text-guidance and --image-guidance",
+        default="paper",
+        choices=SWEEPS,
+    )
+    text_guidance: Floats | None = option(
+        "text scales: a,b,c or start:stop:step", default=None, parse=parse_floats
+    )
+    image_guidance: Floats | None = option(
+        "image scales: a,b,c or start:stop:step", default=None, parse=parse_floats
+    )
+    strengths: Floats | None = option(
+        "SDEdit strengths (default: 0.3:0.9:0.1, the paper's)", default=None, parse=parse_floats
+    )
+    sdedit_guidance: float = option("SDEdit's text guidance", default=7.5)
+    steps: int | None = option("sampler steps (default: 100; 20 for the toy model)", default=None)
+    scheduler: str | None = option("sampler for both methods (default: each model's own)", default=None)
+    guidance_rescale: Floats | None = option(
+        "the editor's guidance rescale(s), 0-1, each crossed with the guidance scales (default: 0, off)",
+        default=None,
+        parse=parse_floats,
+    )
+    resolution: int | None = option(
+        "long side of the inputs (default: 512; 64 for the toy model)", default=None
+    )
+    clip: str | None = option(
+        "CLIP for the metrics: a folder, hub id or 'toy' (default: openai/clip-vit-large-patch14; 'toy' for "
+        "the toy model); 'none' skips CLIP metrics",
+        default=None,
+    )
+    batch_size: int = option("items edited at once", default=8)
+    seed: int = option("seed of the per-item seeds", default=0)
+    examples: int = option("items shown in examples.png", default=4)
+    progress: bool = option("a progress bar", default=True)
+
+    def method_names(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip() and m.strip() != "none"]
+
+    def reference_names(self) -> list[str]:
+        return list(dict.fromkeys(r.strip() for r in (self.references or "").split(",") if r.strip()))
+
+    def metric_names(self) -> list[str] | None:
+        if self.metrics is None:
+            return None
+        return [m.strip() for m in self.metrics.split(",") if m.strip() and m.strip() != "none"]
+
+    def resolved(self) -> EvalRunConfig:
+        """A copy with every unset field filled: the named model's evaluation defaults, then the paper's."""
+        from ip2p.registry import MODELS
+
+        named = MODELS.find(self.model)
+        given = (named.eval_defaults if named is not None else {}) | {
+            k: v
+            for k in ("steps", "resolution", "clip", "base", "test_set")
+            if (v := getattr(self, k)) is not None
+        }
+        return replace(
+            self,
+            steps=given.get("steps", FALLBACK_STEPS),
+            resolution=given.get("resolution", FALLBACK_RESOLUTION),
+            clip=given.get("clip", FALLBACK_CLIP),
+            base=given.get("base"),
+            test_set=given.get("test_set"),
+        )
+
+    def validate(self) -> None:
+        """One-line errors for what would fail later (``EvaluationError``)."""
+        from ip2p.evaluate.items import EvaluationError
+        from ip2p.evaluate.methods import REFERENCES
+        from ip2p.sampling import SCHEDULERS
+
+        methods, references = self.method_names(), self.reference_names()
+        unknown = set(methods) - {"ip2p", "sdedit"}
+        if unknown or not (methods or references):
+            raise EvaluationError(
+                f"--methods: unknown {sorted(unknown)}; choose from ip2p, sdedit (none: only --references)"
+            )
+        unknown = set(references) - set(REFERENCES)
+        if unknown:
+            raise EvaluationError(
+                f"--references: unknown {sorted(unknown)}; choose from {', '.join(REFERENCES)}"
+            )
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise EvaluationError(
+                f"--scheduler: unknown {self.scheduler!r}; choose from {', '.join(sorted(SCHEDULERS))}"
+            )
+        for name in ("batch_size", "steps", "resolution"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not self.output:
+            raise EvaluationError("--output is required")
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """Run (or resume) ``ip2p evaluate`` with ``config``; ``note`` gets remarks made before the run (default:
+    printed on stderr).
+
+    Returns ``{"summary", "output", "methods", "references", "report"}``: the summary rows (empty on a
+    non-main process under ``accelerate launch``), the output folder, the names of the methods and reference
+    points measured, and the printed report (the summary table and, for two methods, how their curves compare
+    in every plane).
+
+    Raises:
+        EvaluationError: a setting, test set or method cannot be used (``ModelLoadError`` for models).
+    """
+    from accelerate import PartialState
+
+    from ip2p.devices import pick_device
+    from ip2p.evaluate.items import EvaluationError
+    from ip2p.evaluate.methods import (
+        REFERENCES,
+        SDEDIT_STRENGTHS,
+        editor_method,
+        guidance_grid,
+        reference_method,
+        sdedit_method,
+    )
+    from ip2p.evaluate.report import comparison_lines, summary_table
+    from ip2p.evaluate.run import EvalConfig, evaluate
+    from ip2p.models import load_pipeline_components
+    from ip2p.pipeline import EditConfig, EditPipeline
+
+    config.validate()
+    cfg = config.resolved()
+    methods, references = cfg.method_names(), cfg.reference_names()
+    if "sdedit" in methods and cfg.base is None:
+        if cfg.methods != DEFAULT_METHODS:
+            raise EvaluationError(
+                "--methods sdedit needs --base MODEL (the text-to-image model SDEdit runs on)"
+            )
+        methods.remove("sdedit")
+        note("note: no --base given, so the SDEdit baseline is skipped")
+    if not cfg.test_set:
+        raise EvaluationError(f"--test-set is required: the model {cfg.model!r} names no test set of its own")
+    state = PartialState(cpu=cfg.device == "cpu")
+    # Under `accelerate launch` each process takes its own GPU; "auto" or "cuda" would put all on the first.
+    device = str(state.device) if state.num_processes > 1 and cfg.device in ("auto", "cuda") else cfg.device
+    run = EvalConfig(
+        output=cfg.output,
+        test_set=cfg.test_set,
+        limit=cfg.limit,
+        resolution=cfg.resolution,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        clip=None if cfg.clip == "none" else cfg.clip,
+        examples=cfg.examples,
+        progress=cfg.progress,
+        device=str(pick_device(device)),
+        metrics=cfg.metric_names(),
+    )
+    chosen = []
+    multiple = 8
+    pipe = None
+    if "ip2p" in methods:
+        pipe = EditPipeline.from_pretrained(
+            cfg.model, device=device, dtype=cfg.dtype, config=cfg.model_config
+        )
+        multiple = pipe.size_multiple
+        edit_config = EditConfig(
+            num_inference_steps=cfg.steps, scheduler=cfg.scheduler, resolution=cfg.resolution
+        )
+        settings = guidance_grid(cfg.sweep, cfg.text_guidance, cfg.image_guidance, cfg.guidance_rescale)
+        chosen.append(editor_method(pipe, edit_config, settings))
+    if "sdedit" in methods:
+        components = load_pipeline_components(cfg.base, edit=False)
+        multiple = max(multiple, components.size_multiple)
+        chosen.append(
+            sdedit_method(
+                components,
+                cfg.strengths or SDEDIT_STRENGTHS,
+                guidance_scale=cfg.sdedit_guidance,
+                steps=cfg.steps,
+                scheduler=cfg.scheduler,
+                device=device,
+                dtype=cfg.dtype,
+            )
+        )
+    vae = None  # the editor's autoencoder, for the target-vae reference
+    if "target-vae" in references:
+        vae = (
+            pipe.components.vae
+            if pipe is not None
+            else load_pipeline_components(cfg.model, edit=True, config=cfg.model_config).vae
+        )
+    chosen += [reference_method(name, vae) for name in references]
+    run.size_multiple = multiple
+    result = evaluate(run, chosen)
+    summary = result["summary"]
+    names = [m.name for m in chosen if m.name not in REFERENCES]
+    lines = [summary_table(summary)] if summary else []
+    if summary and len(names) == 2:
+        lines += comparison_lines(summary, names[0], names[1], references)
+    return {
+        "summary": summary,
+        "output": result["output"],
+        "methods": names,
+        "references": references,
+        "report": "\n".join(lines),
+    }
