@@ -331,6 +331,34 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_resumes(base_m
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_a_signal_ends_the_step_with_a_checkpoint_and_the_same_command_resumes(
+    base_model, pairs, tmp_path, monkeypatch
+):
+    from ip2p.harness import Interrupted
+
+    train(_config(base_model, pairs, tmp_path / "straight"))
+    out = tmp_path / "stopped"
+    step = Trainer.train_step
+
+    def step_then_signal(self):
+        loss = step(self)
+        if self.step == 1:  # SIGTERM during the first step: it ends, is saved, and training stops
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match=r"stopped at step 1 of 4 \(SIGTERM\).*run the same command again"):
+        train(_config(base_model, pairs, out))
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-1"]
+    monkeypatch.undo()
+    train(_config(base_model, pairs, out))
+    a, b = _weights(tmp_path / "straight"), _weights(out)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
 def test_bf16_mixed_precision_trains_validates_and_exports(base_model, pairs, tmp_path):
     from accelerate.state import AcceleratorState
 
