@@ -92,7 +92,10 @@ class FinetuneConfig:
                 "no model: give --model (a causal LM folder or hub id; for --preset toy-relabel, the folder "
                 "that --preset toy wrote) or --preset toy"
             )
-        if self.model != "toy" and Path(self.model).resolve() == Path(self.output).resolve():
+        from ip2p.registry import LM_BUILDERS  # names of models built from scratch (the toy world's "toy")
+
+        built = self.model in LM_BUILDERS
+        if not built and Path(self.model).resolve() == Path(self.output).resolve():
             raise ValueError(f"--output is the model being fine-tuned ({self.model}): write elsewhere")
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "max_length", "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -112,9 +115,9 @@ class FinetuneConfig:
                 f"the toy model needs at least 1 layer and a width divisible by its 4 heads, got "
                 f"{self.toy_layers} layers of width {self.toy_width}"
             )
-        if self.lora and self.model == "toy":
+        if self.lora and built:
             raise ValueError(
-                "LoRA adapts a pretrained model; the toy model is trained from scratch (drop --lora)"
+                f"LoRA adapts a pretrained model; the {self.model} model is trained from scratch (drop --lora)"
             )
 
     def to_dict(self) -> dict[str, Any]:
