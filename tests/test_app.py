@@ -69,16 +69,42 @@ def test_randomized_guidance_draws_from_the_original_ranges():
     assert min(t for t, _ in draws) < 6.2 and max(t for t, _ in draws) > 8.8
 
 
-def test_defaults_per_model():
-    from ip2p.demo import TOY_IMAGE_GUIDANCE, TOY_RESOLUTION, TOY_STEPS, TOY_TEXT_GUIDANCE
+def test_defaults_are_the_models_own_settings(pipe):
+    from ip2p.edit_config import EditConfig
 
-    for name in ("toy", "tiny"):
-        d = AppDefaults.for_model(name)
-        assert (d.steps, d.resolution) == (TOY_STEPS, TOY_RESOLUTION)
-    toy = AppDefaults.for_model("toy")  # the toy editor starts at its own guidance, as the demo
-    assert (toy.text_guidance, toy.image_guidance) == (TOY_TEXT_GUIDANCE, TOY_IMAGE_GUIDANCE)
-    d = AppDefaults.for_model("timbrooks/instruct-pix2pix")
-    assert (d.steps, d.resolution, d.text_guidance, d.image_guidance, d.seed) == (100, 512, 7.5, 1.5, 1371)
+    paper = AppDefaults.from_config(EditConfig())
+    assert (paper.steps, paper.resolution, paper.text_guidance, paper.image_guidance, paper.seed) == (
+        100,
+        512,
+        7.5,
+        1.5,
+        1371,
+    )
+    assert paper.scheduler == MODEL_SCHEDULER
+    toy = AppDefaults.from_config(
+        EditConfig(
+            num_inference_steps=20,
+            resolution=64,
+            text_guidance_scale=3.0,
+            image_guidance_scale=2.0,
+            scheduler="euler_ancestral",
+        )
+    )
+    assert (toy.steps, toy.resolution, toy.text_guidance, toy.image_guidance, toy.scheduler) == (
+        20,
+        64,
+        3.0,
+        2.0,
+        "euler_ancestral",
+    )
+    # The app starts at what the pipeline's model recommends: the tiny model's 20 steps at 64 px.
+    assert (EditorApp(pipe).defaults.steps, EditorApp(pipe).defaults.resolution) == (20, 64)
+    pipe.settings = {"num_inference_steps": 7, "text_guidance_scale": 4.5}
+    try:
+        d = EditorApp(pipe).defaults
+        assert (d.steps, d.text_guidance, d.image_guidance, d.resolution) == (7, 4.5, 1.5, 512)
+    finally:
+        pipe.settings = {"num_inference_steps": 20, "resolution": 64}
 
 
 def test_error_messages_for_the_browser_hide_server_paths():
@@ -101,27 +127,33 @@ def test_serve_config_checks_its_limits():
 
 def test_cli_serve_flags():
     from ip2p.cli import build_parser
+    from ip2p.flags import config_overrides
 
-    args = build_parser().parse_args(["serve"])
-    assert (args.model, args.host, args.port, args.share, args.concurrency) == (
+    def config(argv):  # what `ip2p serve` runs with: the flags set, over ServeConfig's defaults
+        return ServeConfig(**config_overrides(build_parser().parse_args(["serve", *argv]), ServeConfig))
+
+    c = config([])
+    assert (c.model, c.host, c.port, c.share, c.concurrency, c.device) == (
         "auto",
         "127.0.0.1",
         7860,
         False,
         1,
+        "auto",
     )
-    args = build_parser().parse_args(
-        ["serve", "--model", "tiny", "--host", "0.0.0.0", "--port", "8000", "--share", "--concurrency", "2"]
+    c = config(
+        ["--model", "tiny", "--host", "0.0.0.0", "--port", "8000", "--share", "--concurrency", "2"]
         + ["--max-queue", "3", "--max-upload-mb", "1.5", "--max-pixels", "100", "--device", "cpu"]
     )
-    assert (args.host, args.port, args.share, args.concurrency, args.max_queue) == (
+    assert (c.model, c.host, c.port, c.share, c.concurrency, c.max_queue) == (
+        "tiny",
         "0.0.0.0",
         8000,
         True,
         2,
         3,
     )
-    assert (args.max_upload_mb, args.max_pixels, args.device) == (1.5, 100, "cpu")
+    assert (c.max_upload_mb, c.max_pixels, c.device) == (1.5, 100, "cpu")
 
 
 def test_cli_serve_refuses_bad_limits_and_models_in_one_line(tmp_path, capsys):

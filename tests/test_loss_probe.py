@@ -72,6 +72,6 @@ def test_probe_refuses_bad_inputs():
 
 
 def test_cli_gives_a_one_line_error(tmp_path, capsys):
-    assert main(["--data", str(tmp_path / "missing"), "--editor", "tiny"]) == 2
+    assert main(["--data", str(tmp_path / "missing"), "--editor", "tiny"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err
+    assert err.startswith("ip2p: error:") and "\n" not in err

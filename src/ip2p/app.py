@@ -28,13 +28,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ip2p.demo import (
-    TOY_IMAGE_GUIDANCE,
-    TOY_RESOLUTION,
-    TOY_STEPS,
-    TOY_TEXT_GUIDANCE,
-    resolve_demo_model,
-)
+from ip2p.app_config import ServeConfig
+from ip2p.demo import resolve_demo_model
 from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
 from ip2p.models import TINY_MODEL, TOY_MODEL
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
@@ -86,48 +81,16 @@ class AppDefaults:
     resolution: int = 512
 
     @classmethod
-    def for_model(cls, name: str) -> AppDefaults:
-        """The toy editor's preset (64 px, 20 steps, and for the toy editor its chosen guidance, as the demo's)
-        for the toy and tiny models, the paper's for the rest."""
-        if name == TOY_MODEL:
-            return cls(
-                steps=TOY_STEPS,
-                resolution=TOY_RESOLUTION,
-                text_guidance=TOY_TEXT_GUIDANCE,
-                image_guidance=TOY_IMAGE_GUIDANCE,
-            )
-        if name == TINY_MODEL:
-            return cls(steps=TOY_STEPS, resolution=TOY_RESOLUTION)
-        return cls()
-
-
-@dataclass
-class ServeConfig:
-    """How ``ip2p serve`` runs: the model, where it listens and the limits that keep it up."""
-
-    model: str = "auto"  # 'auto' = the bundled toy editor, else the tiny random model (labelled as such)
-    config: str | None = None  # component configs for a single-file checkpoint
-    device: str | None = None
-    dtype: str | None = None
-    host: str = "127.0.0.1"  # loopback: reachable from this machine only, unless asked otherwise
-    port: int | None = 7860
-    share: bool = False  # a public gradio.live link (needs internet)
-    concurrency: int = 1  # edits at once; the original's queue(concurrency_count=1)
-    max_queue: int | None = 16  # waiting requests beyond this get a "queue is full" answer; None = unbounded
-    max_upload_mb: float = 10.0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    def validate(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.max_queue is not None and self.max_queue < 1:
-            raise ValueError(f"the queue size must be at least 1, got {self.max_queue}")
-        if self.max_upload_mb <= 0:
-            raise ValueError(f"the maximum upload size must be positive, got {self.max_upload_mb} MB")
-        if self.max_pixels < 1:
-            raise ValueError(f"the maximum pixel count must be positive, got {self.max_pixels}")
-        if self.port is not None and not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} is outside 1..65535")
+    def from_config(cls, config: EditConfig) -> AppDefaults:
+        """The controls at ``config``'s values: a pipeline's ``config_for()``, i.e. its model's own settings (the
+        toy editor's 64 px, 20 steps, text 3, image 2) or the paper's."""
+        return cls(
+            steps=config.num_inference_steps,
+            text_guidance=config.text_guidance_scale,
+            image_guidance=config.image_guidance_scale,
+            scheduler=config.scheduler if config.scheduler in SCHEDULERS else MODEL_SCHEDULER,
+            resolution=config.resolution,
+        )
 
 
 def randomized_guidance(rng: random.Random) -> tuple[float, float]:
@@ -169,7 +132,11 @@ class EditorApp:
         self._pipeline = pipeline if isinstance(pipeline, EditPipeline) else None
         self._load_lock = threading.Lock()
         name = self._pipeline.components.name if self._pipeline else None
-        self.defaults = defaults or AppDefaults.for_model(name or "")
+        if defaults is None:
+            defaults = (
+                AppDefaults.from_config(self._pipeline.config_for()) if self._pipeline else AppDefaults()
+            )
+        self.defaults = defaults
         self.note = note or (TINY_NOTE if name == TINY_MODEL else None)
         self.max_pixels = max_pixels
         self.size_multiple = self._pipeline.size_multiple if self._pipeline else 64
@@ -189,7 +156,7 @@ class EditorApp:
         return self._pipeline
 
     def _write_examples(self, count: int) -> list[list[str]]:
-        """Toy scenes with an instruction each (rendered at the toy model's resolution)."""
+        """Toy scenes with an instruction each (rendered at the toy model's resolution, 64 px)."""
         from ip2p.toy import random_edit, random_scene, render
 
         folder = Path(self._scratch.name) / "examples"
@@ -199,7 +166,7 @@ class EditorApp:
             rng = random.Random(i)
             scene = random_scene(rng)
             path = folder / f"toy-scene-{i}.png"
-            render(scene, size=TOY_RESOLUTION).save(path)
+            render(scene, size=64).save(path)
             items.append([str(path), random_edit(scene, rng).instruction])
         return items
 
@@ -227,7 +194,7 @@ class EditorApp:
         if scheduler not in (None, "", MODEL_SCHEDULER) and scheduler not in SCHEDULERS:
             raise gr.Error(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(sorted(SCHEDULERS))}.")
         try:
-            config = EditConfig(
+            values = dict(
                 num_inference_steps=int(steps),
                 text_guidance_scale=float(text_guidance),
                 image_guidance_scale=float(image_guidance),
@@ -237,6 +204,7 @@ class EditorApp:
         except (TypeError, ValueError, OverflowError):
             raise gr.Error("Steps, guidance scales and resolution must be numbers.") from None
         try:
+            config = self.pipeline.config_for(**values)  # the model's own settings under the controls' values
             config.validate()
         except ValueError as exc:  # the message names the setting and its bad value
             raise gr.Error(web_message(exc, None)) from None

@@ -1,28 +1,27 @@
-"""The demo: render a toy-world scene, edit it by an instruction, write before/after pictures."""
+"""The demo: render a toy-world scene, edit it by an instruction, write before/after pictures.
+
+The edit runs at the model's own settings (the bundled toy editor's ``edit_settings.json``: 64 px, 20 steps, text
+guidance 3, image guidance 2), so the demo holds no preset of its own. Heavy imports happen inside the functions.
+"""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from PIL import Image
+from ip2p.app_config import AUTO_MODEL, DemoConfig
+from ip2p.edit_config import TINY_MODEL, TOY_MODEL
+from ip2p.edit_settings import model_folder
 
-from ip2p.imaging import make_grid, save_png
-from ip2p.models import TINY_MODEL, TOY_MODEL, toy_model_path
-
-TOY_RESOLUTION = 64
-TOY_STEPS = 20  # the toy editor's preset; the paper's 100 steps change little at 16x16 latents
-# The bundled toy editor's guidance, chosen on the toy validation split (README: 65% success on the 300 held-out
-# test edits at text 3 and image 2; the editor before it got 38% at the paper's 7.5 and 1.5)
-TOY_TEXT_GUIDANCE = 3.0
-TOY_IMAGE_GUIDANCE = 2.0
+SCENE_SIZE = 64  # toy scenes are drawn at the toy world's resolution
 
 
 def resolve_demo_model(model: str) -> tuple[str, str | None]:
     """'auto' -> the bundled toy editor when installed, else the tiny random model with a plain note."""
-    if model != "auto":
+    if model != AUTO_MODEL:
         return model, None
-    if (toy_model_path("editor") / "model_index.json").is_file():
+    folder = model_folder(TOY_MODEL)
+    if folder is not None and (folder / "model_index.json").is_file():
         return TOY_MODEL, None
     return TINY_MODEL, (
         "NOTE: the toy world's trained editor is not bundled yet, so this demo runs a tiny RANDOMLY INITIALISED "
@@ -32,7 +31,7 @@ def resolve_demo_model(model: str) -> tuple[str, str | None]:
 
 def run_demo(
     out_dir: Path,
-    model: str = "auto",
+    model: str = AUTO_MODEL,
     instruction: str | None = None,
     seed: int = 0,
     steps: int | None = None,
@@ -41,6 +40,9 @@ def run_demo(
 
     Returns the lines to print: what was edited, with which model, and where the pictures are.
     """
+    from PIL import Image
+
+    from ip2p.imaging import make_grid, save_png
     from ip2p.pipeline import EditPipeline
     from ip2p.toy import random_edit, random_scene, render
     from ip2p.toy.captions import caption
@@ -50,22 +52,10 @@ def run_demo(
     scene = random_scene(rng)
     edit = random_edit(scene, rng)
     instruction = instruction or edit.instruction
-    before = render(scene, size=TOY_RESOLUTION)
+    before = render(scene, size=SCENE_SIZE)
 
     pipe = EditPipeline.from_pretrained(name)
-    guidance = (
-        {"text_guidance_scale": TOY_TEXT_GUIDANCE, "image_guidance_scale": TOY_IMAGE_GUIDANCE}
-        if name == TOY_MODEL
-        else {}
-    )
-    result = pipe(
-        before,
-        instruction,
-        seed=seed,
-        num_inference_steps=steps or TOY_STEPS,
-        resolution=TOY_RESOLUTION,
-        **guidance,
-    )
+    result = pipe(before, instruction, seed=seed, num_inference_steps=steps)  # the model's settings otherwise
     after = result.images[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     save_png(before, out_dir / "input.png", {"ip2p:caption": caption(scene)})
@@ -98,3 +88,14 @@ def run_demo(
         f"wrote:       {out_dir / 'input.png'}, {out_dir / 'edited.png'}, {out_dir / 'before_after.png'}"
     )
     return lines
+
+
+def demo(config: DemoConfig) -> list[str]:
+    """``ip2p demo``: :func:`run_demo` with a :class:`DemoConfig`."""
+    return run_demo(
+        Path(config.output),
+        model=config.model,
+        instruction=config.instruction,
+        seed=config.seed,
+        steps=config.steps,
+    )

@@ -44,3 +44,14 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
             raise ValueError("fp16 is not supported on the CPU; use --dtype bf16 or fp32")
         return chosen
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+
+
+def process_device(device: str | None = "auto", cpu: bool = False) -> str:
+    """The device of this process: under ``accelerate launch`` with several processes, each process's own GPU
+    (``auto`` or ``cuda`` would put them all on the first); otherwise ``device`` as given (``auto`` included)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu or device == "cpu")
+    if state.num_processes > 1 and device in (None, "auto", "cuda"):
+        return str(state.device)
+    return device or "auto"

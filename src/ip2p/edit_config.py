@@ -121,12 +121,17 @@ class EditJob(ModelChoice):
     ``{"image", "instruction"[, "output"]}`` lines (see :mod:`ip2p.batch`).
     """
 
-    input: str = option("an image file, a folder of images, or a .jsonl file", default="", cli=False)
+    input: str = option(
+        "an image file, a folder of images, or a .jsonl file", default="", positional=True, required=True
+    )
     instruction: str | None = option(
-        "the edit, e.g. 'make the circle green' (not needed for .jsonl input)", default=None, cli=False
+        "the edit, e.g. 'make the circle green' (not needed for .jsonl input)", default=None, positional=True
     )
     output: str = option(
-        "output PNG for one image; an output folder for a folder or .jsonl input", default="", cli=False
+        "output PNG for one image; an output folder for a folder or .jsonl input",
+        default="",
+        aliases=("-o",),
+        required=True,
     )
     seed: int | None = option("random seed (default: drawn at random and recorded)", default=None)
     max_pixels: int = option(

@@ -23,7 +23,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from ip2p.edit_config import TINY_MODEL, TOY_MODEL, EditConfig
+from ip2p.edit_config import TINY_MODEL, EditConfig
 
 SETTINGS_FILE = "edit_settings.json"
 # Fields a model may recommend: how it samples. Not per-call choices such as num_images or restore_size.
@@ -78,9 +78,12 @@ def validate_settings(settings: dict[str, Any], source: str = SETTINGS_FILE) -> 
 
 def model_folder(source: str | os.PathLike) -> Path | None:
     """The folder of an editing model named as ``EditPipeline.from_pretrained`` takes it, where it has one."""
+    from ip2p.registry import MODELS  # names come from plug-ins (the toy world's "toy")
+
     text = str(source)
-    if text == TOY_MODEL:
-        return Path(__file__).parent / "toy" / "weights" / "editor"
+    named = MODELS.find(text) if text and "/" not in text and not Path(text).exists() else None
+    if named is not None:
+        return Path(named.editor) if isinstance(named.editor, str | os.PathLike) else None
     path = Path(text).expanduser()
     return path if path.is_dir() else None
 
@@ -105,12 +108,10 @@ def write_edit_settings(folder: str | os.PathLike, settings: dict[str, Any] | Ed
     ``folder/edit_settings.json``, atomically."""
     if isinstance(settings, EditConfig):
         settings = {k: v for k, v in asdict(settings).items() if k in SETTING_KEYS}
+    from ip2p.fileio import write_json_atomic
+
     path = Path(folder) / SETTINGS_FILE
-    text = json.dumps(validate_settings(settings, str(path)), indent=2, sort_keys=True) + "\n"
-    tmp = path.with_name(f".{SETTINGS_FILE}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, validate_settings(settings, str(path)), sort_keys=True)
 
 
 def merge_settings(settings: dict[str, Any], overrides: dict[str, Any] | None = None) -> EditConfig:

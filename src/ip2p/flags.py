@@ -40,6 +40,7 @@ def option(
     positional: bool = False,
     required: bool = False,
     group: str | None = None,
+    repeat: bool = False,
     **field_kw: Any,
 ) -> Any:
     """A dataclass field with its command-line description.
@@ -47,7 +48,9 @@ def option(
     ``flag`` overrides the flag's name (default ``--field-name``); ``aliases`` are further names; ``parse`` turns the
     flag's text into the field's value (default: from the annotation: int, float, str, a list of them, bool);
     ``cli=False`` keeps the field off the command line. ``positional`` makes it a positional argument (optional
-    unless ``required``); ``required`` makes a flag mandatory; ``group`` names the help section it is listed in.
+    unless ``required``); ``required`` makes a flag mandatory; ``group`` names the help section it is listed in. A ``list[...]``
+    field takes several values after its flag, or with ``repeat`` one value each time the flag is given, or with a
+    ``parse`` that returns the list, one text.
     Other keywords go to :func:`dataclasses.field`.
     """
     meta = {
@@ -57,6 +60,7 @@ def option(
         "aliases": tuple(aliases),
     }
     meta.update(parse=parse, metavar=metavar, cli=cli, positional=positional, required=required, group=group)
+    meta["repeat"] = repeat
     return dataclasses.field(metadata=meta, **field_kw)
 
 
@@ -124,6 +128,8 @@ def add_config_flags(
             text = f"{text} (default: {default.replace('%', '%%')})"
         kind = _annotation(f)
         many = kind.startswith(("list[", "tuple["))
+        if many and meta.get("parse") and not meta.get("repeat"):
+            many = False  # the parser turns one text into the whole list
         if meta.get("positional"):
             names = [f.name]
             kw: dict[str, Any] = {"default": None, "help": text}
@@ -138,7 +144,9 @@ def add_config_flags(
             if kind == "bool" and meta.get("parse") is None:
                 target.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
                 continue
-            if many:
+            if many and meta.get("repeat"):
+                kw["action"] = "append"
+            elif many:
                 kw["nargs"] = "+"
         inner = kind.split("[", 1)[1].split(",")[0].rstrip("]").strip() if many else kind
         kw["type"] = meta.get("parse") or _SCALARS.get(inner, str)

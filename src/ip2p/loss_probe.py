@@ -10,7 +10,7 @@ editor that copies what the instruction leaves alone should then do at least as 
 (where captions are complete, as in the toy world) or much better (where they are not). An editor far worse than it
 at high noise draws the image anew instead of copying it, which the oracle then sees as attributes not preserved.
 
-    python -m ip2p.loss_probe --data PAIRS --base T2I_MODEL --editor EDITOR [--editor EDITOR2 ...]
+    ip2p loss-probe --data PAIRS --base T2I_MODEL --editor EDITOR [--editor EDITOR2 ...]
 
 Targets are posterior means (deterministic); the loss is the training loss (epsilon or v prediction).
 """
@@ -24,10 +24,9 @@ from PIL import Image
 
 from ip2p.datasets import EditExample
 from ip2p.imaging import pil_to_tensor
+from ip2p.loss_probe_config import DEFAULT_TIMESTEPS, LossProbeConfig
 from ip2p.models import EditComponents
 from ip2p.train import diffusion_target
-
-DEFAULT_TIMESTEPS = (50, 250, 500, 750, 950, 999)
 
 
 class ProbeError(ValueError):
@@ -141,50 +140,36 @@ def format_table(results: dict[str, dict[int, float]]) -> str:
     return "\n".join(lines)
 
 
+def loss_probe(config: LossProbeConfig) -> dict:
+    """``ip2p loss-probe``: the loss table of ``config``'s models on its pairs, ``{"examples": n, "results": ...}``;
+    also written to ``config.json`` where given. Raises ``ValueError`` (``ProbeError``, ``ModelLoadError``) on bad
+    input."""
+    from ip2p.datasets import open_edit_dataset
+    from ip2p.models import load_pipeline_components
+
+    config.validate()
+    try:
+        dataset = open_edit_dataset(config.data)
+    except FileNotFoundError as exc:
+        raise ProbeError(str(exc)) from exc
+    examples = [dataset[i] for i in range(min(config.n, len(dataset)))]
+    editors = {path: load_pipeline_components(path, edit=True) for path in config.editors}
+    base = load_pipeline_components(config.base, edit=False) if config.base else None
+    results = probe(examples, editors, base, config.timesteps, config.resolution, config.seed)
+    if config.json:
+        from ip2p.fileio import write_json_atomic
+
+        write_json_atomic(config.json, results)
+    return {"examples": len(examples), "results": results}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ip2p.loss_probe``: denoising loss by timestep of editors and of a text-to-image model."""
-    import argparse
-    import json
+    """``python -m ip2p.loss_probe ...``: the same as ``ip2p loss-probe ...``."""
     import sys
 
-    from ip2p.datasets import open_edit_dataset
-    from ip2p.models import ModelLoadError, load_pipeline_components
+    from ip2p.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", required=True, help="pairs with targets: our Parquet shards or a folder of them"
-    )
-    parser.add_argument("--editor", action="append", default=[], help="an editing model (repeatable)")
-    parser.add_argument("--base", default=None, help="a text-to-image model, conditioned on output captions")
-    parser.add_argument("-n", type=int, default=192, help="pairs, the first N (default: %(default)s)")
-    parser.add_argument("--timesteps", default=",".join(map(str, DEFAULT_TIMESTEPS)), help="comma-separated")
-    parser.add_argument("--resolution", type=int, default=64, help="image side (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    try:
-        timesteps = [int(t) for t in args.timesteps.split(",")]
-        if args.n < 1:
-            raise ProbeError(f"-n must be at least 1, got {args.n}")
-        dataset = open_edit_dataset(args.data)
-        examples = [dataset[i] for i in range(min(args.n, len(dataset)))]
-        editors = {path: load_pipeline_components(path, edit=True) for path in args.editor}
-        base = load_pipeline_components(args.base, edit=False) if args.base else None
-        results = probe(examples, editors, base, timesteps, args.resolution, args.seed)
-    except (ProbeError, ModelLoadError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(
-        f"{len(examples)} pairs of {args.data}, noise seed {args.seed}, loss per the scheduler's prediction type"
-    )
-    print(format_table(results))
-    if args.json:
-        from pathlib import Path
-
-        from ip2p.evaluate import _write_text
-
-        _write_text(Path(args.json), json.dumps(results, indent=2))
-    return 0
+    return cli_main(["loss-probe", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

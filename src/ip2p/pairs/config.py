@@ -18,7 +18,9 @@ from ip2p.flags import option
 if TYPE_CHECKING:
     from ip2p.pairs.clip_score import ClipThresholds
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the original's ViT-L/14 (equal to ip2p.pairs.clip_score's, tested)
+DEFAULT_CLIP = (
+    "openai/clip-vit-large-patch14"  # the original's ViT-L/14 (equal to ip2p.pairs.clip_score's, tested)
+)
 
 FORMATS = ("parquet", "original")
 
@@ -28,9 +30,17 @@ class PairsConfig:
     """Settings of ``ip2p gen-pairs``. Defaults are the paper's (original ``generate_img_dataset.py``)."""
 
     triplets: str = option(
-        "JSONL of {input (or caption), edit, output} triplets, stage 1's output", default=""
+        "JSONL of {input (or caption), edit, output} lines (stage 1's output)",
+        default="",
+        positional=True,
+        required=True,
     )
-    output: str = option("output folder", default="data/pairs")
+    output: str = option(
+        "output folder (rerun the same command to resume)",
+        default="data/pairs",
+        aliases=("-o",),
+        required=True,
+    )
     model: str = option(
         "text-to-image model: diffusers folder, hub id, .safetensors/.ckpt, 'toy' or 'tiny'",
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
