@@ -493,3 +493,37 @@ def test_two_processes_give_the_records_of_one(tmp_path, tiny_model_dir, tiny_cl
         assert b[k]["seed"] == a[k]["seed"]
         assert b[k]["clip_image"] == pytest.approx(a[k]["clip_image"], abs=1e-4)
     assert (tmp_path / "two" / "summary.csv").is_file()
+
+
+def test_evaluate_flags_come_from_a_torch_free_config():
+    """`ip2p evaluate --help` builds its flags from EvalRunConfig without importing torch; every flag is kept."""
+    import subprocess
+    import sys
+
+    code = """
+import argparse, json, sys
+from ip2p.evaluate.config import EvalRunConfig
+from ip2p.flags import add_config_flags, config_overrides
+p = argparse.ArgumentParser()
+add_config_flags(p, EvalRunConfig, exclude=("output", "model", "model_config", "device", "dtype"))
+args = p.parse_args(["--text-guidance", "3:5:1", "--no-progress", "--references", "input", "--limit", "2"])
+print(json.dumps({"torch": "torch" in sys.modules, "flags": sorted(p._option_string_actions),
+                  "set": config_overrides(args, EvalRunConfig)}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not got["torch"]
+    for flag in (
+        "--test-set --limit --base --methods --references --sweep --text-guidance --image-guidance --strengths "
+        "--sdedit-guidance --steps --scheduler --guidance-rescale --resolution --clip --batch-size --seed "
+        "--examples --no-progress --metrics"
+    ).split():
+        assert flag in got["flags"], flag
+    assert got["set"] == {
+        "limit": 2,
+        "references": "input",
+        "text_guidance": [3.0, 4.0, 5.0],
+        "progress": False,
+    }

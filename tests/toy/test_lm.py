@@ -126,3 +126,37 @@ def test_toy_model_size():
     model = build_toy_model(len(tok), tok.eos_token_id)
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 2e6
     assert model.config.tie_word_embeddings and model.config.max_position_embeddings >= 256 + 64
+
+
+def test_the_plugin_gives_the_core_its_toy_sources_builder_and_augmentations():
+    """What the core reaches by name through ip2p.registry is the toy world's own."""
+    from ip2p.registry import LM_BUILDERS, TRIPLET_AUGMENTATIONS
+    from ip2p.text.config import FinetuneConfig
+    from ip2p.text.finetune import load_for_training
+    from ip2p.text.sources import TextSourceError, read_captions
+    from ip2p.toy.seeds import seed_triplets
+
+    assert read_captions("toy:3") == heldout_toy_captions(3)
+    assert [t.input for t in read_seed_triplets("toy:5")] == [t["input"] for t in seed_triplets(5, seed=0)]
+    assert len(read_seed_triplets("toy")) == 700
+    with pytest.raises(TextSourceError, match="write toy or toy:N with N a positive number"):
+        read_captions("toy:zero")
+    t = read_seed_triplets("toy:1")[0]
+    for name, augment in (("paraphrase", paraphrase), ("relabel", relabel)):
+        assert TRIPLET_AUGMENTATIONS.get(name)(t, random.Random(3)) == augment(t, random.Random(3))
+    config = FinetuneConfig(model="toy", toy_layers=1, toy_width=16, output="unused")
+    model, tokenizer = load_for_training(config)
+    assert LM_BUILDERS.find("toy") is not None and model.config.num_hidden_layers == 1
+    assert model.config.hidden_size == 16 and len(tokenizer) == model.config.vocab_size
+
+
+def test_lm_validity_measures_a_saved_model_on_captions_held_out_from_its_seeds(tmp_path):
+    from ip2p.toy.lm import lm_validity
+
+    tok = build_toy_tokenizer()
+    build_toy_model(len(tok), tok.eos_token_id, layers=1, width=16).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    (tmp_path / "lm" / "finetune_config.json").write_text('{"seeds": "toy:50"}')
+    result = lm_validity(tmp_path / "lm", n=3, device="cpu")
+    assert result["captions"] == 3 and result["trained_on"] == "toy:50"
+    assert 0.0 <= result["valid_raw"] <= 1.0 and (tmp_path / "lm" / "eval.jsonl").is_file()
