@@ -25,7 +25,7 @@ MODULES = {_module_name(p): p for p in sorted(SRC.rglob("*.py"))}
 
 
 def _imported(name: str, path: Path) -> set[str]:
-    """The ip2p modules ``name`` imports (``from ip2p.x import y`` counts as ``ip2p.x.y`` where that is a module)."""
+    """The ip2p modules ``name`` imports (``from ip2p.x import y`` counts as ``ip2p.x.y`` where that is one)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):

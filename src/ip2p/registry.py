@@ -163,12 +163,13 @@ def find_counted(registry: Registry[T], source: str) -> tuple[str, T, int | None
     return name, value, int(count)
 
 
-# -- what the registries hold ----------------------------------------------------------------------------------
+# -- what the registries hold ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NamedModel:
-    """A model known by name. ``editor`` (8-channel UNet) and ``base`` (its text-to-image model) are each a diffusers
-    folder or a factory returning ``EditComponents``; ``eval_defaults`` are the ``ip2p evaluate`` settings
-    (``EvalRunConfig`` fields: steps, resolution, clip, base, test_set) used for this model unless given."""
+    """A model known by name. ``editor`` (8-channel UNet) and ``base`` (its text-to-image model) are each a
+    diffusers folder or a factory returning ``EditComponents``; ``eval_defaults`` are the ``ip2p evaluate``
+    settings (``EvalRunConfig`` fields: steps, resolution, clip, base, test_set) used for this model unless given.
+    """
 
     editor: Source | None = None
     base: Source | None = None
@@ -205,7 +206,7 @@ LANGUAGE_MODELS: Registry[Source] = Registry("language model")
 """``gen-text --model NAME``: a trained causal LM folder."""
 
 LM_BUILDERS: Registry[Callable[[Any], tuple[Any, Any]]] = Registry("language-model builder")
-"""``finetune-text --model NAME``: ``builder(FinetuneConfig) -> (model, tokenizer)``, a model built from scratch."""
+"""``finetune-text --model NAME``: ``builder(FinetuneConfig) -> (model, tokenizer)``, built from scratch."""
 
 TRIPLET_AUGMENTATIONS: Registry[Callable[[Any, Any], Any]] = Registry("triplet augmentation")
 """``augment(Triplet, random.Random) -> Triplet`` applied per epoch by ``finetune-text`` (``paraphrase``,

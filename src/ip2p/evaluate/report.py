@@ -35,9 +35,9 @@ def example_path(out: Path, method: str, key: str, item: str) -> Path:
 def plot_curves(summary: list[dict], path: Path, title: str | None = None) -> Path:
     """Directional similarity (x) vs image similarity (y), one curve per method, its points labelled with the
     swept value (the paper's figures 8 and 10; higher and further right is better). Where the rows carry the
-    columns of another plane of ``PLANES`` (the toy oracle's), a further panel draws the same curves in it. Reference
-    points (``REFERENCES``) are stars, joined to the input's by a dotted line: the exact edits, each made or left
-    undone at random."""
+    columns of another plane of ``PLANES`` (the toy oracle's), a further panel draws the same curves in it.
+    Reference points (``REFERENCES``) are stars, joined to the input's by a dotted line: the exact edits, each
+    made or left undone at random."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -24,8 +24,9 @@ Layout of ``output``::
     run.json            settings, models, CLIP model and preprocessing, seeds; a resumed run must match them
     records.jsonl       one line per (method, setting, item); append-only, so a rerun continues where it stopped
                         (records.rank{r}.jsonl per process under accelerate)
-    summary.jsonl/.csv  one line per (method, setting): means, and the oracle's rates per edit type
+    summary.jsonl/.csv  one line per (method, setting): means, and per edit type those metrics ask for
     plot.png            directional (x) vs image similarity (y), one curve per method, as the paper's figures
+                        (beside it, each metric plug-in's plane: the toy oracle's)
     examples.png        the first items edited by every method at every setting
     images/             the edited images of those items
 """
@@ -72,9 +73,8 @@ class EvalConfig:
     examples: int = 4  # items shown in examples.png
     progress: bool = True
     device: str = "cpu"  # where CLIP runs
-    metrics: list[str] | None = (
-        None  # plug-in metrics (ip2p.registry.METRICS) to measure; None: every registered
-    )
+    # the metric plug-ins (ip2p.registry.METRICS) measured beside CLIP and pixels; None: every registered one
+    metrics: list[str] | None = None
 
     def identity(self, methods: list[Method]) -> dict[str, Any]:
         return {

@@ -27,7 +27,7 @@ DEFAULT_SEEDS = 700  # ``toy`` as a seed source: the paper's number of human-wri
 
 
 def toy_model_path(kind: str = "editor") -> Path:
-    """Where the bundled toy-world weights of ``kind`` ("editor", "base", "clip", "lm") live inside the package."""
+    """Where the bundled toy-world weights of ``kind`` ("editor", "base", "clip", "lm") live in the package."""
     return WEIGHTS / kind
 
 
