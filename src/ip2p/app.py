@@ -30,8 +30,8 @@ from PIL import Image
 
 from ip2p.app_config import ServeConfig
 from ip2p.demo import resolve_demo_model
+from ip2p.edit_config import TINY_MODEL, TOY_MODEL
 from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
-from ip2p.models import TINY_MODEL, TOY_MODEL
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
 from ip2p.sampling import SCHEDULERS
 

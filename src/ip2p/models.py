@@ -28,9 +28,6 @@ from ip2p.fileio import atomic_dir
 from ip2p.registry import MODELS, NamedModel
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
-# Names that resolve to models this package carries or builds itself.
-TOY_MODEL = "toy"
-TINY_MODEL = "tiny"
 # What editing never uses: diffusers' safety checker and the feature extractor that feeds it.
 _NO_SAFETY_CHECKER = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 

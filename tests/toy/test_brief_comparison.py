@@ -32,8 +32,9 @@ def summary(tmp_path_factory):
         reference_method,
         sdedit_method,
     )
-    from ip2p.models import TOY_MODEL, load_pipeline_components
+    from ip2p.models import load_pipeline_components
     from ip2p.pipeline import EditConfig, EditPipeline
+    from ip2p.toy.plugin import TOY_MODEL
 
     items = load_test_set("toy-brief:24")
     editor = EditPipeline.from_pretrained(TOY_MODEL, device="cpu")
