@@ -99,3 +99,25 @@ def test_offline_hub_id_names_the_way_out():
     with pytest.raises(ModelLoadError, match="--model PATH") as info:
         load_pipeline_components("timbrooks/instruct-pix2pix")
     assert "\n" not in str(info.value)
+
+
+def test_named_models_resolve_through_the_registry(tmp_path):
+    """A name of ip2p.registry.MODELS is a factory or a folder, per variant; what it lacks is named in one line."""
+    from ip2p.registry import MODELS, NamedModel
+    from ip2p.tiny import tiny_components
+
+    assert load_pipeline_components("tiny", edit=False).unet.config.in_channels == 4
+    MODELS.register(
+        "mine", NamedModel(editor=lambda: tiny_components(edit=True, seed=1), base=tmp_path / "absent")
+    )
+    try:
+        comps = load_pipeline_components("mine")
+        assert comps.name == "mine" and comps.unet.config.in_channels == 8
+        with pytest.raises(
+            ModelLoadError, match=f"the bundled mine base model is not installed at {tmp_path}"
+        ):
+            load_pipeline_components("mine", edit=False)
+        with pytest.raises(ModelLoadError, match=r"a named model \(.*mine.*tiny.*\)"):
+            load_pipeline_components("nothing-of-that-name")
+    finally:
+        MODELS.unregister("mine")
