@@ -32,6 +32,7 @@ from ip2p.imaging import (
 )
 from ip2p.models import DEFAULT_MODEL, EditComponents, load_pipeline_components
 from ip2p.sampling import StepCallback, denoise, make_scheduler
+from ip2p.text_encoding import encode_prompts
 
 # A fast tokenizer keeps its padding/truncation settings in shared state that each call rewrites, so two threads
 # (the web app's concurrent edits) can get each other's padding; tokenizing is cheap, so it is serialised.
@@ -135,13 +136,6 @@ class EditPipeline:
         """(B,) texts -> (B, T, D) last hidden states of the text encoder, truncated to its limit with a warning."""
         tokenizer = self.components.tokenizer
         with _TOKENIZER_LOCK:
-            tokens = tokenizer(
-                texts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            )
             lengths = [len(tokenizer(text, truncation=False)["input_ids"]) for text in texts]
         for text, n in zip(texts, lengths, strict=True):
             if n > tokenizer.model_max_length:
@@ -150,7 +144,9 @@ class EditPipeline:
                     f"so it was truncated: {text[:60]!r}...",
                     stacklevel=3,
                 )
-        return self.components.text_encoder(tokens.input_ids.to(self.device))[0]  # (B, T, D)
+        return encode_prompts(  # (B, T, D)
+            tokenizer, self.components.text_encoder, texts, self.device, lock=_TOKENIZER_LOCK
+        )
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from ip2p.pairs.p2p import (
     attention_processors,
 )
 from ip2p.sampling import StepCallback, denoise, make_scheduler
+from ip2p.text_encoding import encode_prompts
 
 MODES = ("self", "replace", "refine")  # the paper's variant; Prompt-to-Prompt's word swap and refinement
 
@@ -159,15 +160,8 @@ class PairSampler:
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """(B,) texts -> (B, T, D) text-encoder hidden states (truncated to the tokenizer's length, as the original)."""
-        tokenizer = self.components.tokenizer
-        ids = tokenizer(
-            texts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return self.components.text_encoder(ids.to(self.device))[0].to(self.dtype)
+        c = self.components
+        return encode_prompts(c.tokenizer, c.text_encoder, texts, self.device, self.dtype)
 
     def _processor_factory(
         self,
