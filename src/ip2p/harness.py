@@ -29,13 +29,14 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ip2p.fileio import atomic_dir, atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -48,35 +49,18 @@ if TYPE_CHECKING:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: readers never see a
-    partial file, and a failed write leaves nothing behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    partial file, and a failed write leaves nothing behind (``ip2p.fileio.atomic_path``)."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
-@contextlib.contextmanager
-def atomic_folder(folder: str | os.PathLike, prefix: str | None = None) -> Iterator[Path]:
-    """A temporary folder beside ``folder`` to fill; when the block ends without an error it replaces ``folder``
-    (an existing one is removed first), otherwise it is deleted."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{folder.name}.", dir=folder.parent))
-    try:
-        yield tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def atomic_folder(
+    folder: str | os.PathLike, prefix: str | None = None
+) -> contextlib.AbstractContextManager[Path]:
+    """A temporary folder beside ``folder`` to fill; when the block ends without an error it replaces ``folder``,
+    otherwise it is deleted (``ip2p.fileio.atomic_dir``; ``prefix`` is unused: temporary names are
+    ``.{name}.*.tmp``)."""
+    return atomic_dir(folder)
 
 
 def numbered(folder: str | os.PathLike, prefix: str, suffix: str = "") -> list[tuple[int, Path]]:

@@ -28,18 +28,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ip2p.datasets import Columns, EditExample, open_edit_dataset
+from ip2p.fileio import atomic_dir, atomic_path
 from ip2p.guidance import apply_conditioning_dropout
 from ip2p.harness import (
     Deadline,
     Interrupted,
     StopRequest,
-    atomic_folder,
-    atomic_write,
     keep_newest,
     numbered,
     stop_requests,
 )
 from ip2p.imaging import make_grid, pil_to_tensor, save_png
+from ip2p.text_encoding import encode_prompts
 from ip2p.train_config import (  # noqa: F401 (the config lives torch-free; re-exported here)
     ATTENTIONS,
     LR_SCHEDULES,
@@ -290,11 +290,8 @@ class Trainer:
     # -- encoders ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _encode_text(self, texts: list[str]) -> torch.Tensor:
-        tok = self.components.tokenizer
-        ids = tok(
-            texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        return self.components.text_encoder(ids.to(self.accelerator.device))[0].float()  # (B, T, D)
+        c = self.components
+        return encode_prompts(c.tokenizer, c.text_encoder, texts, self.accelerator.device, torch.float32)
 
     @torch.no_grad()
     def _encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,7 +418,10 @@ class Trainer:
             parts["text"].append(self._encode_text([ex.edit_prompt for ex in exs]).cpu())
         self.cache = {k: torch.cat(v) for k, v in parts.items()}
         if self.accelerator.is_main_process:
-            _atomic_save_safetensors(self.cache, path)
+            from safetensors.torch import save_file
+
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in self.cache.items()}, tmp)
 
     # -- loop ----------------------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -537,7 +537,7 @@ class Trainer:
 
         root = self.out / "checkpoints"
         final = root / f"checkpoint-{self.step}"
-        with atomic_folder(final, prefix=".tmp-") as tmp:
+        with atomic_dir(final) as tmp:
             unet = acc.unwrap_model(self.unet)
             save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
             if self.ema is not None:
@@ -696,12 +696,6 @@ def load_pipeline_components_for_training(source: str, loader) -> Any:
         if "input channels" not in str(exc):
             raise
         return loader(source, edit=True)
-
-
-def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
 
 
 def train(config: TrainConfig, dataset: Sequence[EditExample] | None = None) -> Path:
