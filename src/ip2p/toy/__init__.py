@@ -5,7 +5,11 @@
 - :mod:`.captions`: captions in a closed vocabulary, and their parser;
 - :mod:`.edits`: edits with ground truth, and an instruction interpreter;
 - :mod:`.seeds`: seed (caption, instruction, edited caption) triplets;
-- :mod:`.oracle`: reading scenes back from pixels, judging images and edits.
+- :mod:`.oracle`: reading scenes back from pixels, judging images and edits;
+- :mod:`.plugin`: the toy world as a plug-in of the core (``ip2p.registry``): the model names ``toy``, its test
+  sets, the oracle metric, stage-1 sources; :mod:`.testsets` and :mod:`.lm` hold what it registers.
+
+The core never imports this package; it reaches the toy world by name through ``ip2p.registry``.
 """
 
 from .captions import VOCABULARY, caption, caption_with_plan, parse_caption, random_plan, tokenize
