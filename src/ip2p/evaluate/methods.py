@@ -102,6 +102,7 @@ def sdedit_method(
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from ip2p.devices import pick_device, pick_dtype
+    from ip2p.models import build_pipeline
     from ip2p.sampling import make_scheduler
 
     for strength in strengths:
@@ -112,15 +113,10 @@ def sdedit_method(
             )
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
-    pipe = StableDiffusionImg2ImgPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=make_scheduler(scheduler, components.scheduler) if scheduler else components.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    pipe = build_pipeline(
+        StableDiffusionImg2ImgPipeline,
+        components,
+        scheduler=make_scheduler(scheduler, components.scheduler) if scheduler else None,
     ).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
 

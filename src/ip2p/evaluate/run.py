@@ -48,6 +48,7 @@ from ip2p.evaluate.items import EvalItem, EvaluationError, item_seed, load_test_
 from ip2p.evaluate.methods import Method, setting_key
 from ip2p.evaluate.metrics import measure_batch, metric_columns, selected_metrics, type_columns
 from ip2p.evaluate.report import example_path, examples_grid, plot_curves
+from ip2p.fileio import write_json_atomic, write_text_atomic
 from ip2p.imaging import prepare_image, save_png
 from ip2p.registry import Metric
 from ip2p.text.writer import JsonlLog
@@ -170,7 +171,7 @@ def evaluate(
 
         scorer = ClipScorer.from_pretrained(config.clip, device=config.device)
     if state.is_main_process:
-        _write_json(
+        write_json_atomic(
             run_file,
             {
                 "identity": identity,
@@ -179,6 +180,7 @@ def evaluate(
                 "item_seeds": f"item_seed(seed={config.seed}, index) = sha256('ip2p-eval:seed:index')[:4]",
                 "settings": {m.name: m.settings for m in methods},
             },
+            default=str,
         )
     state.wait_for_everyone()
 
@@ -248,10 +250,6 @@ def evaluate(
     return {"summary": summary, "output": str(out)}
 
 
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=2, default=str))
-
-
 def summarize(
     records: list[dict], methods: list[Method], metrics: dict[str, Metric] | None = None
 ) -> list[dict]:
@@ -281,17 +279,10 @@ def summarize(
 
 
 def write_summary(out: Path, summary: list[dict]) -> None:
-    _write_text(out / "summary.jsonl", "".join(json.dumps(r) + "\n" for r in summary))
+    write_text_atomic(out / "summary.jsonl", "".join(json.dumps(r) + "\n" for r in summary))
     columns = list(dict.fromkeys(k for r in summary for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns)
     writer.writeheader()
     writer.writerows(summary)
-    _write_text(out / "summary.csv", buf.getvalue())
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(out / "summary.csv", buf.getvalue())
