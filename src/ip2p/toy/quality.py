@@ -262,9 +262,10 @@ def sample_grid(samples: dict, path: Path, per_set: int = 16, columns: int = 8, 
 def load_pipeline(base: Path, device: torch.device):
     from diffusers import StableDiffusionPipeline
 
-    from .base.common import PIPELINE_KWARGS
+    from ip2p.models import pipeline_kwargs
 
-    pipe = StableDiffusionPipeline.from_pretrained(base, **PIPELINE_KWARGS).to(device)
+    kwargs = pipeline_kwargs(StableDiffusionPipeline)
+    pipe = StableDiffusionPipeline.from_pretrained(base, **kwargs).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
