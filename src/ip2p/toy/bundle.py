@@ -67,7 +67,9 @@ def _save_half_weights(kind: str, source: Path, dest: Path) -> None:
     if kind in ("base", "editor"):
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False)
+        from ip2p.models import pipeline_kwargs
+
+        pipe = DiffusionPipeline.from_pretrained(source, **pipeline_kwargs(DiffusionPipeline))
         pipe.to(torch.float16)
         pipe.save_pretrained(dest, safe_serialization=True)
         return
