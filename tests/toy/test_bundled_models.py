@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 def pipe():
     from diffusers import StableDiffusionPipeline
 
-    from ip2p.toy.train_base import PIPELINE_KWARGS
+    from ip2p.toy.base.common import PIPELINE_KWARGS
 
     pipe = StableDiffusionPipeline.from_pretrained(BASE, local_files_only=True, **PIPELINE_KWARGS)
     pipe.set_progress_bar_config(disable=True)
@@ -29,9 +29,9 @@ def pipe():
 
 
 def test_vae_reconstructs_held_out_renders(pipe):
+    from ip2p.toy.data import heldout_scenes
     from ip2p.toy.quality import vae_psnr
     from ip2p.toy.render import render_batch
-    from ip2p.toy.data import heldout_scenes
 
     result = vae_psnr(pipe.vae, render_batch(heldout_scenes()["mixed"][:40]))
     assert result["vae_psnr_db"] >= 30.0
@@ -54,8 +54,8 @@ def test_generations_show_their_caption(pipe, n_shapes, at_least):
     """Measured on 100 + 100 held-out captions (50 steps): every attribute right in 99% of one-shape and 99% of
     two-shape generations (bars: 80% and 50%). Here: 8 captions each, at 20 steps."""
     from ip2p.toy.captions import caption
-    from ip2p.toy.quality import DEFAULT_GUIDANCE, generate, judge_samples
     from ip2p.toy.data import heldout_scenes
+    from ip2p.toy.quality import DEFAULT_GUIDANCE, generate, judge_samples
 
     scenes = heldout_scenes()[n_shapes][:8]
     images = generate(pipe, [caption(s) for s in scenes], DEFAULT_GUIDANCE, steps=20, seed=0)
@@ -68,8 +68,8 @@ def test_clip_tells_one_attribute_apart():
     Here: the first 60 scenes (85%)."""
     from transformers import CLIPModel, CLIPTokenizer
 
-    from ip2p.toy.quality import clip_retrieval
     from ip2p.toy.data import heldout_scenes
+    from ip2p.toy.quality import clip_retrieval
 
     clip = CLIPModel.from_pretrained(CLIP, local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(CLIP, local_files_only=True)
@@ -129,10 +129,10 @@ def test_bundled_editor_loads_in_diffusers_and_follows_background_instructions()
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     from ip2p.pipeline import EditConfig, EditPipeline
+    from ip2p.toy.data import heldout_scenes
     from ip2p.toy.edits import random_edit
     from ip2p.toy.oracle import read_scene
     from ip2p.toy.render import render
-    from ip2p.toy.data import heldout_scenes
 
     theirs = StableDiffusionInstructPix2PixPipeline.from_pretrained(EDITOR, local_files_only=True)
     assert theirs.unet.config.in_channels == 8
