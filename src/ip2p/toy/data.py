@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from ip2p.harness import atomic_write
 
 from .scene import BACKGROUNDS, COLORS, KINDS, SIZES, STYLES, Scene, Shape, random_scene
 
@@ -88,21 +87,6 @@ def training_scenes(n: int, seed: int = 0) -> list[Scene]:
         if s not in held:
             out.append(s)
     return out
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: readers never see a
-    partial file, and a failed write leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_dataset(work: Path, n: int, seed: int) -> tuple[np.ndarray, list[Scene]]:
