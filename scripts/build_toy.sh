@@ -195,7 +195,7 @@ if want scale-long-eval; then
   $IP2P evaluate --model "$RUNS/toy-scale/editor-long/model-4000" --methods ip2p --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3 \
     --image-guidance 2.0,2.5 -o "$RUNS/toy-scale/eval-long-4000-image-guidance" $EVAL_FLAGS
-  $PY -m ip2p.loss_probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
+  $IP2P loss-probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
     --editor "$RUNS/toy-scale/editor/model" --editor "$RUNS/toy-scale/editor-long/model-1500" \
     --editor "$RUNS/toy-scale/editor-long/model-4000" --editor "$RUNS/toy-scale/editor-long/model-6000" \
     --editor "$RUNS/toy-scale/editor-long/model-7500" --editor "$RUNS/toy-scale/editor-long/model-9000" \
@@ -211,7 +211,7 @@ if want scale-copy; then
   $IP2P evaluate --model "$RUNS/toy-scale/editor-copy/model" --methods ip2p --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3 \
     --image-guidance 1.5 -o "$RUNS/toy-scale/eval-copy" $EVAL_FLAGS
-  $PY -m ip2p.loss_probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
+  $IP2P loss-probe --data "$RUNS/toy-scale/exact-pairs" --base "$RUNS/toy/base" \
     --editor "$RUNS/toy-scale/editor-long/model-1500" --editor "$RUNS/toy-scale/editor-copy/model" \
     -n 192 --json "$RUNS/toy-scale/loss-probe-copy.json"
 fi
@@ -274,7 +274,7 @@ if want bundle; then
   elif [[ -f "$RUNS/toy-syn/editor/model/model_index.json" ]]; then
     args+=(--editor "$RUNS/toy-syn/editor/model")
   fi
-  $PY -m ip2p.toy.bundle "${args[@]}"
+  $IP2P toy bundle "${args[@]}"
 fi
 if want cpu-eval; then
   say "evaluation of the bundled editor (trained on the CPU), against SDEdit"

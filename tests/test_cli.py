@@ -170,3 +170,60 @@ def test_console_script_runs():
         [sys.executable, "-m", "ip2p.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "edit" in result.stdout and "demo" in result.stdout
+
+
+# -- the model's own settings ----------------------------------------------------------------------------------
+def test_flags_override_the_models_settings_which_override_the_papers(model_dir, image_path, tmp_path):
+    import shutil
+
+    from ip2p.edit_settings import write_edit_settings
+
+    folder = tmp_path / "with-settings"
+    shutil.copytree(model_dir, folder)
+    write_edit_settings(folder, {"num_inference_steps": 3, "text_guidance_scale": 2.5, "resolution": 32})
+    out = tmp_path / "o.png"
+    assert main(["edit", str(image_path), "x", "-o", str(out), "--model", str(folder), "--steps", "2"]) == 0
+    text = Image.open(out).text
+    assert text["ip2p:steps"] == "2"  # the flag
+    assert text["ip2p:text_guidance_scale"] == "2.5" and text["ip2p:resolution"] == "32"  # the model's file
+    assert text["ip2p:image_guidance_scale"] == "1.5"  # the paper's
+
+
+def test_a_bad_settings_file_fails_in_one_line_naming_it(model_dir, image_path, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "bad-settings"
+    shutil.copytree(model_dir, folder)
+    (folder / "edit_settings.json").write_text('{"steps": 20}')
+    assert main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--model", str(folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "edit_settings.json" in err and "unknown key(s) steps" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+# -- help without heavy imports ---------------------------------------------------------------------------------
+HEAVY = ("torch", "diffusers", "transformers", "gradio", "peft")
+
+
+def test_help_of_every_command_imports_no_heavy_library():
+    """`ip2p --help` and every `ip2p COMMAND --help` (toy ones too), in one fresh process: no torch and co."""
+    code = f"""
+import contextlib, io, sys
+from ip2p.cli import build_parser, main
+
+def helps(argv):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([*argv, "--help"])
+
+helps([])
+commands = build_parser()._subparsers._group_actions[0].choices
+for name, parser in commands.items():
+    helps([name])
+    for action in parser._actions:
+        if getattr(action, "choices", None) and hasattr(action, "_name_parser_map"):
+            for sub in action.choices:
+                helps([name, sub])
+print(",".join(sorted(m for m in {HEAVY!r} if m in sys.modules)))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"--help imported {result.stdout.strip()}"

@@ -3,8 +3,9 @@
 import torch
 from PIL import Image
 
+from ip2p.cli import main
 from ip2p.datasets import EditExample
-from ip2p.loss_probe import ProbeError, loss_by_timestep, main, probe
+from ip2p.loss_probe import ProbeError, loss_by_timestep, probe
 from ip2p.tiny import tiny_components
 
 
@@ -72,6 +73,6 @@ def test_probe_refuses_bad_inputs():
 
 
 def test_cli_gives_a_one_line_error(tmp_path, capsys):
-    assert main(["--data", str(tmp_path / "missing"), "--editor", "tiny"]) == 1
+    assert main(["loss-probe", "--data", str(tmp_path / "missing"), "--editor", "tiny"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("ip2p: error:") and "\n" not in err

@@ -228,3 +228,34 @@ def test_guidance_rescale_matches_the_conditional_std(make_components, monkeypat
             torch.testing.assert_close(seen["guided"], 0.5 * rescaled + 0.5 * plain)
     with pytest.raises(ValueError, match=r"guidance rescale must lie in \[0, 1\], got 1.5"):
         pipe(_input_image(), "x", resolution=32, guidance_rescale=1.5)
+
+
+def test_a_call_without_a_setting_uses_the_models(make_components, tmp_path):
+    """Paper defaults < the model's edit_settings.json (read by from_pretrained) < values given to the call."""
+    from ip2p.edit_settings import write_edit_settings
+    from ip2p.models import save_edit_model
+
+    save_edit_model(make_components(), tmp_path / "model")
+    write_edit_settings(
+        tmp_path / "model", {"num_inference_steps": 3, "resolution": 32, "text_guidance_scale": 2.0}
+    )
+    pipe = EditPipeline.from_pretrained(str(tmp_path / "model"), device="cpu")
+    assert pipe.settings == {"num_inference_steps": 3, "resolution": 32, "text_guidance_scale": 2.0}
+    config = pipe.config_for(num_inference_steps=2, image_guidance_scale=None)
+    assert (config.num_inference_steps, config.resolution, config.text_guidance_scale) == (2, 32, 2.0)
+    assert config.image_guidance_scale == EditConfig().image_guidance_scale  # the paper's
+    steps = []
+    result = pipe(_input_image(48), "make it blue", seed=0, callback=lambda i, n, _: steps.append(n))
+    assert len(steps) == 3 and result.images[0].size == (32, 32)  # the model's steps and resolution
+    assert result.config.text_guidance_scale == 2.0
+    explicit = pipe(
+        _input_image(48), "make it blue", EditConfig(num_inference_steps=1, resolution=32), seed=0
+    )
+    assert explicit.config.text_guidance_scale == 7.5  # an explicit config is used as given
+
+
+def test_bad_settings_are_refused_by_name(make_components):
+    from ip2p.edit_settings import SettingsError
+
+    with pytest.raises(SettingsError, match="unknown key"):
+        EditPipeline(make_components(), device="cpu", settings={"stepz": 3})

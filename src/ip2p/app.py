@@ -30,10 +30,11 @@ from PIL import Image
 
 from ip2p.app_config import ServeConfig
 from ip2p.demo import resolve_demo_model
-from ip2p.edit_config import TINY_MODEL, TOY_MODEL
+from ip2p.edit_config import TINY_MODEL
 from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
 from ip2p.sampling import SCHEDULERS
+from ip2p.toy.plugin import TOY_MODEL
 
 log = logging.getLogger(__name__)
 

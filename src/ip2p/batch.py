@@ -177,8 +177,9 @@ def edit_batch(
                     seed=seed,
                     callback=lambda i, n, _, bar=steps: bar.update(1),
                 )
-            for w in caught:
-                warn(str(w.message))
+            for w in caught:  # the pipeline's own (e.g. a truncated instruction), not libraries' deprecations
+                if not issubclass(w.category, DeprecationWarning | FutureWarning):
+                    warn(str(w.message))
             for index, (picture, path) in enumerate(zip(result.images, outputs, strict=True)):
                 save_png(picture, path, result.metadata(index))
             report.items.append({**record, "status": "ok", "seed": result.seed, **result.info})

@@ -493,12 +493,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["toy"]:
-        from ip2p.toy.cli import run_pass_through
-
-        code = run_pass_through(argv)  # train-base and quality own their flags (and --help)
-        if code is not None:
-            return code
     args = build_parser().parse_args(argv)
     if args.command != "toy":  # the toy world's commands mostly run without these libraries
         _quiet_libraries()
@@ -523,6 +517,7 @@ def _quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -10,8 +10,9 @@ import random
 from pathlib import Path
 
 from ip2p.app_config import AUTO_MODEL, DemoConfig
-from ip2p.edit_config import TINY_MODEL, TOY_MODEL
+from ip2p.edit_config import TINY_MODEL
 from ip2p.edit_settings import model_folder
+from ip2p.toy.plugin import TOY_MODEL
 
 SCENE_SIZE = 64  # toy scenes are drawn at the toy world's resolution
 

@@ -17,9 +17,7 @@ from typing import Literal
 from ip2p.flags import option
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
-# Names that resolve to models this package carries or builds itself.
-TOY_MODEL = "toy"
-TINY_MODEL = "tiny"
+TINY_MODEL = "tiny"  # the tiny random model of ip2p.tiny (its name in ip2p.registry.MODELS)
 # Decompression-bomb guard: inputs with more pixels are refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
 # The names of ip2p.sampling.SCHEDULERS (kept equal by a test): the samplers a user can pick by name.

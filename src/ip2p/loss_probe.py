@@ -161,16 +161,3 @@ def loss_probe(config: LossProbeConfig) -> dict:
 
         write_json_atomic(config.json, results)
     return {"examples": len(examples), "results": results}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ip2p.loss_probe ...``: the same as ``ip2p loss-probe ...``."""
-    import sys
-
-    from ip2p.cli import main as cli_main
-
-    return cli_main(["loss-probe", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

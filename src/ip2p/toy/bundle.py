@@ -97,16 +97,3 @@ def bundle(sources: dict[str, str | os.PathLike], root: Path | None = None) -> d
             _save_half(kind, source, tmp)
         done[kind] = final
     return done
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ip2p.toy.bundle ...``: the same as ``ip2p toy bundle ...``."""
-    import sys
-
-    from ip2p.cli import main as cli_main
-
-    return cli_main(["toy", "bundle", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -194,26 +194,50 @@ def lm_validity(config: LmValidityConfig) -> int:
     return 0
 
 
-def _pass_through(name: str) -> Callable[[list[str]], int]:
-    """``train-base`` and ``quality`` parse their own flags: their ``main(argv)``."""
+def train_base(args: argparse.Namespace) -> int:
+    """``toy train-base``: flags of two configs (the run's and its training settings)."""
+    from ip2p.harness import Interrupted
+    from ip2p.toy.base.config import SettingsError, TrainBaseConfig, TrainSettings
+    from ip2p.toy.base.run import train_base as run
 
-    def run(argv: list[str]) -> int:
-        if name == "train-base":
-            from ip2p.toy.train_base import main
-        else:
-            from ip2p.toy.quality import main
-        return int(main(argv) or 0)
+    config = TrainBaseConfig(
+        **config_overrides(args, TrainBaseConfig),
+        settings=TrainSettings(**config_overrides(args, TrainSettings)),
+    )
+    try:
+        result = run(config)
+    except SettingsError as exc:
+        raise ToyCommandError(str(exc)) from exc
+    except Interrupted as exc:
+        print(f"ip2p toy train-base: {exc}")
+        return 130
+    for name, path in result.items():
+        print(f"{name}: {path}")
+    return 0
 
-    return run
 
+def quality(config: Any) -> int:
+    """``toy quality``: a ``QualityConfig`` measured; the results printed as JSON."""
+    from ip2p.toy.quality import measure_quality
 
-PASS_THROUGH = {
-    "train-base": "train the toy VAE, CLIP and UNet (see `ip2p toy train-base --help`)",
-    "quality": "measure the toy models' quality bars (see `ip2p toy quality --help`)",
-}
+    try:
+        config.check()
+    except ValueError as exc:
+        raise ToyCommandError(str(exc)) from exc
+    print(json.dumps(measure_quality(config), indent=1))
+    return 0
+
 
 # name -> (config class, command, help, description)
-COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str | None]] = {
+COMMANDS: dict[str, tuple[type | None, Callable[[Any], int], str, str | None]] = {
+    "quality": (
+        None,  # QualityConfig, imported when the parser is built
+        quality,
+        "measure the toy models' quality bars",
+        "Measure a toy base model (a train-base output folder, a base pipeline folder or 'toy', the bundled one): "
+        "the VAE's PSNR, CLIP's one-attribute retrieval, and text-to-image accuracy by the oracle; writes "
+        "quality.json and a sample grid.",
+    ),
     "seeds": (SeedsConfig, seeds, "write the toy seed triplets in the paper's JSONL format", None),
     "exact-pairs": (
         ExactPairsConfig,
@@ -258,6 +282,9 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str | None]] = {
 
 def add_toy_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``toy`` and its subcommands to the ``ip2p`` subparsers ``sub``."""
+    from ip2p.toy.base.config import TrainBaseConfig, TrainSettings
+    from ip2p.toy.quality import QualityConfig
+
     p = sub.add_parser(
         "toy",
         help="the toy world: train its miniature Stable Diffusion, measure it, write its seed triplets",
@@ -266,21 +293,19 @@ def add_toy_parser(sub: argparse._SubParsersAction) -> None:
         "the quality bars; `ip2p toy seeds -o FILE` writes the 700 seed triplets.",
     )
     toy = p.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
-    for name, text in PASS_THROUGH.items():
-        q = toy.add_parser(name, help=text, add_help=False)
-        q.add_argument("rest", nargs=argparse.REMAINDER, help="the command's own flags")
-        q.set_defaults(func=lambda args, name=name: _pass_through(name)(args.rest))
+    q = toy.add_parser(
+        "train-base",
+        help="train the toy VAE, CLIP and UNet from scratch (resumable)",
+        description="Train the toy world's miniature Stable Diffusion: the VAE, then CLIP, then the UNet, with "
+        "fixed seeds; run the same command again to resume. --export DIR writes the models for `ip2p toy bundle`.",
+    )
+    add_config_flags(q, TrainBaseConfig)
+    add_config_flags(q.add_argument_group("training settings"), TrainSettings)
+    q.set_defaults(func=train_base)
     for name, (cls, command, text, description) in COMMANDS.items():
+        cls = cls or QualityConfig
         q = toy.add_parser(name, help=text, description=description or text)
         add_config_flags(q, cls)
         q.set_defaults(
             func=lambda args, cls=cls, command=command: command(cls(**config_overrides(args, cls)))
         )
-
-
-def run_pass_through(argv: list[str]) -> int | None:
-    """``toy train-base ...`` and ``toy quality ...`` own their flags (and --help): run them on the rest of the
-    command line untouched; None for any other command line."""
-    if argv[:1] == ["toy"] and argv[1:2] and argv[1] in PASS_THROUGH:
-        return _pass_through(argv[1])(argv[2:])
-    return None
