@@ -29,6 +29,7 @@ def test_names_are_registered_once_and_well_formed():
     with pytest.raises(RegistryError, match="already registered"):
         things.register("a", 2)
     assert things.register("a", 3, replace=True) == 3 and things.get("a") == 3
+    assert things.provide("a", 4) == 3 and things.provide("b", 5) == 5  # a plug-in never overrides a name
     for bad in ("", "a:b", " a"):
         with pytest.raises(RegistryError, match="non-empty"):
             things.register(bad, 1)

@@ -101,6 +101,13 @@ class Registry(Generic[T]):
         self._items[name] = value
         return value
 
+    def provide(self, name: str, value: T) -> T:
+        """Register ``name`` unless it is taken: what plug-ins call, so that a name registered by hand before the
+        plug-ins loaded keeps its value."""
+        if name in self._items:
+            return self._items[name]
+        return self.register(name, value)
+
     def unregister(self, name: str) -> None:
         self._items.pop(name, None)
 

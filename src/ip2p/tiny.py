@@ -109,12 +109,11 @@ def register() -> None:
     """The ``ip2p.plugins`` entry point: ``--model tiny`` builds these components (editor and text-to-image)."""
     from ip2p.registry import MODELS, NamedModel
 
-    MODELS.register(
+    MODELS.provide(
         TINY_MODEL,
         NamedModel(
             editor=lambda: tiny_components(edit=True),
             base=lambda: tiny_components(edit=False),
             description=TINY_NOTE,
         ),
-        replace=True,
     )

@@ -66,7 +66,7 @@ def register() -> None:
     from ip2p import registry
     from ip2p.toy.testsets import ORACLE, TEST_SETS, TOY_TEST_SIZE
 
-    registry.MODELS.register(
+    registry.MODELS.provide(
         TOY_MODEL,
         registry.NamedModel(
             editor=toy_model_path("editor"),
@@ -80,15 +80,14 @@ def register() -> None:
             },
             description="the toy world's bundled editor and base model (64 px)",
         ),
-        replace=True,
     )
-    registry.CLIP_MODELS.register(TOY_MODEL, toy_model_path("clip"), replace=True)
-    registry.LANGUAGE_MODELS.register(TOY_MODEL, toy_model_path("lm"), replace=True)
-    registry.LM_BUILDERS.register(TOY_MODEL, _lm_builder, replace=True)
-    registry.TRIPLET_AUGMENTATIONS.register("paraphrase", _paraphrase, replace=True)
-    registry.TRIPLET_AUGMENTATIONS.register("relabel", _relabel, replace=True)
-    registry.CAPTION_SOURCES.register(TOY_MODEL, _captions, replace=True)
-    registry.SEED_SOURCES.register(TOY_MODEL, _seeds, replace=True)
+    registry.CLIP_MODELS.provide(TOY_MODEL, toy_model_path("clip"))
+    registry.LANGUAGE_MODELS.provide(TOY_MODEL, toy_model_path("lm"))
+    registry.LM_BUILDERS.provide(TOY_MODEL, _lm_builder)
+    registry.TRIPLET_AUGMENTATIONS.provide("paraphrase", _paraphrase)
+    registry.TRIPLET_AUGMENTATIONS.provide("relabel", _relabel)
+    registry.CAPTION_SOURCES.provide(TOY_MODEL, _captions)
+    registry.SEED_SOURCES.provide(TOY_MODEL, _seeds)
     for name, load in TEST_SETS.items():
-        registry.TEST_SETS.register(name, load, replace=True)
-    registry.METRICS.register("oracle", ORACLE, replace=True)
+        registry.TEST_SETS.provide(name, load)
+    registry.METRICS.provide("oracle", ORACLE)
