@@ -13,6 +13,8 @@ when they are called.
 
 Example (a metric of your own, measured beside CLIP's by ``ip2p evaluate``)::
 
+    import numpy as np
+
     from ip2p.registry import METRICS, Metric
 
     def brightness(items, inputs, edited):  # one dict per item
@@ -41,7 +43,7 @@ class RegistryError(ValueError):
     """A name is unknown, registered twice or malformed; the message lists the known names."""
 
 
-_loaded: dict[str, str | None] = {}  # plug-in ("module:function") -> None when loaded, else why it failed
+_loaded: dict[str, str | None] = {}  # "module:function" -> None once loaded, "loading", or why it failed
 _entry_points_read = False
 
 
