@@ -183,3 +183,12 @@ def test_atomic_dir_refuses_to_replace_a_file(tmp_path):
 def test_fileio_does_not_import_torch():
     code = "import sys, ip2p.fileio; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_atomic_dir_onto_a_link_fails_and_leaves_nothing(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(OSError):
+        with atomic_dir(tmp_path / "link") as tmp:
+            (tmp / "x").write_text("x")
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"] and os.listdir(tmp_path / "real") == []

@@ -200,7 +200,11 @@ def _replace_dir(new: Path, path: Path) -> None:
     # A rename cannot replace a non-empty folder: move the old one aside (onto an empty folder of our own), then
     # rename the new one in; readers see the folder missing only between the two renames.
     old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-    os.replace(path, old)
+    try:
+        os.replace(path, old)
+    except BaseException:  # e.g. path is a link to a folder: a rename cannot put it onto a folder
+        old.rmdir()
+        raise
     try:
         os.replace(new, path)
     except BaseException:
