@@ -76,10 +76,12 @@ def _edit_parser(sub: argparse._SubParsersAction) -> None:
         "(edit_settings.json in its folder), else the paper's.",
     )
     add_config_flags(p, EditJob)
-    paper = EditConfig()
-    add_config_flags(
-        p, EditConfig, defaults={k: f"the model's, else {getattr(paper, k)}" for k in SETTING_KEYS}
+    paper = {k: getattr(EditConfig(), k) for k in SETTING_KEYS}
+    shown = {k: f"the model's setting, else the paper's {v}" for k, v in paper.items() if v is not None}
+    shown.update(
+        scheduler="the model's setting, else its own", negative_prompt="the model's setting, else none"
     )
+    add_config_flags(p, EditConfig, defaults=shown)
     _json_flag(p, "a machine-readable summary")
 
 

@@ -31,21 +31,21 @@ ResizeMode = Literal["fit", "pad", "crop"]
 class EditConfig:
     """Settings of one edit. Defaults are the paper's (original ``edit_cli.py``)."""
 
-    num_inference_steps: int = option("sampler steps (paper: 100)", default=100, flag="--steps")
+    num_inference_steps: int = option("sampler steps", default=100, flag="--steps")
     text_guidance_scale: float = option(  # s_T: follow the instruction
-        "text guidance scale s_T: higher follows the instruction more (paper: 7.5)",
+        "text guidance scale s_T: higher follows the instruction more",
         default=7.5,
         flag="--text-guidance",
         aliases=("--cfg-text",),
     )
     image_guidance_scale: float = option(  # s_I: stay close to the input image
-        "image guidance scale s_I: higher stays closer to the input (paper: 1.5)",
+        "image guidance scale s_I: higher stays closer to the input",
         default=1.5,
         flag="--image-guidance",
         aliases=("--cfg-image",),
     )
     scheduler: str | None = option(  # None keeps the model's own (Euler ancestral for the released model)
-        "sampler (default: the model's own; the released model's is euler_ancestral)",
+        "sampler (the released model's own is euler_ancestral)",
         default=None,
         choices=SCHEDULER_NAMES,
     )
@@ -53,7 +53,7 @@ class EditConfig:
     negative_prompt: str | None = option(  # replaces "" as the null text
         "text to steer away from (replaces the empty null text)", default=None
     )
-    resolution: int = option("long side of the image the model edits (paper: 512)", default=512)
+    resolution: int = option("long side of the image the model edits", default=512)
     resize_mode: ResizeMode = option(
         "fit: the original's policy (sides to multiples of 64, centre fit); pad/crop: keep the exact aspect "
         "ratio, padding or cropping to multiples of 8",
@@ -66,7 +66,7 @@ class EditConfig:
     # one, which curbs the over-saturation of strong guidance on zero-terminal-SNR models; 0 = off (the paper's)
     guidance_rescale: float = option(
         "rescale the guided prediction towards the conditional one's std, 0-1 (Lin et al. 2024; for "
-        "zero-terminal-SNR models such as the toy one; 0: off, the paper's)",
+        "zero-terminal-SNR models such as the toy one; 0: off)",
         default=0.0,
     )
 

@@ -65,7 +65,12 @@ def option(
 
 
 def _annotation(f: dataclasses.Field) -> str:
-    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if isinstance(f.type, str):  # postponed annotations
+        text = f.type
+    elif isinstance(f.type, type) and not hasattr(f.type, "__origin__"):  # int, float, str, bool, Path
+        text = f.type.__name__
+    else:  # list[str], int | None, ...
+        text = str(f.type).replace("builtins.", "")
     return text.replace(" | None", "").replace("None | ", "").strip()
 
 
@@ -156,6 +161,10 @@ def add_config_flags(
             kw["choices"] = list(meta["choices"])
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
+        elif meta.get("flag") and not meta.get("positional") and "choices" not in kw:
+            kw["metavar"] = (
+                meta["flag"].lstrip("-").replace("-", "_").upper()
+            )  # --steps N: STEPS, not the field
         target.add_argument(*names, **kw)
 
 
