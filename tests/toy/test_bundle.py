@@ -27,3 +27,17 @@ def test_bundle_halves_the_files_and_loads_as_float32(tmp_path, tiny_clip_dir):
             assert torch.allclose(p, q, atol=1e-3, rtol=1e-3), name
     clip = CLIPModel.from_pretrained(out["clip"])
     assert clip.dtype == torch.float32 and (out["clip"] / "tokenizer_config.json").is_file()
+
+
+def test_an_editor_is_bundled_with_its_edit_settings(tmp_path):
+    from ip2p.cli import main
+    from ip2p.edit_settings import read_edit_settings, write_edit_settings
+    from ip2p.toy.bundle import EDITOR_SETTINGS
+
+    save_edit_model(tiny_components(edit=True), tmp_path / "editor")
+    out = bundle({"editor": tmp_path / "editor"}, root=tmp_path / "weights")
+    assert read_edit_settings(out["editor"]) == EDITOR_SETTINGS  # none of its own: the toy preset
+    write_edit_settings(tmp_path / "editor", {"num_inference_steps": 8})
+    out = bundle({"editor": tmp_path / "editor"}, root=tmp_path / "weights")
+    assert read_edit_settings(out["editor"]) == {"num_inference_steps": 8}  # its own, kept
+    assert main(["toy", "bundle"]) == 1  # nothing named: a one-line error
