@@ -34,7 +34,7 @@ def export_checkpoint(
     step = ckpt.latest() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no UNet checkpoint under {ckpt.folder}")
-    weights = load_file(ckpt.folder / f"step-{step}.safetensors")
+    weights = load_file(ckpt.weights_path(step))
     init = recorded_unet_init(out_dir)
     vae_dir, text_encoder, tokenizer = unet_companions(out_dir, init, torch.device("cpu"))
     vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
@@ -49,9 +49,9 @@ def export_checkpoint(
 
 
 def export_bundle(out_dir: Path, dest: Path) -> dict[str, Path]:
-    """Copy the final models into ``dest/base`` and ``dest/clip`` (where the run has one) for bundling, with the UNet and VAE weights
-    stored in fp16 (diffusers casts them back to fp32 when loading without ``torch_dtype``). The transformers
-    models (text encoder, CLIP) stay fp32: transformers would keep fp16 weights in fp16.
+    """Copy the final models into ``dest/base`` and ``dest/clip`` (where the run has one) for bundling, with the
+    UNet and VAE weights stored in fp16 (diffusers casts them back to fp32 when loading without ``torch_dtype``).
+    The transformers models (text encoder, CLIP) stay fp32: transformers would keep fp16 weights in fp16.
     """
     from diffusers import StableDiffusionPipeline
 
