@@ -37,9 +37,9 @@ def _command(
     return p
 
 
-def _config(args: argparse.Namespace, cls: type, **fixed: Any) -> Any:
-    """``cls`` from the flags the user set (the rest at the dataclass's defaults) and ``fixed`` values."""
-    return cls(**{**config_overrides(args, cls), **fixed})
+def _config(args: argparse.Namespace, cls: type) -> Any:
+    """``cls`` from the flags the user set, the rest at the dataclass's defaults."""
+    return cls(**config_overrides(args, cls))
 
 
 def _json_flag(p: argparse.ArgumentParser, what: str) -> None:
@@ -86,14 +86,11 @@ def _edit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from ip2p.batch import BatchError, is_batch, run_edit_job
+    from ip2p.batch import is_batch, run_edit_job
     from ip2p.edit_config import EditConfig, EditJob
 
     job = _config(args, EditJob)
-    try:
-        report = run_edit_job(job, config_overrides(args, EditConfig))
-    except BatchError as exc:
-        raise CLIError(str(exc)) from exc
+    report = run_edit_job(job, config_overrides(args, EditConfig))  # BatchError: a one-line user error
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif len(report.items) == 1 and not is_batch(job.input):
