@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -448,24 +447,3 @@ def measure_quality(config: QualityConfig) -> dict:
         config.checkpoint,
         config.seed,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``ip2p toy quality``: flags from :class:`QualityConfig`."""
-    import argparse
-
-    from ip2p.flags import add_config_flags, config_overrides
-
-    p = argparse.ArgumentParser(prog="ip2p toy quality", description=__doc__.split("\n\n")[0])
-    add_config_flags(p, QualityConfig)
-    config = QualityConfig(**config_overrides(p.parse_args(argv), QualityConfig))
-    try:
-        config.check()
-    except ValueError as exc:
-        p.error(str(exc))
-    print(json.dumps(measure_quality(config), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

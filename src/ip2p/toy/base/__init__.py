@@ -49,7 +49,6 @@ __all__ = [
     "TrainBaseConfig",
     "TrainSettings",
     "check_settings",
-    "main",
     "train_base",
     "train_stages",
 ]
@@ -57,7 +56,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # The training functions import torch: loaded when first asked for.
-    if name in ("main", "train_base", "train_stages"):
+    if name in ("train_base", "train_stages"):
         from . import run
 
         return getattr(run, name)

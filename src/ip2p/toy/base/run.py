@@ -6,18 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from ip2p.harness import Interrupted
-
 from ..models import BaseModelConfig
 from .clip import train_clip, train_clip_vision
 from .common import load_config
-from .config import STAGES, SettingsError, TrainBaseConfig, TrainSettings, check_config, check_settings
+from .config import STAGES, TrainBaseConfig, TrainSettings, check_config, check_settings
 from .export import export_bundle
 from .unet import train_unet
 from .vae import train_vae, train_vae_decoder
@@ -28,7 +25,7 @@ def train_base(config: TrainBaseConfig, model: BaseModelConfig | None = None) ->
 
     The architecture is ``model``, else the one the run folder recorded, else the preset ``config.preset``.
     Returns ``{"vae": ..., "clip": out/clip, "base": out/base}`` for the stages run, and ``export-base``/
-    ``export-clip`` with ``config.export``. Raises :class:`SettingsError` (one line) for settings no stage can use,
+    ``export-clip`` with ``config.export``. Raises :class:`.config.SettingsError` (one line) for settings no stage can use,
     and :class:`ip2p.harness.Interrupted` when SIGINT or SIGTERM ended a stage (after its checkpoint). Example::
 
         train_base(TrainBaseConfig(out="runs/toy", stages="vae,clip", settings=TrainSettings(clip_steps=500)))
@@ -82,38 +79,3 @@ def train_stages(
     if "unet" in stages:
         out["base"] = train_unet(out_dir, cfg, settings, dev)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``ip2p toy train-base``: flags from :class:`TrainBaseConfig` and :class:`TrainSettings`."""
-    import argparse
-
-    from ip2p.flags import add_config_flags, config_overrides
-
-    from . import __doc__ as about
-
-    p = argparse.ArgumentParser(prog="ip2p toy train-base", description=about.split("\n\n")[0])
-    add_config_flags(p, TrainBaseConfig)
-    add_config_flags(p.add_argument_group("training settings"), TrainSettings)
-    args = p.parse_args(argv)
-    if args.out is None:
-        p.error("the following arguments are required: --out")
-    config = TrainBaseConfig(
-        **config_overrides(args, TrainBaseConfig),
-        settings=TrainSettings(**config_overrides(args, TrainSettings)),
-    )
-    try:
-        result = train_base(config)
-    except Interrupted as exc:
-        print(f"ip2p toy train-base: {exc}", file=sys.stderr)
-        return 130
-    except SettingsError as exc:
-        print(f"ip2p toy train-base: error: {exc}", file=sys.stderr)
-        return 2
-    for name, path in result.items():
-        print(f"{name}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
