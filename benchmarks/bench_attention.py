@@ -1,5 +1,5 @@
 """The toy editor's training step with torch's SDPA attention and with diffusers' classic AttnProcessor, side by
-side on this machine: seconds a step and the ratio (`ip2p train --attention`, README's Benchmarks).
+side on this machine: seconds a step and the ratio (`ip2p train --attention`, docs/benchmarks.md).
 
 Both trainers are `ip2p.train.Trainer` with `scripts/toy_editor.sh`'s recipe (the toy preset from the bundled toy
 base, cached latents, posterior-mean targets, bf16 autocast, cosine 1e-3, the noisy-timestep bias, EMA), on the

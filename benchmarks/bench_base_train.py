@@ -1,6 +1,6 @@
 """The toy base's training steps (`ip2p toy train-base`, stages "unet" and "clip") under each precision and attention
 kernel, side by side on this machine: seconds a step and the ratio to the first variant, for the CPU recipe's budget
-(README, the toy world).
+(docs/benchmarks.md).
 
 A variant is PRECISION:ATTENTION, the stage's `--unet-precision`/`--clip-precision` (fp32 or bf16 autocast) and
 `--attention` (sdpa: torch's scaled_dot_product_attention; classic: diffusers' AttnProcessor, transformers' eager

@@ -6,28 +6,30 @@
 #   RUNS=/data/toy scripts/build_toy.sh
 #   STEPS="pairs editor" scripts/build_toy.sh   # only some steps (names below)
 #
-# Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor
-# syn-eval brief bundle cpu-eval brief-eval figure. The bundled base is the base step's, fine-tuned by the brief step
-# so that it also draws brief captions (scripts/toy_brief.sh, 1,500 steps; brief-eval then runs that script's
-# evaluations, the editor against SDEdit with brief captions, for the README figure). The bundled editor is made on
-# the CPU by scripts/toy_dataset.sh then scripts/toy_editor.sh (the bundle step takes it from $RUNS/toy-editor-cpu when there; cpu-eval then sweeps it against
-# SDEdit, 21 minutes here, for the figure); syn-editor's is the previous one (20,348 synthesized
-# pairs; stage 1 on the CPU, stages 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the
-# smaller one before it (1,094 pairs) and `exact-editor` its ablation on exact pairs.
-# Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what data
-# of that size and exactness would buy; README), and scale-long scale-long-eval (the same data, posterior-mean
-# targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe; README), and scale-copy
-# (Marigold's initialisation of the image channels instead of zeros; README), and filter-report (what the CLIP filter
-# keeps of every candidate of 400 triplets made by the bundled models, judged by the oracle; about 12 minutes; README),
-# and guidance-report (the toy presets' guidance range: every candidate of the first 384 of scripts/toy_dataset.sh's
-# triplets under each range, judged with and without the filter; about 10 minutes; README)
+# Steps: base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs
+# syn-editor syn-eval brief bundle cpu-eval brief-eval figure. The bundled base is the base step's, fine-tuned
+# by the brief step so that it also draws brief captions (scripts/toy_brief.sh, 1,500 steps; brief-eval then
+# runs that script's evaluations, the editor against SDEdit with brief captions, for docs/results.md's
+# figure). The bundled editor is made on the CPU by scripts/toy_dataset.sh then scripts/toy_editor.sh (the
+# bundle step takes it from $RUNS/toy-editor-cpu when there; cpu-eval then sweeps it against SDEdit, 21
+# minutes here, for the figure); syn-editor's is the previous one (20,348 synthesized pairs; stage 1 on the
+# CPU, stages 2 and 3 on one GPU: SYN_PAIRS_FLAGS and SYN_TRAIN_FLAGS below); `editor` is the smaller one
+# before it (1,094 pairs) and `exact-editor` its ablation on exact pairs.
+# Not run by default: scale scale-editor scale-eval (an editor on 20,000 exact pairs of new triplets: what
+# data of that size and exactness would buy; docs/results.md), and scale-long scale-long-eval (the same data,
+# posterior-mean targets, 1,500 to 9,000 steps: what a longer schedule buys on top, and the loss probe;
+# docs/results.md), and scale-copy (Marigold's initialisation of the image channels instead of zeros;
+# docs/results.md), and filter-report (what the CLIP filter keeps of every candidate of 400 triplets made by
+# the bundled models, judged by the oracle; about 12 minutes; docs/results.md), and guidance-report (the toy
+# presets' guidance range: every candidate of the first 384 of scripts/toy_dataset.sh's triplets under each
+# range, judged with and without the filter; about 10 minutes; docs/results.md)
 #
 # BASE picks the base model's recipe (VAE, CLIP, UNet):
 #   BASE=gpu  the bundled weights' recipe (needs CUDA; about 7 minutes on one H200): the VAE of the CPU recipe,
 #             then CLIP and UNet on 40,000 scenes in larger batches, with batches prepared by 10 processes;
 #             the two stops are where that run's time limits (2 and 4.5 minutes) ended it
-#   BASE=cpu  the 2-core recipe, scripts/toy_base_cpu.sh (README: its time and quality bars); it ends by tuning
-#             CLIP's image tower alone
+#   BASE=cpu  the 2-core recipe, scripts/toy_base_cpu.sh (docs/results.md: its time and quality bars); it ends
+#             by tuning CLIP's image tower alone
 # With BASE=gpu, the base step ends by tuning CLIP's image tower alone on the CPU (3,000 steps, about 55 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,7 @@ CAPTIONS=${CAPTIONS:-1500}        # captions given to the language model (stage 
 STEPS=${STEPS:-base quality lm triplets pairs editor eval exact exact-editor exact-eval syn-triplets syn-pairs syn-editor syn-eval brief bundle cpu-eval brief-eval figure}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 WORKERS=${WORKERS:-2}              # gen-pairs processes (small batches use one core better than two)
-PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet evaluations, for the CPU (README)
+PAIRS_PRESET=${PAIRS_PRESET:-toy}  # toy-fast: a quarter of the UNet calls, for the CPU (docs/results.md)
 # extra flags per stage, e.g. on a GPU: PAIRS_FLAGS="--dtype fp32" EVAL_FLAGS="--batch-size 64 --dtype fp32"
 # The bundled editor's pairs were drawn at the paper's guidance U(7.5, 15), before the toy presets' U(2, 4): the
 # steps that remake them pin it (pass PAIRS_CFG="" for the presets' range)
@@ -147,7 +149,7 @@ if want exact-eval; then
   $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 7.5 \
     --image-guidance 1.0,1.5,2.0 -o "$RUNS/toy-eval-exact" $EVAL_FLAGS
-  # beside the bundled editor's best setting (README: what the synthesized data costs)
+  # beside the bundled editor's best setting (docs/results.md: exact against synthesized pairs)
   $IP2P evaluate --model "$RUNS/toy-editor-exact/model" --methods ip2p --clip "$RUNS/toy/clip" \
     --test-set "toy:$EVAL_ITEMS" --resolution 64 --steps 20 --sweep grid --text-guidance 3 \
     --image-guidance 1.5 -o "$RUNS/toy-eval-exact-text3" $EVAL_FLAGS
@@ -288,6 +290,6 @@ if want brief-eval; then
   cp "$RUNS/toy-brief/eval-brief.png" docs/toy-eval-brief.png
 fi
 if want figure; then
-  say "README figure and table"
+  say "docs/results.md figure and table"
   $PY scripts/toy_figure.py "$RUNS/toy-eval-cpu=bundled" -o docs/toy-eval.png
 fi

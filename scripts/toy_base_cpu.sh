@@ -7,7 +7,7 @@
 #   PRESET=test N_SCENES=48 VAE_STEPS=2 CLIP_STEPS=2 UNET_STEPS=2 CLIP_VISION_STEPS=1 \
 #     QUALITY_FLAGS="--limit 2 --steps 2" OUT=/tmp/base scripts/toy_base_cpu.sh   # the tests' tiny models
 #
-# The recipe, on this machine's two cores (times of its second run, README):
+# The recipe, on this machine's two cores (times of its second run, docs/results.md):
 #   1. the VAE (1,200 steps of 16, about 17 minutes) and CLIP (2,400 steps of 128 scenes with 4 hard-negative
 #      captions each; 44 minutes in all) side by side, one core each; when the VAE is done, CLIP is stopped (SIGTERM:
 #      it saves a checkpoint at the step it has reached) and resumed on both cores;
@@ -17,7 +17,7 @@
 #      UNet's text encoder as it is (6,000 steps: 35 minutes; 3,000 gave 87.4%);
 #   4. the quality bars (2 minutes).
 # The second run took 2 h 4 min in all and met every bar: VAE 32.2 dB, CLIP 91.8%, text-to-image 100% and 94%
-# (README, the toy world).
+# (docs/results.md, the base on the 2-core CPU).
 # CLIP and UNet train under bf16 autocast with classic attention (benchmarks/bench_base_train.py: a CLIP step 3.0 and
 # a UNet step 1.9 times as fast on an AVX-512 BF16 CPU); the weights stay float32. A CPU without native bf16 trains
 # in fp32 (scripts/cpu_precision.sh; PRECISION=fp32|bf16 overrides).

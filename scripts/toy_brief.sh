@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The paper's comparison with captions that leave the layout unsaid (README, "Brief captions"), on a 2-core CPU.
+# The paper's comparison with captions that leave the layout unsaid, on a 2-core CPU (docs/results.md, "The
+# paper's comparison with brief captions").
 # A toy caption says everything about its scene, so SDEdit, which regenerates from the output caption, loses nothing;
 # real captions leave most of a photograph unsaid. Brief toy captions name each shape's colour and kind, the
 # background and the style, and leave every size and position unsaid.

@@ -6,9 +6,10 @@
 #   scripts/toy_dataset.sh                              # 12,000 captions -> runs/toy-dataset/{triplets.jsonl,pairs}
 #   OUT=data/toy CAPTIONS=2000 PRESET=toy scripts/toy_dataset.sh
 #
-# On this 2-core CPU the defaults (preset toy-fast, bf16, two single-threaded workers with the candidates of 32
-# triplets in each UNet call) made the README's figures. bf16 is chosen where the CPU computes it natively
-# (AVX-512 BF16 or AMX; scripts/cpu_precision.sh); elsewhere fp32, which is faster there. DTYPE=fp32|bf16 overrides.
+# On this 2-core CPU the defaults (preset toy-fast, bf16, two single-threaded workers with the candidates of
+# 32 triplets in each UNet call) made docs/results.md's figures. bf16 is chosen where the CPU computes it
+# natively (AVX-512 BF16 or AMX; scripts/cpu_precision.sh); elsewhere fp32, which is faster there.
+# DTYPE=fp32|bf16 overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IP2P=${IP2P:-.venv/bin/ip2p}
@@ -18,8 +19,9 @@ PRESET=${PRESET:-toy-fast}
 WORKERS=${WORKERS:-2}
 BATCH=${BATCH:-64}          # candidates per UNet call (toy-fast: 2 a triplet, so 32 triplets)
 SHARD=${SHARD:-32}          # triplets per output shard, the unit of resumption
-# the edited caption's temperature once the instruction is sampled (at the paper's 0.7): 0 copies it greedily, which
-# makes more of the toy language model's triplets valid (README); "" samples it at 0.7 too, as the paper
+# the edited caption's temperature once the instruction is sampled (at the paper's 0.7): 0 copies it greedily,
+# which makes more of the toy language model's triplets valid (docs/results.md); "" samples it at 0.7 too, as
+# the paper
 CAPTION_T=${CAPTION_T-0}
 if [[ -z "${DTYPE:-}" ]]; then
   source scripts/cpu_precision.sh

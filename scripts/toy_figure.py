@@ -1,4 +1,4 @@
-"""The toy world's evaluation figure and table for the README: the editors against SDEdit.
+"""The toy world's evaluation figure and table for docs/results.md: the editors against SDEdit.
 
 Merges the summaries of several `ip2p evaluate` runs (each editor evaluated once, SDEdit taken from the first run
 that has it), draws one curve per method (directional similarity x, image similarity y, as the paper's figures;

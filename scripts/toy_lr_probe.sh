@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The learning-rate probe behind the bundled editor's recipe (README): four variants of scripts/toy_editor.sh's
-# recipe trained side by side, each for at most MINUTES, then judged by the oracle on 300 held-out edits at text
-# guidance 3 and 5. Meant for one GPU: the README's run (one H200, MINUTES=6.5) stopped every variant at 4,000 to
-# 4,300 of its 8,800 steps. On this CPU give each variant its own run of scripts/toy_editor.sh instead. The probe
-# predates the timestep bias of the recipe, so it draws timesteps uniformly, as it did.
+# The learning-rate probe behind the bundled editor's recipe (docs/results.md): four variants of
+# scripts/toy_editor.sh's recipe trained side by side, each for at most MINUTES, then judged by the oracle on
+# 300 held-out edits at text guidance 3 and 5. Meant for one GPU: docs/results.md's run (one H200,
+# MINUTES=6.5) stopped every variant at 4,000 to 4,300 of its 8,800 steps. On this CPU give each variant its
+# own run of scripts/toy_editor.sh instead. The probe predates the timestep bias of the recipe, so it draws
+# timesteps uniformly, as it did.
 #
 #   DATA=runs/toy-dataset/pairs/data scripts/toy_lr_probe.sh      # -> runs/toy-lr-probe/{variant}/eval/summary.csv
 set -euo pipefail

@@ -265,7 +265,7 @@ def test_triplets_accept_caption_for_input_and_presets_resolve(triplets_file, ca
     assert (toy.resolution, toy.num_candidates, toy.steps, toy.clip) == (64, 4, 20, "toy")
     fast = apply_preset("toy-fast", {"steps": 12})
     assert (fast.num_candidates, fast.steps, fast.scheduler, fast.clip) == (2, 12, "dpmpp_2m", "toy")
-    # the toy base's guidance range (README: what the guidance range buys), the paper's everywhere else
+    # the toy base's guidance range (docs/results.md: the pair guidance range), the paper's everywhere else
     assert (toy.min_cfg, toy.max_cfg) == (fast.min_cfg, fast.max_cfg) == (2.0, 4.0)
     assert (paper.min_cfg, paper.max_cfg) == (7.5, 15.0)
     assert apply_preset("toy", {"min_cfg": 7.5, "max_cfg": 15.0}).max_cfg == 15.0

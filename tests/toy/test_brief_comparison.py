@@ -1,12 +1,13 @@
 """The paper's central comparison on a small set: the bundled editor against SDEdit with the bundled base.
 
 With brief captions (``toy-brief``: no sizes or positions), SDEdit, which regenerates from the output caption,
-must guess the layout the caption leaves unsaid, as it must guess what a real caption leaves unsaid; the editor
-reads the layout from the input. Measured on the 300 held-out edits by ``scripts/toy_brief.sh`` (README, brief
-captions): the editor at image guidance 3 gets 77.7% of edits right and keeps the rest in 83.7% (success 68.7%),
-SDEdit at strength 0.3 52.0% and 73.3% (41.0%), at 0.9 60.0% and 6.0%. Here the first 24 edits (75% and 83%
-against 50% and 71% at 0.3), one editor setting and three strengths, with the same code, and the exact edits as
-reference points (on the 300: they beat SDEdit on both CLIP axes at 0.5, 0.7 and 0.9, not at 0.3).
+must guess the layout the caption leaves unsaid, as it must guess what a real caption leaves unsaid; the
+editor reads the layout from the input. Measured on the 300 held-out edits by ``scripts/toy_brief.sh``
+(docs/results.md, brief captions): the editor at image guidance 3 gets 77.7% of edits right and keeps the rest
+in 83.7% (success 68.7%), SDEdit at strength 0.3 52.0% and 73.3% (41.0%), at 0.9 60.0% and 6.0%. Here the
+first 24 edits (75% and 83% against 50% and 71% at 0.3), one editor setting and three strengths, with the same
+code, and the exact edits as reference points (on the 300: they beat SDEdit on both CLIP axes at 0.5, 0.7 and
+0.9, not at 0.3).
 """
 
 from __future__ import annotations

@@ -93,9 +93,9 @@ LM = toy_model_path("lm")
 
 @pytest.mark.skipif(not (LM / "config.json").is_file(), reason="the toy language model is not bundled")
 def test_bundled_language_model_writes_valid_triplets(tmp_path):
-    """Measured on 2,000 held-out captions (`python -m ip2p.toy.lm --n 2000`, README): 79.7% valid after stage
-    1's filters with the paper's sampling, 81.4% with greedy edited captions (bar 80%). Here: the first 100 captions,
-    greedy captions, the same filters."""
+    """Measured on 2,000 held-out captions (`ip2p toy lm-validity MODEL --n 2000`, docs/results.md): 79.7%
+    valid after stage 1's filters with the paper's sampling, 81.4% with greedy edited captions (bar 80%).
+    Here: the first 100 captions, greedy captions, the same filters."""
     from ip2p.text.backends import SamplingConfig
     from ip2p.text.hf import HFGenerator
     from ip2p.text.sources import read_seed_triplets
@@ -121,8 +121,9 @@ def test_bundle_fits_its_budget():
 
 @pytest.mark.skipif(not (EDITOR / "model_index.json").is_file(), reason="the toy editor is not bundled")
 def test_bundled_editor_loads_in_diffusers_and_follows_background_instructions():
-    """Measured on 300 held-out scenes at text guidance 3 and image guidance 2: success (edit right, rest kept) on
-    style edits 90%, background 84%, add 69%, change kind 66%, remove 56%, recolour 49% (README, the toy editor).
+    """Measured on 300 held-out scenes at text guidance 3 and image guidance 2: success (edit right, rest
+    kept) on style edits 90%, background 84%, add 69%, change kind 66%, remove 56%, recolour 49%
+    (docs/results.md, the bundled toy editor).
     Here: 6 background edits at the paper's guidance (7.5 and 1.5)."""
     import random
 

@@ -155,7 +155,7 @@ class PairsConfig:
 # 2-core CPU a triplet costs about 4 s with 4 candidates (4 x 2 images x 2 guidance branches x 20 steps).
 # Guidance drawn from U(2, 4) rather than the paper's U(7.5, 15): the toy base draws its captions best at low
 # guidance, and on 384 triplets (toy-fast) the kept pairs are 87.5% faithful at 2-4 against 38.5% at 7.5-15, with
-# 78% of triplets kept instead of 51% (README, "What the guidance range buys").
+# 78% of triplets kept instead of 51% (docs/results.md, "The pair guidance range").
 _TOY: dict[str, Any] = dict(
     model="toy",
     clip="toy",
@@ -171,7 +171,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},  # 512 px, 100 candidates x 100 steps, thresholds 0.2 / 0.2 / 0.75, SD 1.5, CLIP ViT-L/14
     "toy": _TOY,
     # The toy world on the 2-core CPU's budget: 2 candidates, 10 DPM-Solver++ steps (a quarter of the UNet
-    # evaluations of "toy"), for more pairs at some cost in faithfulness (README, "The toy editor").
+    # evaluations of "toy"), for more pairs at some cost in faithfulness (docs/results.md, "`toy-fast` against
+    # `toy`").
     "toy-fast": {**_TOY, "num_candidates": 2, "steps": 10, "scheduler": "dpmpp_2m", "batch_size": 2},
 }
 

@@ -147,7 +147,8 @@ PRESETS: dict[str, FinetuneConfig] = {
     # Its second phase, from the first phase's model (--model): the seeds with their symbols renamed every epoch
     # (see ip2p.toy.lm.relabel). From scratch, relabelled seeds alone left the model ignoring its input (0%
     # valid after 3,000 steps); after the first phase they teach it to copy attributes it never saw together.
-    # Repeated rounds of it, each from the one before, keep raising validity (scripts/build_toy.sh runs six; README).
+    # Repeated rounds of it, each from the one before, keep raising validity (scripts/build_toy.sh runs six;
+    # docs/results.md).
     "toy-relabel": replace(_TOY, model="", output="runs/toy-lm", relabel=True, learning_rate=5e-4),
 }
 
