@@ -332,8 +332,9 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_resumes(base_m
 
 
 def test_a_signal_ends_the_step_with_a_checkpoint_and_the_same_command_resumes(
-    base_model, pairs, tmp_path, monkeypatch
+    base_model, pairs, tmp_path, monkeypatch, capsys
 ):
+    from ip2p.cli import main
     from ip2p.harness import Interrupted
 
     train(_config(base_model, pairs, tmp_path / "straight"))
@@ -342,7 +343,7 @@ def test_a_signal_ends_the_step_with_a_checkpoint_and_the_same_command_resumes(
 
     def step_then_signal(self):
         loss = step(self)
-        if self.step == 1:  # SIGTERM during the first step: it ends, is saved, and training stops
+        if self.step in (1, 2):  # SIGTERM during steps 1 and 2: the step ends, is saved, and training stops
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
@@ -352,6 +353,18 @@ def test_a_signal_ends_the_step_with_a_checkpoint_and_the_same_command_resumes(
         train(_config(base_model, pairs, out))
     assert signal.getsignal(signal.SIGTERM) is before
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-1"]
+    # `ip2p train` resumes, is stopped again at step 2 and says so in one line, exit status 130 (no traceback).
+    monkeypatch.setattr("ip2p.train.apply_preset", lambda name, overrides: _config(base_model, pairs, out))
+    capsys.readouterr()
+    assert main(["train", "--data", pairs, "--output-dir", str(out)]) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert [line for line in err if line.startswith("ip2p train: ")] == [
+        "ip2p train: training stopped at step 2 of 4 (SIGTERM), checkpoint saved: run the same command again "
+        "to resume"
+    ]
+    assert not any("Traceback" in line for line in err)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
     monkeypatch.undo()
     train(_config(base_model, pairs, out))
     a, b = _weights(tmp_path / "straight"), _weights(out)

@@ -149,6 +149,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ip2p.datasets import DatasetError
+    from ip2p.harness import Interrupted
     from ip2p.train import TrainConfig, apply_preset, train
 
     try:
@@ -157,6 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         folder = train(config)
     except (ValueError, DatasetError) as exc:
         raise CLIError(str(exc)) from exc
+    except Interrupted as exc:  # SIGINT/SIGTERM after a checkpoint: the same command resumes
+        print(f"ip2p train: {exc}", file=sys.stderr)
+        return 130
     print(f"trained model written to {folder}")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -209,7 +210,7 @@ def train_base(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise ToyCommandError(str(exc)) from exc
     except Interrupted as exc:
-        print(f"ip2p toy train-base: {exc}")
+        print(f"ip2p toy train-base: {exc}", file=sys.stderr)
         return 130
     for name, path in result.items():
         print(f"{name}: {path}")
