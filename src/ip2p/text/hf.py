@@ -97,7 +97,7 @@ class SplitTemperatureLogitsWarper(LogitsProcessor):
 
     A triplet's diversity is in its instruction; its edited caption is a function of the caption and the
     instruction, which a small model copies more faithfully without sampling noise (the toy language model:
-    ``python -m ip2p.toy.lm --caption-temperature``).
+    ``ip2p toy lm-validity --caption-temperature``).
     """
 
     def __init__(

@@ -4,7 +4,7 @@ It plays GPT-3's part for the toy world: ``ip2p finetune-text --preset toy`` tra
 path as a real model, and ``ip2p gen-text --model runs/toy-lm`` writes triplets with it. Because toy captions and
 instructions have exact meanings, its output can be checked: a triplet is *valid* when the edited caption describes
 exactly the scene that the instruction makes of the input caption's scene (:func:`lm_validity`, or
-``python -m ip2p.toy.lm MODEL``, measures the share on held-out captions).
+``ip2p toy lm-validity MODEL``, measures the share on held-out captions).
 
 GPT-3 came to its 700 examples knowing English; a model trained from scratch on 700 strings memorises them (3% valid
 triplets on held-out captions after 25 epochs). The toy preset therefore re-phrases each seed triplet every epoch
@@ -343,48 +343,6 @@ def lm_validity(
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ip2p.toy.lm MODEL_DIR [--n N]``: measure a toy LM's validity on held-out toy captions."""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("model", help="a folder saved by `ip2p finetune-text --preset toy`")
-    parser.add_argument("--n", type=int, default=300, help="held-out captions (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    parser.add_argument(
-        "--output", default=None, help="where to write the triplets (default: MODEL/eval.jsonl)"
-    )
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=0.7,
-        help="sampling temperature (default: %(default)s, the paper's)",
-    )
-    parser.add_argument(
-        "--caption-temperature",
-        type=float,
-        default=None,
-        help="the edited caption's temperature, after the instruction; 0: greedy (default: --temperature)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        result = lm_validity(
-            args.model,
-            n=args.n,
-            seed=args.seed,
-            output=args.output,
-            device=args.device,
-            temperature=args.temperature,
-            caption_temperature=args.caption_temperature,
-        )
-    except ValueError as e:
-        parser.error(str(e))
-    print(json.dumps(result, indent=2))
-    return 0
-
-
 def build_for_finetune(config) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """``finetune-text --model toy``: the toy tokenizer and a fresh toy LM shaped by ``config.toy_layers`` and
     ``config.toy_width``, initialised from ``config.seed`` (the registry's language-model builder)."""
@@ -397,7 +355,3 @@ def build_for_finetune(config) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFas
         width=config.toy_width,
     )
     return model, tokenizer
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
