@@ -84,7 +84,7 @@ class AppDefaults:
     @classmethod
     def from_config(cls, config: EditConfig) -> AppDefaults:
         """The controls at ``config``'s values: a pipeline's ``config_for()``, i.e. its model's own settings (the
-        toy editor's 64 px, 20 steps, text 3, image 2) or the paper's."""
+        toy editor's 64 px, 4 steps, text 3, image 2) or the paper's."""
         return cls(
             steps=config.num_inference_steps,
             text_guidance=config.text_guidance_scale,

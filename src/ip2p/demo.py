@@ -1,6 +1,6 @@
 """The demo: render a toy-world scene, edit it by an instruction, write before/after pictures.
 
-The edit runs at the model's own settings (the bundled toy editor's ``edit_settings.json``: 64 px, 20 steps, text
+The edit runs at the model's own settings (the bundled toy editor's ``edit_settings.json``: 64 px, 4 steps, text
 guidance 3, image guidance 2), so the demo holds no preset of its own. Heavy imports happen inside the functions.
 """
 

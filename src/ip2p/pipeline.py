@@ -75,7 +75,7 @@ class EditPipeline:
 
     Example:
         >>> pipe = EditPipeline.from_pretrained("toy")
-        >>> result = pipe(image, "make the circle green", seed=0)  # the toy editor's 64 px, 20 steps, 3 / 2
+        >>> result = pipe(image, "make the circle green", seed=0)  # the toy editor's 64 px, 4 steps, 3 / 2
         >>> result.images[0].save("edited.png")
     """
 
