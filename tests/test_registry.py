@@ -162,9 +162,16 @@ def test_a_named_model_brings_its_evaluation_defaults():
     from ip2p.evaluate.config import EvalRunConfig
 
     toy = EvalRunConfig(output="o", model="toy").resolved()
-    assert (toy.steps, toy.resolution, toy.clip, toy.base, toy.test_set) == (20, 64, "toy", "toy", "toy:300")
-    mine = EvalRunConfig(output="o", model="toy", steps=5, test_set="toy-val:10").resolved()
-    assert (mine.steps, mine.test_set, mine.resolution) == (5, "toy-val:10", 64)
+    assert (toy.clip, toy.base, toy.test_set, toy.sdedit_steps) == ("toy", "toy", "toy:300", 20)
+    # The editor samples as its edit_settings.json says; the paper sweep's fixed text scale is the model's.
+    assert (toy.steps, toy.resolution, toy.scheduler) == (4, 64, "euler_ancestral")
+    assert toy.text_guidance == [3.0] and toy.image_guidance is None
+    assert EvalRunConfig(output="o", model="toy", sweep="text").resolved().image_guidance == [2.0]
+    mine = EvalRunConfig(
+        output="o", model="toy", steps=5, test_set="toy-val:10", text_guidance=[7.5]
+    ).resolved()
+    assert (mine.steps, mine.sdedit_steps, mine.test_set, mine.resolution) == (5, 5, "toy-val:10", 64)
+    assert mine.text_guidance == [7.5]
     other = EvalRunConfig(output="o", model="some/folder").resolved()
     assert (other.steps, other.resolution, other.base, other.test_set) == (100, 512, None, None)
     assert other.clip == "openai/clip-vit-large-patch14"

@@ -1,8 +1,9 @@
 """``ip2p evaluate``'s settings (torch-free, its flags built from them) and the one call that runs them.
 
 :class:`EvalRunConfig` holds what the command line sets: the models, the test set, the methods and their sweeps,
-the reference points. :func:`run_evaluation` resolves a named model's evaluation defaults (``ip2p.registry``: the
-toy world's are 64 px, 20 steps, its CLIP, base model and ``toy:300``), chooses the device (one GPU per process
+the reference points. :func:`run_evaluation` fills what is unset: the editor's sampling from the settings its model carries
+(``edit_settings.json``), the rest from a named model's evaluation defaults (``ip2p.registry``: the toy world's
+are its CLIP, base model, ``toy:300`` and 20 SDEdit steps), then the paper's; it chooses the device (one GPU per process
 under ``accelerate launch``), builds the methods and runs :func:`ip2p.evaluate.run.evaluate`.
 
 Example::
@@ -98,8 +99,8 @@ class EvalRunConfig:
         default=None,
     )
     sweep: str = option(
-        "paper: text 7.5, image 1.0-2.2 by 0.2; text: text 3-12.5 at image 1.5; grid: every pair of "
-        "--text-guidance and --image-guidance",
+        "paper: text 7.5 (or the editor's edit_settings.json), image 1.0-2.2 by 0.2; text: text 3-12.5 at "
+        "image 1.5 (or the editor's); grid: every pair of --text-guidance and --image-guidance",
         default="paper",
         choices=SWEEPS,
     )
@@ -113,15 +114,27 @@ class EvalRunConfig:
         "SDEdit strengths (default: 0.3:0.9:0.1, the paper's)", default=None, parse=parse_floats
     )
     sdedit_guidance: float = option("SDEdit's text guidance", default=7.5)
-    steps: int | None = option("sampler steps (default: 100; 20 for the toy model)", default=None)
-    scheduler: str | None = option("sampler for both methods (default: each model's own)", default=None)
+    steps: int | None = option(
+        "sampler steps of both methods (default: the editor's edit_settings.json, else 100; SDEdit: "
+        "--sdedit-steps)",
+        default=None,
+    )
+    sdedit_steps: int | None = option(
+        "SDEdit's sampler steps (default: --steps where given, else the named model's evaluation default: 20 "
+        "for toy, else 100)",
+        default=None,
+    )
+    scheduler: str | None = option(
+        "sampler for both methods (default: the editor's edit_settings.json, else each model's own)",
+        default=None,
+    )
     guidance_rescale: Floats | None = option(
         "the editor's guidance rescale(s), 0-1, each crossed with the guidance scales (default: 0, off)",
         default=None,
         parse=parse_floats,
     )
     resolution: int | None = option(
-        "long side of the inputs (default: 512; 64 for the toy model)", default=None
+        "long side of the inputs (default: the editor's edit_settings.json, else 512)", default=None
     )
     clip: str | None = option(
         "CLIP for the metrics: a folder, hub id or 'toy' (default: openai/clip-vit-large-patch14; 'toy' for "
@@ -145,22 +158,43 @@ class EvalRunConfig:
         return [m.strip() for m in self.metrics.split(",") if m.strip() and m.strip() != "none"]
 
     def resolved(self) -> EvalRunConfig:
-        """A copy with every unset field filled: the named model's evaluation defaults, then the paper's."""
+        """A copy with every unset field filled: for the editor's sampling, the settings its model carries
+        (``edit_settings.json``), then the named model's evaluation defaults, then the paper's; for the rest,
+        the named model's evaluation defaults, then the paper's."""
+        from ip2p.edit_settings import read_edit_settings
         from ip2p.registry import MODELS
 
         named = MODELS.find(self.model)
-        given = (named.eval_defaults if named is not None else {}) | {
+        defaults = named.eval_defaults if named is not None else {}
+        model = read_edit_settings(self.model) if "ip2p" in self.method_names() else {}
+        given = defaults | {
+            "steps": model.get("num_inference_steps"),
+            "resolution": model.get("resolution"),
+            "scheduler": model.get("scheduler"),
+        }
+        given = {k: v for k, v in given.items() if v is not None}
+        given |= {
             k: v
-            for k in ("steps", "resolution", "clip", "base", "test_set")
+            for k in ("steps", "resolution", "clip", "base", "test_set", "scheduler")
             if (v := getattr(self, k)) is not None
         }
+        # The sweeps' fixed scale is the editor's own where its model names one (the paper's 7.5 and 1.5 else).
+        text, image = self.text_guidance, self.image_guidance
+        if self.sweep == "paper" and text is None and "text_guidance_scale" in model:
+            text = [model["text_guidance_scale"]]
+        if self.sweep == "text" and image is None and "image_guidance_scale" in model:
+            image = [model["image_guidance_scale"]]
         return replace(
             self,
             steps=given.get("steps", FALLBACK_STEPS),
+            sdedit_steps=self.sdedit_steps or self.steps or defaults.get("steps", FALLBACK_STEPS),
+            scheduler=given.get("scheduler"),
             resolution=given.get("resolution", FALLBACK_RESOLUTION),
             clip=given.get("clip", FALLBACK_CLIP),
             base=given.get("base"),
             test_set=given.get("test_set"),
+            text_guidance=text,
+            image_guidance=image,
         )
 
     def validate(self) -> None:
@@ -184,7 +218,7 @@ class EvalRunConfig:
             raise EvaluationError(
                 f"--scheduler: unknown {self.scheduler!r}; choose from {', '.join(sorted(SCHEDULERS))}"
             )
-        for name in ("batch_size", "steps", "resolution"):
+        for name in ("batch_size", "steps", "sdedit_steps", "resolution"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise EvaluationError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -274,8 +308,8 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
                 components,
                 cfg.strengths or SDEDIT_STRENGTHS,
                 guidance_scale=cfg.sdedit_guidance,
-                steps=cfg.steps,
-                scheduler=cfg.scheduler,
+                steps=cfg.sdedit_steps,
+                scheduler=config.scheduler,
                 device=device,
                 dtype=cfg.dtype,
             )
