@@ -421,6 +421,7 @@ def test_cli_evaluate_tiny(tmp_path, tiny_model_dir, tiny_clip_dir, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_records_of_one(tmp_path, tiny_model_dir, tiny_clip_dir):
     """`accelerate launch` splits the items over processes; together they write what one process writes."""
     import os

@@ -443,6 +443,7 @@ def _flags(base_model, pairs, out, steps=6):
     ]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(base_model, pairs, tmp_path):
     straight = tmp_path / "straight"
     assert _cli(_flags(base_model, pairs, straight)).wait(timeout=240) == 0
@@ -482,6 +483,7 @@ def test_cached_latents_train_like_the_uncached_path(base_model, pairs, tmp_path
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(base_model, pairs, tmp_path):
     common = [
         "--base-model",

@@ -169,6 +169,7 @@ def test_job_array_shards_union_to_the_single_run(straight, triplets_file, tiny_
     assert _content(out) == _content(straight[0])
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_work_without_overlap(straight, triplets_file, tiny_clip_dir, tmp_path):
     out = tmp_path / "two"
     run = subprocess.run(

@@ -16,11 +16,14 @@ import pytest
 
 from ip2p.toy.plugin import toy_model_path
 
-pytestmark = pytest.mark.skipif(
-    not (toy_model_path("editor") / "model_index.json").is_file()
-    or not (toy_model_path("base") / "model_index.json").is_file(),
-    reason="the toy editor and base are not bundled in this checkout",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (toy_model_path("editor") / "model_index.json").is_file()
+        or not (toy_model_path("base") / "model_index.json").is_file(),
+        reason="the toy editor and base are not bundled in this checkout",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "toy_base_cpu.sh"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_cpu_recipe_script_trains_every_stage_and_measures_them(tmp_path):
     ip2p = Path(sys.executable).with_name("ip2p")

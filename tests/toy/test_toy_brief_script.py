@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "toy_brief.sh"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_brief_script_fine_tunes_measures_and_compares(tmp_path):
     bin_dir = Path(sys.executable).parent
