@@ -1,5 +1,8 @@
 """Write docs/app.png: the web app after a real edit of a toy-world example, seen by headless Chromium.
 
+The settings are left where the app starts them, at the model's own `edit_settings.json` (the bundled toy
+editor's: 4 steps, 64 px, text guidance 3, image guidance 2, Euler ancestral); only the seed is fixed.
+
     .venv/bin/python docs/make_app_screenshot.py            # model 'auto': the toy editor where bundled
     .venv/bin/python docs/make_app_screenshot.py --model tiny
 
