@@ -13,6 +13,7 @@ from ip2p.fileio import (
     atomic_dir,
     atomic_path,
     atomic_write,
+    restore_dir,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -192,3 +193,18 @@ def test_atomic_dir_onto_a_link_fails_and_leaves_nothing(tmp_path):
         with atomic_dir(tmp_path / "link") as tmp:
             (tmp / "x").write_text("x")
     assert sorted(os.listdir(tmp_path)) == ["link", "real"] and os.listdir(tmp_path / "real") == []
+
+
+def test_restore_dir_puts_back_a_folder_moved_aside_by_a_crash(tmp_path):
+    path = tmp_path / "ckpt"
+    with atomic_dir(path) as tmp:
+        (tmp / "a").write_text("old")
+    assert restore_dir(path) is False  # nothing to repair
+    # A process killed between atomic_dir's two renames leaves the old folder aside and none at ``path``.
+    os.replace(path, tmp_path / ".ckpt.x1y2.old")
+    assert restore_dir(path) is True and (path / "a").read_text() == "old"
+    assert os.listdir(tmp_path) == ["ckpt"]
+    (tmp_path / ".ckpt.a.old").mkdir()
+    os.replace(path, tmp_path / ".ckpt.b.old")
+    with pytest.raises(FileExistsError, match="several folders"):
+        restore_dir(path)

@@ -14,8 +14,6 @@ from ip2p.harness import (
     Checkpointer,
     Deadline,
     Interrupted,
-    atomic_folder,
-    atomic_write,
     keep_newest,
     numbered,
     prefixed,
@@ -125,28 +123,6 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
         "checkpoint-3",
         "checkpoint-x",
     ]
-
-
-def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
-    def write(text, fail=False):
-        def do(tmp):
-            with open(tmp, "w") as f:
-                f.write(text)
-            if fail:
-                raise RuntimeError("disk full")
-
-        return do
-
-    atomic_write(tmp_path / "a" / "f.txt", write("one"))
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_write(tmp_path / "a" / "f.txt", write("two", fail=True))
-    assert (tmp_path / "a" / "f.txt").read_text() == "one" and len(list((tmp_path / "a").iterdir())) == 1
-    with atomic_folder(tmp_path / "model") as tmp:
-        (tmp / "weights").write_text("v1")
-    with pytest.raises(RuntimeError, match="killed"), atomic_folder(tmp_path / "model") as tmp:
-        (tmp / "weights").write_text("half")
-        raise RuntimeError("killed")
-    assert (tmp_path / "model" / "weights").read_text() == "v1" and len(list(tmp_path.iterdir())) == 2
 
 
 def test_step_batches_from_worker_processes_equal_those_made_here():

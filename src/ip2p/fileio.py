@@ -211,3 +211,24 @@ def _replace_dir(new: Path, path: Path) -> None:
         os.replace(old, path)  # put the old folder back
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_dir(path: str | os.PathLike) -> bool:
+    """Put back the old folder that :func:`atomic_dir` had moved aside when the process died between its two
+    renames (``path`` missing, ``.{name}.*.old`` beside it); True if it did. Call it before reading ``path``.
+
+    Raises:
+        FileExistsError: several such folders lie beside ``path``, and which one was last is not known.
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return False
+    aside = [p for p in path.parent.glob(f".{path.name}.*.old") if p.is_dir()]
+    if len(aside) > 1:
+        raise FileExistsError(
+            f"{path} is missing and several folders were moved aside from it: {sorted(aside)}"
+        )
+    if not aside:
+        return False
+    os.replace(aside[0], path)
+    return True

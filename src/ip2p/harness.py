@@ -36,31 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ip2p.fileio import atomic_dir, atomic_path
+from ip2p.fileio import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
     import torch
 
 
 # ---------------------------------------------------------------------------
-# Atomic files and folders
+# Numbered entries (checkpoints), the newest kept
 # ---------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``: readers never see a
-    partial file, and a failed write leaves nothing behind (``ip2p.fileio.atomic_path``)."""
-    with atomic_path(path) as tmp:
-        write(str(tmp))
-
-
-def atomic_folder(
-    folder: str | os.PathLike, prefix: str | None = None
-) -> contextlib.AbstractContextManager[Path]:
-    """A temporary folder beside ``folder`` to fill; when the block ends without an error it replaces ``folder``,
-    otherwise it is deleted (``ip2p.fileio.atomic_dir``; ``prefix`` is unused: temporary names are
-    ``.{name}.*.tmp``)."""
-    return atomic_dir(folder)
 
 
 def numbered(folder: str | os.PathLike, prefix: str, suffix: str = "") -> list[tuple[int, Path]]:
@@ -122,12 +106,12 @@ class Checkpointer:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-        atomic_write(self.weights_path(step), lambda tmp: save_file(tensors, tmp))
+        with atomic_path(self.weights_path(step)) as tmp:
+            save_file(tensors, tmp)
         full = dict(state, step=step, torch_rng=torch.get_rng_state(), python_rng=random.getstate())
-        atomic_write(self.folder / f"step-{step}.pt", lambda tmp: torch.save(full, tmp))
-        atomic_write(
-            self.folder / "latest.json", lambda tmp: Path(tmp).write_text(json.dumps({"step": step}))
-        )
+        with atomic_path(self.folder / f"step-{step}.pt") as tmp:
+            torch.save(full, tmp)
+        write_json_atomic(self.folder / "latest.json", {"step": step}, indent=None)
         keep_newest(self.folder, "step-", self.keep, (".safetensors", ".pt"))
 
     def load(self, step: int | None = None) -> tuple[dict[str, torch.Tensor], dict] | None:

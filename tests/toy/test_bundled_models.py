@@ -21,9 +21,11 @@ pytestmark = pytest.mark.skipif(
 def pipe():
     from diffusers import StableDiffusionPipeline
 
-    from ip2p.toy.base.common import PIPELINE_KWARGS
+    from ip2p.models import pipeline_kwargs
 
-    pipe = StableDiffusionPipeline.from_pretrained(BASE, local_files_only=True, **PIPELINE_KWARGS)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        BASE, local_files_only=True, **pipeline_kwargs(StableDiffusionPipeline)
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -311,8 +311,8 @@ def test_clip_vision_tunes_the_image_tower_alone_and_resumes_exactly(trained, tm
     assert all(
         torch.equal(after[k], resumed_clip[k]) for k in after
     )  # the resumed run ends where the straight one does
-    # cut between the two renames of the final swap: the next run puts clip/ back
-    (resumed / "clip").rename(resumed / ".clip.replaced")
+    # cut between the two renames of the final swap (ip2p.fileio.atomic_dir): the next run puts clip/ back
+    (resumed / "clip").rename(resumed / ".clip.x1y2.old")
     train_stages(resumed, "cpu", preset("test"), tiny_settings(clip_vision_steps=2), stages=("clip_vision",))
     assert (resumed / "clip" / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="run the clip stage first"):

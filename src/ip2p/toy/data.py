@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ip2p.harness import atomic_write
+from ip2p.fileio import atomic_write, write_json_atomic
 
 from .scene import BACKGROUNDS, COLORS, KINDS, SIZES, STYLES, Scene, Shape, random_scene
 
@@ -109,14 +109,10 @@ def load_dataset(work: Path, n: int, seed: int) -> tuple[np.ndarray, list[Scene]
             for i in tqdm(range(0, n, 1000), desc="render scenes", leave=False)
         ]
     )
-
-    def save_npy(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, images)
-
-    atomic_write(images_path, save_npy)
+    with atomic_write(images_path, "wb") as f:
+        np.save(f, images)
     meta = {"n": n, "seed": seed, "scenes": [scene_to_list(s) for s in scenes]}
-    atomic_write(scenes_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    write_json_atomic(scenes_path, meta, indent=None)
     return images, scenes
 
 

@@ -8,11 +8,8 @@ position to its shape (the bar it must pass is retrieval against such distractor
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from ip2p.fileio import atomic_dir, restore_dir, write_json_atomic
 from ip2p.harness import (
     Checkpointer,
-    atomic_folder,
-    atomic_write,
     optimizer_to,
     prefixed,
     run_steps,
@@ -292,11 +288,11 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
         image_std=[0.5, 0.5, 0.5],
         do_convert_rgb=True,
     )
-    with atomic_folder(final, prefix=".clip.") as tmp:
+    with atomic_dir(final) as tmp:
         clip.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-    (work / "settings.json").write_text(json.dumps(settings_record(cfg, settings, done), indent=1))
+    write_json_atomic(work / "settings.json", settings_record(cfg, settings, done), indent=1)
     return final
 
 
@@ -324,9 +320,8 @@ def train_clip_vision(
     final = clip_final_path(out_dir)
     done_path = clip_vision_done_path(out_dir)
     work = done_path.parent
-    source, backup = work / "start", final.parent / ".clip.replaced"
-    if backup.is_dir() and not final.exists():  # a swap below was cut between its two renames
-        os.replace(backup, final)
+    source = work / "start"
+    restore_dir(final)  # a swap below cut between its two renames
     if done_path.is_file():
         return final
     if not (final / "config.json").is_file():
@@ -403,18 +398,8 @@ def train_clip_vision(
 
     done = run_steps("clip_vision", total, start, step_fn, save_fn, settings.ckpt_every, settings.threads)
     clip = use_attention(clip.to("cpu").eval(), "sdpa")
-    tmp = Path(tempfile.mkdtemp(prefix=".clip.", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:  # two renames: a crash between them is repaired when the stage runs again
         shutil.copytree(source, tmp, dirs_exist_ok=True)  # tokenizer and image processor
         clip.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(final, backup)  # two renames: a crash between them is repaired when the stage runs again
-        os.replace(tmp, final)
-        shutil.rmtree(backup)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write(
-        done_path, lambda p: Path(p).write_text(json.dumps(settings_record(cfg, settings, done), indent=1))
-    )
+    write_json_atomic(done_path, settings_record(cfg, settings, done), indent=1)
     return final

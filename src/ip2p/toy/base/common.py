@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from ip2p.harness import atomic_folder
+from ip2p.fileio import atomic_dir
+from ip2p.text_encoding import tokenize_prompts
 
 from ..models import BaseModelConfig, preset
 from .config import TrainSettings
-
-PIPELINE_KWARGS = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
 
 # ---------------------------------------------------------------------------
 # The run folder (see ip2p.toy.base for its layout)
@@ -118,12 +116,14 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def tokenize(tokenizer, texts: list[str], device: torch.device, pad_to_max: bool) -> torch.Tensor:
-    """Token ids (N, L): padded to the batch's longest text, or to ``model_max_length`` (the UNet's conditioning,
-    as StableDiffusionPipeline computes it)."""
+    """Token ids (N, L): padded to ``model_max_length`` (the UNet's conditioning, as StableDiffusionPipeline
+    computes it: :func:`ip2p.text_encoding.tokenize_prompts`), or to the batch's longest text.
+
+    The CLIP stage pads to the longest text on purpose: its text tower is causal and pools at the EOS token, so
+    the embeddings are the same and the shorter batches cost less."""
     if pad_to_max:
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
-    else:
-        ids = tokenizer(texts, padding="longest", max_length=tokenizer.model_max_length, truncation=True)
+        return tokenize_prompts(tokenizer, texts).to(device)
+    ids = tokenizer(texts, padding="longest", max_length=tokenizer.model_max_length, truncation=True)
     return torch.tensor(ids.input_ids, device=device)
 
 
@@ -134,7 +134,7 @@ def tokenize(tokenizer, texts: list[str], device: torch.device, pad_to_max: bool
 
 def save_pretrained_atomic(obj, folder: Path) -> None:
     """``obj.save_pretrained`` (safetensors where it can) into a temporary folder renamed to ``folder``."""
-    with atomic_folder(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         obj.save_pretrained(tmp, **({"safe_serialization": True} if _accepts_safe(obj) else {}))
 
 
@@ -147,5 +147,5 @@ def _accepts_safe(obj) -> bool:
 
 def atomic_copytree(src: Path, dest: Path) -> None:
     """A copy of the folder ``src`` at ``dest``, which appears whole or not at all."""
-    with atomic_folder(dest) as tmp:
+    with atomic_dir(dest) as tmp:
         shutil.copytree(src, tmp, dirs_exist_ok=True)

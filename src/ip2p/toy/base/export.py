@@ -12,7 +12,6 @@ from ip2p.harness import Checkpointer, unprefixed
 
 from ..models import build_unet
 from .common import (
-    PIPELINE_KWARGS,
     atomic_copytree,
     base_final_path,
     clip_final_path,
@@ -55,8 +54,12 @@ def export_bundle(out_dir: Path, dest: Path) -> dict[str, Path]:
     """
     from diffusers import StableDiffusionPipeline
 
+    from ip2p.models import pipeline_kwargs
+
     out_dir, dest = Path(out_dir), Path(dest)
-    pipe = StableDiffusionPipeline.from_pretrained(base_final_path(out_dir), **PIPELINE_KWARGS)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        base_final_path(out_dir), **pipeline_kwargs(StableDiffusionPipeline)
+    )
     pipe.unet.to(torch.float16)
     pipe.vae.to(torch.float16)
     save_pretrained_atomic(pipe, dest / "base")

@@ -4,12 +4,13 @@ optional export of the bundle. :func:`train_base` is the library entry behind ``
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from ip2p.fileio import write_json_atomic
 
 from ..models import BaseModelConfig
 from .clip import train_clip, train_clip_vision
@@ -62,8 +63,7 @@ def train_stages(
     record = out_dir / "work" / "config.json"
     if cfg is None:
         cfg = load_config(out_dir, "toy")
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    write_json_atomic(record, dataclasses.asdict(cfg), indent=1)
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     out: dict[str, Path] = {}

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ip2p.fileio import atomic_path, write_json_atomic
 from ip2p.harness import (
     Checkpointer,
-    atomic_write,
     optimizer_to,
     prefixed,
     run_steps,
@@ -29,7 +29,6 @@ from ip2p.harness import (
 from ..data import load_dataset, to_tensor, unet_captions
 from ..models import BaseModelConfig, build_scheduler, build_unet, count_parameters
 from .common import (
-    PIPELINE_KWARGS,
     autocast,
     base_final_path,
     clip_final_path,
@@ -63,7 +62,8 @@ def _cached_latents(work: Path, vae, images: np.ndarray, device: torch.device) -
         if len(lat) == len(images):
             return lat
     lat = encode_latents(vae, images, device, desc="cache latents")
-    atomic_write(path, lambda tmp: save_file({"latents": lat.contiguous()}, tmp))
+    with atomic_path(path) as tmp:
+        save_file({"latents": lat.contiguous()}, tmp)
     return lat
 
 
@@ -101,7 +101,7 @@ def check_unet_start(work: Path, settings: TrainSettings) -> Path | None:
             f"{work} holds a UNet stage started {_started(recorded)}, not {_started(wanted)}: pass the same "
             f"--unet-init, or delete {work} to start again"
         )
-    atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps({"unet_init": wanted})))
+    write_json_atomic(record, {"unet_init": wanted}, indent=None)
     return unet_init_path(wanted) if wanted else None
 
 
@@ -242,7 +242,7 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     save_base_pipeline(
         final, vae, text_encoder, tokenizer, unet.to("cpu").eval(), cfg, base_scheduler(cfg, init)
     )
-    (work / "settings.json").write_text(json.dumps(settings_record(cfg, settings, done), indent=1))
+    write_json_atomic(work / "settings.json", settings_record(cfg, settings, done), indent=1)
     return final
 
 
@@ -262,15 +262,16 @@ def save_base_pipeline(
     the padding and truncation that training's calls left in it."""
     from diffusers import StableDiffusionPipeline
 
+    from ip2p.models import EditComponents, build_pipeline
     from ip2p.tokenization import without_call_state
 
-    pipe = StableDiffusionPipeline(
+    components = EditComponents(
+        unet=unet.to("cpu"),
         vae=vae.to("cpu"),
         text_encoder=text_encoder.to("cpu"),
         tokenizer=without_call_state(tokenizer),
-        unet=unet.to("cpu"),
         scheduler=build_scheduler(cfg.scheduler) if scheduler is None else scheduler,
-        **PIPELINE_KWARGS,
     )
+    pipe = build_pipeline(StableDiffusionPipeline, components)
     save_pretrained_atomic(pipe, Path(folder))
     return Path(folder)

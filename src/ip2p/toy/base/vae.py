@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ip2p.fileio import write_json_atomic
 from ip2p.harness import Checkpointer, optimizer_to, prefixed, run_steps, unprefixed
 
 from ..data import load_dataset, to_tensor
@@ -99,7 +99,7 @@ def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, devi
         )
     vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
     save_pretrained_atomic(vae.to("cpu"), final)
-    (work / "vae" / "settings.json").write_text(json.dumps(settings_record(cfg, settings), indent=1))
+    write_json_atomic(work / "vae" / "settings.json", settings_record(cfg, settings), indent=1)
     assert AutoencoderKL  # the saved folder loads with AutoencoderKL.from_pretrained
     return final
 
