@@ -242,9 +242,7 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
     Raises:
         EvaluationError: a setting, test set or method cannot be used (``ModelLoadError`` for models).
     """
-    from accelerate import PartialState
-
-    from ip2p.devices import pick_device
+    from ip2p.devices import pick_device, process_device
     from ip2p.evaluate.items import EvaluationError
     from ip2p.evaluate.methods import (
         REFERENCES,
@@ -271,9 +269,7 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
         note("note: no --base given, so the SDEdit baseline is skipped")
     if not cfg.test_set:
         raise EvaluationError(f"--test-set is required: the model {cfg.model!r} names no test set of its own")
-    state = PartialState(cpu=cfg.device == "cpu")
-    # Under `accelerate launch` each process takes its own GPU; "auto" or "cuda" would put all on the first.
-    device = str(state.device) if state.num_processes > 1 and cfg.device in ("auto", "cuda") else cfg.device
+    device = process_device(cfg.device)  # under `accelerate launch`, each process's own GPU
     run = EvalConfig(
         output=cfg.output,
         test_set=cfg.test_set,

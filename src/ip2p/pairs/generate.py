@@ -267,7 +267,7 @@ def generate_pairs(
     """
     from tqdm.auto import tqdm
 
-    from ip2p.devices import pick_device, pick_dtype
+    from ip2p.devices import pick_device, pick_dtype, process_device
 
     config.validate()
     triplets = read_triplets(config.triplets)[: config.limit]
@@ -289,9 +289,8 @@ def generate_pairs(
     ]
 
     if todo:
-        # accelerate gives each process its own GPU; a bare "cuda" would put them all on the first.
-        per_process = config.device == "auto" or (config.device == "cuda" and state.num_processes > 1)
-        device = state.device if per_process else pick_device(config.device)
+        # under `accelerate launch`, each process's own GPU ("auto" or "cuda" would put them all on the first)
+        device = pick_device(process_device(config.device))
         dtype = pick_dtype(device, config.dtype)
         if components is None:
             from ip2p.models import load_pipeline_components
