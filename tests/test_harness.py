@@ -33,14 +33,12 @@ class TinyRun:
         self.model = torch.nn.Linear(4, 1)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=0.1)
         self.ckpt = Checkpointer(folder, keep=keep)
-        self.start = 0
         self.ran = []
-        loaded = self.ckpt.load()
-        if loaded is not None:
-            weights, state = loaded
-            self.model.load_state_dict(unprefixed("model", weights))
-            self.opt.load_state_dict(state["optimizer"])
-            self.start = int(state["step"])
+        self.start = self.ckpt.resume(  # 0 without a checkpoint
+            self.opt,
+            torch.device("cpu"),
+            lambda weights: self.model.load_state_dict(unprefixed("model", weights)),
+        )
 
     def step(self, step: int) -> float:
         self.ran.append(step)

@@ -8,12 +8,7 @@ the generators), so a resumed run equals an uninterrupted one bit for bit.
 Example::
 
     ckpt = Checkpointer(out / "checkpoints", keep=2)
-    start = 0
-    if (loaded := ckpt.load()) is not None:          # weights, then optimizer state and RNG states
-        weights, state = loaded
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = ckpt.resume(optimizer, device, model.load_state_dict)  # weights, optimizer state, RNG states; or 0
 
     def save(step):
         ckpt.save(step, model.state_dict(), {"optimizer": optimizer.state_dict()})
@@ -128,6 +123,24 @@ class Checkpointer:
         version, internal, gauss = state["python_rng"]  # torch.load gives back lists for tuples
         random.setstate((version, tuple(internal), gauss))
         return weights, state
+
+    def resume(
+        self,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        load_weights: Callable[[dict[str, torch.Tensor]], object],
+    ) -> int:
+        """Restore the latest checkpoint, if any (:meth:`load`): ``load_weights(weights)`` puts the models'
+        weights back, then the optimizer's state is loaded and moved to ``device``. Returns the step to start
+        at: the checkpoint's, or 0 where there is none."""
+        loaded = self.load()
+        if loaded is None:
+            return 0
+        weights, state = loaded
+        load_weights(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        optimizer_to(optimizer, device)
+        return int(state["step"])
 
 
 def prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

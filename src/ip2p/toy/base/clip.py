@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 from ip2p.fileio import atomic_dir, restore_dir, write_json_atomic
 from ip2p.harness import (
     Checkpointer,
-    optimizer_to,
     prefixed,
     run_steps,
     schedule_end,
@@ -218,15 +217,12 @@ def train_clip(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     params = [*clip.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=settings.clip_lr, weight_decay=0.05)
     ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
-    start = 0
-    loaded = ckpt.load()
-    if loaded is not None:
-        weights, state = loaded
+
+    def load_weights(weights: dict[str, torch.Tensor]) -> None:
         clip.load_state_dict(unprefixed("clip", weights))
         heads.load_state_dict(unprefixed("heads", weights))
-        opt.load_state_dict(state["optimizer"])
-        optimizer_to(opt, device)
-        start = int(state["step"])
+
+    start = ckpt.resume(opt, device, load_weights)
     print(
         f"CLIP: {count_parameters(clip) / 1e6:.2f}M parameters (text {count_parameters(clip.text_model) / 1e6:.2f}M), "
         f"vocabulary {len(tokenizer)}, max length {tokenizer.model_max_length}, resuming at step {start}",
@@ -347,17 +343,14 @@ def train_clip_vision(
     params = [p for p in clip.parameters() if p.requires_grad] + list(heads.image.parameters())
     opt = torch.optim.AdamW(params, lr=settings.clip_vision_lr, weight_decay=0.05)
     ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
-    start = 0
-    loaded = ckpt.load()
-    if loaded is not None:
-        weights, state = loaded
+
+    def load_weights(weights: dict[str, torch.Tensor]) -> None:
         missing, unexpected = clip.load_state_dict(unprefixed("vision", weights), strict=False)
         if unexpected or any(_is_vision_weight(k) for k in missing):
             raise ValueError(f"{ckpt.folder}: not a clip_vision checkpoint of this CLIP")
         heads.image.load_state_dict(unprefixed("heads", weights))
-        opt.load_state_dict(state["optimizer"])
-        optimizer_to(opt, device)
-        start = int(state["step"])
+
+    start = ckpt.resume(opt, device, load_weights)
     scenes = training_scenes(settings.n_scenes, settings.seed)
     print(
         f"CLIP image tower: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters, text tower frozen, "

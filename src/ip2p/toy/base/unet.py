@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from ip2p.fileio import atomic_path, write_json_atomic
 from ip2p.harness import (
     Checkpointer,
-    optimizer_to,
     prefixed,
     run_steps,
     schedule_end,
@@ -151,17 +150,15 @@ def train_unet(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, dev
     opt = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.01)
     noise_scheduler = DDPMScheduler.from_config(base_scheduler(cfg, init).config)
     ckpt = Checkpointer(work / "checkpoints", settings.keep_checkpoints)
-    start = 0
-    loaded = ckpt.load()
-    if loaded is not None:
-        weights, state = loaded
+
+    def load_weights(weights: dict[str, torch.Tensor]) -> None:
+        nonlocal ema
         unet.load_state_dict(unprefixed("unet", weights))
         # clone: fresh, aligned memory (safetensors tensors can sit at odd offsets, where SIMD kernels round
         # differently in the last bit)
         ema = {k: v.to(device).clone() for k, v in unprefixed("ema", weights).items()}
-        opt.load_state_dict(state["optimizer"])
-        optimizer_to(opt, device)
-        start = int(state["step"])
+
+    start = ckpt.resume(opt, device, load_weights)
     print(
         f"UNet: {count_parameters(unet) / 1e6:.2f}M parameters, {n} latents, resuming at step {start}",
         flush=True,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ip2p.fileio import write_json_atomic
-from ip2p.harness import Checkpointer, optimizer_to, prefixed, run_steps, unprefixed
+from ip2p.harness import Checkpointer, prefixed, run_steps, unprefixed
 
 from ..data import load_dataset, to_tensor
 from ..models import BaseModelConfig, build_vae, count_parameters
@@ -44,14 +44,7 @@ def train_vae(out_dir: Path, cfg: BaseModelConfig, settings: TrainSettings, devi
         vae.quant_conv.bias[cfg.vae.latent_channels :] = -8.0
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     ckpt = Checkpointer(work / "vae" / "checkpoints", settings.keep_checkpoints)
-    start = 0
-    loaded = ckpt.load()
-    if loaded is not None:
-        weights, state = loaded
-        vae.load_state_dict(unprefixed("vae", weights))
-        opt.load_state_dict(state["optimizer"])
-        optimizer_to(opt, device)
-        start = int(state["step"])
+    start = ckpt.resume(opt, device, lambda weights: vae.load_state_dict(unprefixed("vae", weights)))
     crop = settings.vae_crop or cfg.image_size
     print(
         f"VAE: {count_parameters(vae) / 1e6:.2f}M parameters, {n} scenes, resuming at step {start}",
@@ -127,14 +120,7 @@ def train_vae_decoder(
         vae.decoder.train()
         opt = torch.optim.AdamW(trainable, lr=settings.vae_lr * 0.5, weight_decay=0.0)
         ckpt = Checkpointer(work / "vae" / "decoder-checkpoints", settings.keep_checkpoints)
-        start = 0
-        loaded = ckpt.load()
-        if loaded is not None:
-            weights, state = loaded
-            vae.load_state_dict(unprefixed("vae", weights))
-            opt.load_state_dict(state["optimizer"])
-            optimizer_to(opt, device)
-            start = int(state["step"])
+        start = ckpt.resume(opt, device, lambda weights: vae.load_state_dict(unprefixed("vae", weights)))
         total = settings.vae_decoder_steps
         print(f"VAE decoder fine-tuning: {total} steps, resuming at step {start}", flush=True)
 
