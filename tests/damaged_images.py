@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, features
 
 # Headers in the corpus that claim too many pixels claim more than this; pass it as the loader's limit.
-MAX_PIXELS = 1_000_000
+MAX_PIXELS = 2_000_000
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,30 @@
 """Images in and out: loading with validation, the original resize policy, grids and PNGs with metadata.
 
-Every failure is an ``ImageError`` whose message is one line naming the file and what is wrong with it.
+:func:`load_image` is the one way an image enters ip2p (the command line, batch editing, the pipeline, datasets,
+evaluation, the web app). Every failure to decode is an :class:`ImageError` whose message is one line naming the
+file and saying which failure it is, by its subclass (and ``kind``): :class:`NotAnImageError`,
+:class:`UnsupportedImageError` (a format this installation cannot read, and what would read it),
+:class:`CorruptImageError` (truncated or corrupt data) and :class:`TooManyPixelsError`. Metadata never costs the
+pixels: EXIF that cannot be read or applied is ignored with an :class:`ImageWarning`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import EpsImagePlugin, Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from ip2p.fileio import atomic_write
 
@@ -27,53 +36,308 @@ ResizeMode = Literal["fit", "pad", "crop"]
 
 
 class ImageError(ValueError):
-    """An input or output image problem; the message names the file and the reason."""
+    """An input or output image problem; the message names the file and the reason.
+
+    ``kind`` says which: ``"not-image"``, ``"unsupported"``, ``"corrupt"``, ``"too-large"`` (the subclasses
+    below), ``"missing"`` (no such file) or ``"invalid"`` (anything else, e.g. an output that cannot be written).
+    """
+
+    kind = "invalid"
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
 
 
-def load_image(source: str | os.PathLike | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open and normalise an image to 8-bit RGB.
+class NotAnImageError(ImageError):
+    """The file is empty, a folder, or data that no image format recognises."""
 
-    EXIF orientation is applied; 16-bit, CMYK, palette and grayscale images are converted; transparency is
-    composited on white; animated images give their first frame.
+    kind = "not-image"
+
+
+class UnsupportedImageError(ImageError):
+    """An image format (or a variant of one) that this installation cannot decode; the message says what would."""
+
+    kind = "unsupported"
+
+
+class CorruptImageError(ImageError):
+    """A recognised format whose data is truncated or corrupt."""
+
+    kind = "corrupt"
+
+
+class TooManyPixelsError(ImageError):
+    """More pixels than the limit (a decompression-bomb guard)."""
+
+    kind = "too-large"
+
+
+class ImageWarning(UserWarning):
+    """Something about an image was ignored (e.g. unreadable EXIF) and the pixels were used as stored."""
+
+
+# What reads a format that Pillow recognises but cannot decode here, by Pillow's format name.
+_READERS = {
+    "EPS": "Ghostscript (the `gs` program)",
+    "WMF": "Pillow on Windows; elsewhere convert it to PNG first (e.g. with LibreOffice or Inkscape)",
+    "EMF": "Pillow on Windows; elsewhere convert it to PNG first (e.g. with LibreOffice or Inkscape)",
+    "HDF5": "h5py (HDF5 is a data container, not a picture: export the image as PNG first)",
+    "BUFR": "a BUFR decoder such as eccodes (export the image as PNG first)",
+    "GRIB": "a GRIB decoder such as eccodes or cfgrib (export the image as PNG first)",
+}
+# Formats Pillow does not recognise, by their leading bytes: (test, name, what would read it).
+_SIGNATURES = [
+    (
+        lambda head: head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1"),
+        "a HEIF/HEIC photo",
+        "the pillow-heif plugin",
+    ),
+    (
+        lambda head: head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"),
+        "an AVIF image",
+        "Pillow built with AVIF support",
+    ),
+    (
+        lambda head: head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")),
+        "a JPEG XL image",
+        "the pillow-jxl-plugin package",
+    ),
+    (
+        lambda head: head.startswith(b"%PDF"),
+        "a PDF document",
+        "a PDF renderer (export the page as PNG first)",
+    ),
+    (lambda head: head.startswith(b"%!PS"), "a PostScript file", "Ghostscript (the `gs` program)"),
+    (
+        lambda head: b"<svg" in head[:1024].lower(),
+        "an SVG vector image",
+        "a rasteriser such as cairosvg or Inkscape (export it as PNG first)",
+    ),
+]
+
+_show_decoder_messages = False
+_stderr_lock = threading.Lock()
+
+
+def show_decoder_messages(show: bool) -> None:
+    """Let decoders' own messages (libtiff's, written straight to the terminal) through, or keep them off it
+    (the default: a failure's message then carries them)."""
+    global _show_decoder_messages
+    _show_decoder_messages = show
+
+
+@contextlib.contextmanager
+def _captured_stderr(sink: list[str]) -> Iterator[None]:
+    """Hold what C libraries write to file descriptor 2 (libtiff prints its errors there) and append it to
+    ``sink``, unless :func:`show_decoder_messages` let them through."""
+    if _show_decoder_messages:
+        yield
+        return
+    with _stderr_lock, tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        try:
+            os.dup2(held.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            sink.extend(line for line in held.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+def load_image(
+    source: str | os.PathLike | bytes | IO[bytes] | Image.Image,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    name: str | None = None,
+) -> Image.Image:
+    """Open and normalise an image to 8-bit RGB: the one way an image enters ip2p.
+
+    EXIF orientation is applied (EXIF that cannot be read or applied is ignored with an :class:`ImageWarning`);
+    16-bit, CMYK, palette and grayscale images are converted; transparency is composited on white; animated
+    images give their first frame. A PIL image that is already decoded is not decoded again: it is only
+    converted to RGB (and checked against ``max_pixels``).
+
+    Args:
+        source: a path, the file's bytes, a binary file object, or a PIL image.
+        max_pixels: refuse images with more pixels (checked on the header, before decoding).
+        name: how messages name the image (default: its path, or "the image").
 
     Raises:
-        ImageError: the file is missing, empty, truncated, not an image, or larger than ``max_pixels``.
+        ImageError: one line naming the file; its subclass says which failure: :class:`NotAnImageError`,
+            :class:`UnsupportedImageError`, :class:`CorruptImageError`, :class:`TooManyPixelsError` (or the base
+            class with ``kind="missing"`` for a path that does not exist).
+
+    Example::
+
+        try:
+            image = load_image("photo.jpg")
+        except ImageError as exc:
+            print(exc.kind, exc)   # e.g. corrupt photo.jpg: truncated or corrupt JPEG data (...)
     """
     if isinstance(source, Image.Image):
-        image, name = source, "image"
-    else:
-        path = Path(source)
-        name = str(path)
-        if not path.exists():
-            raise ImageError(f"{name}: no such file")
+        return _decoded(source, max_pixels, name or getattr(source, "filename", "") or "the image")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "the image"
+        if len(source) == 0:
+            raise NotAnImageError(f"{label}: the file is empty")
+        return _decode(io.BytesIO(bytes(source)), max_pixels, label)
+    if hasattr(source, "read"):
+        return _decode(source, max_pixels, name or str(getattr(source, "name", "") or "the image"))
+    path = Path(source)
+    label = name or str(path)
+    try:
         if path.is_dir():
-            raise ImageError(f"{name}: is a folder, not an image")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name}: the file is empty")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(path)
-        except UnidentifiedImageError as exc:
-            raise ImageError(f"{name}: not an image file that PIL can read") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(f"{name}: too many pixels to be a safe image ({exc})") from exc
-        except OSError as exc:
-            raise ImageError(f"{name}: cannot be read ({exc})") from exc
-    width, height = image.size
+            raise NotAnImageError(f"{label}: is a folder, not an image")
+        handle = open(path, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file", kind="missing") from None
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})", kind="missing") from None
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise NotAnImageError(f"{label}: the file is empty")
+        return _decode(handle, max_pixels, label)
+
+
+def _decoded(image: Image.Image, max_pixels: int, name: str) -> Image.Image:
+    """A PIL image from the caller: opened lazily (``Image.open``) it is decoded here; decoded, only converted."""
+    if isinstance(image, ImageFile.ImageFile) and image.tile:  # tiles left to decode: not loaded yet
+        return _finish(image, max_pixels, name)
+    _check_size(image.size, max_pixels, name)
+    return _to_rgb_checked(image, name)
+
+
+def _decode(handle: IO[bytes], max_pixels: int, name: str) -> Image.Image:
+    head = handle.read(1024)
+    handle.seek(0)
+    try:
+        with warnings.catch_warnings():
+            # our own limit is checked on the header below; Pillow's (about 89 MP) would refuse what it allows
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter(
+                "ignore", UserWarning
+            )  # broken metadata: its loss is reported by _apply_exif
+            image = Image.open(handle)
+    except UnidentifiedImageError:
+        raise _unidentified(head, name) from None
+    except Exception as exc:
+        raise _failure(exc, name, _sniff_format(head)) from None
+    return _finish(image, max_pixels, name)
+
+
+def _sniff_format(head: bytes) -> str | None:
+    """The format whose signature ``head`` carries (Pillow's own tests), or None."""
+    Image.init()
+    for fmt, (_, accept) in Image.OPEN.items():
+        with contextlib.suppress(Exception):
+            if accept is not None and accept(head) is True:
+                return fmt
+    return None
+
+
+def _finish(image: Image.Image, max_pixels: int, name: str) -> Image.Image:
+    """Check, decode, orient and convert an opened image."""
+    fmt = image.format or "image"
+    _check_size(image.size, max_pixels, name)
+    _check_readable(image, name)
+    chatter: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            with _captured_stderr(chatter) if fmt == "TIFF" else contextlib.nullcontext():
+                image.load()
+    except Exception as exc:
+        raise _failure(exc, name, fmt, chatter) from None
+    _check_size(image.size, max_pixels, name)  # some formats pick their frame's size when loading (ICO, ICNS)
+    return _to_rgb_checked(_apply_exif(image, name), name)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int, name: str) -> None:
+    width, height = size
     if width * height > max_pixels:
-        raise ImageError(
+        raise TooManyPixelsError(
             f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
             "(raise it with --max-pixels if this image is trusted)"
         )
-    if width == 0 or height == 0:
-        raise ImageError(f"{name}: has a zero-sized side ({width}x{height})")
-    try:
-        image.load()
-        image = _to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{name}: truncated or corrupt image data ({exc})") from exc
+    if width <= 0 or height <= 0:
+        raise CorruptImageError(f"{name}: has a zero-sized side ({width}x{height})")
+
+
+def _check_readable(image: Image.Image, name: str) -> None:
+    """Refuse, before decoding, formats that Pillow recognises but has no decoder for here."""
+    fmt = image.format or ""
+    if fmt == "EPS" and not EpsImagePlugin.has_ghostscript():
+        raise UnsupportedImageError(
+            f"{name}: an EPS (PostScript) image; reading it needs {_READERS['EPS']}, which is not installed"
+        )
+    if isinstance(image, ImageFile.StubImageFile) and image._load() is None:
+        reader = _READERS.get(fmt, "a reader of this format (convert it to PNG first)")
+        raise UnsupportedImageError(
+            f"{name}: a file in the {fmt} format, which this installation cannot read; it needs {reader}"
+        )
+
+
+def _unidentified(head: bytes, name: str) -> ImageError:
+    for test, what, reader in _SIGNATURES:
+        if test(head):
+            return UnsupportedImageError(
+                f"{name}: {what}, which this installation cannot read; it needs {reader}"
+            )
+    fmt = _sniff_format(head)
+    if fmt is not None:  # its signature, but Pillow's reader gave up on the header
+        return CorruptImageError(f"{name}: truncated or corrupt {fmt} data (its header cannot be read)")
+    if not head.strip(b"\x00"):
+        return NotAnImageError(f"{name}: not an image (the file holds only zero bytes)")
+    return NotAnImageError(f"{name}: not an image file (no image format recognises its contents)")
+
+
+def _failure(exc: BaseException, name: str, fmt: str | None, chatter: list[str] = ()) -> ImageError:
+    """The typed error of a decoding failure (any exception a decoder raises)."""
+    if isinstance(exc, ImageError):
+        return exc
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return TooManyPixelsError(f"{name}: too many pixels to be a safe image ({exc})")
+    if isinstance(exc, MemoryError):
+        return TooManyPixelsError(f"{name}: too large to decode in the memory available")
+    what = f"{fmt} " if fmt and fmt != "image" else ""
+    if isinstance(exc, NotImplementedError):
+        return UnsupportedImageError(
+            f"{name}: a {what}variant that Pillow cannot decode ({exc}); convert it to PNG with another tool"
+        )
+    if isinstance(exc, OSError) and "Ghostscript" in str(exc):
+        return UnsupportedImageError(f"{name}: an EPS (PostScript) image; reading it needs {_READERS['EPS']}")
+    detail = "; ".join([str(exc) or type(exc).__name__, *chatter[:2]]).replace("\n", " ")
+    return CorruptImageError(f"{name}: truncated or corrupt {what}data ({detail})")
+
+
+def _apply_exif(image: Image.Image, name: str) -> Image.Image:
+    """Apply the EXIF orientation; EXIF that cannot be read or applied is ignored with one warning (the pixels
+    are good: a broken metadata block must not cost them)."""
+    problem = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = ImageOps.exif_transpose(image) or image
+        except Exception as exc:
+            problem = str(exc) or type(exc).__name__
+    problem = problem or next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), None)
+    if problem is not None:
+        problem = " ".join(problem.split())
+        warnings.warn(f"{name}: EXIF metadata ignored ({problem})", ImageWarning, stacklevel=4)
     return image
+
+
+def _to_rgb_checked(image: Image.Image, name: str) -> Image.Image:
+    try:
+        return _to_rgb(image)
+    except Exception as exc:
+        raise UnsupportedImageError(
+            f"{name}: pixels of mode {image.mode} cannot be converted to RGB ({exc})"
+        ) from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -163,7 +163,8 @@ class EditPipeline:
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
 
     def prepare(self, image: Image.Image | str, config: EditConfig) -> Prepared:
-        """Load (if a path) and resize the input per ``config``'s resolution and resize mode."""
+        """Load (if a path) and resize the input per ``config``'s resolution and resize mode. A decoded PIL image
+        (e.g. from :func:`ip2p.imaging.load_image`) is not decoded again: ``load_image`` only converts it to RGB."""
         return prepare_image(
             load_image(image),
             resolution=config.resolution,
