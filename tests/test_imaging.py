@@ -1,11 +1,18 @@
 import io
+import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
+from damaged_images import MAX_PIXELS, write_corpus
+from PIL import EpsImagePlugin, Image
 
 from ip2p.imaging import (
+    CorruptImageError,
     ImageError,
+    ImageWarning,
+    NotAnImageError,
+    TooManyPixelsError,
+    UnsupportedImageError,
     load_image,
     make_grid,
     original_edit_size,
@@ -140,3 +147,126 @@ def test_save_png_refuses_a_folder_and_an_unwritable_place(tmp_path):
 def test_grid_tiles_images():
     grid = make_grid([Image.new("RGB", (8, 8), c) for c in ("red", "blue", "green")], columns=2)
     assert grid.size == (16, 16)
+
+
+# -- the damaged corpus (tests/damaged_images.py) ------------------------------------------------------------------
+KINDS = {
+    "not-image": NotAnImageError,
+    "unsupported": UnsupportedImageError,
+    "corrupt": CorruptImageError,
+    "too-large": TooManyPixelsError,
+}
+
+
+def _sweep(folder, full):
+    """Every corpus file through load_image: it loads to RGB or raises the typed error, nothing else."""
+    outcomes = {}
+    for path, case in write_corpus(folder, full=full):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImageWarning)
+            try:
+                image = load_image(path, max_pixels=MAX_PIXELS)
+            except ImageError as exc:  # anything else fails the test with its traceback
+                message = str(exc)
+                assert type(exc) is KINDS[exc.kind], (case.name, exc.kind, type(exc))
+                assert message.startswith(f"{path}: ") and "\n" not in message, message
+                assert case.expect != "ok", f"{case.name} is a valid image, refused: {message}"
+                assert case.kind is None or exc.kind == case.kind, (case.name, exc.kind, message)
+                outcomes[case.name] = exc.kind
+                continue
+        assert case.expect != "refused", f"{case.name} should have been refused"
+        assert image.mode == "RGB" and min(image.size) > 0
+        outcomes[case.name] = "ok"
+    return outcomes
+
+
+def test_every_corpus_file_loads_or_raises_a_typed_error(tmp_path):
+    outcomes = _sweep(tmp_path, full=False)
+    assert set(outcomes.values()) == {"ok", "not-image", "unsupported", "corrupt", "too-large"}
+
+
+@pytest.mark.slow
+def test_the_full_corpus_loads_or_raises_a_typed_error(tmp_path):
+    outcomes = _sweep(tmp_path, full=True)
+    assert len(outcomes) > 300
+
+
+def _corpus_file(tmp_path, name):
+    return dict((case.name, path) for path, case in write_corpus(tmp_path))[name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "exif_truncated.jpg",
+        "exif_invalid.webp",
+        "exif_truncated.png",
+        "exif_invalid_header.jpg",
+        "exif_truncated_dpi.jpg",
+    ],
+)
+def test_broken_exif_costs_a_warning_never_the_pixels(tmp_path, name):
+    path = _corpus_file(tmp_path, name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = load_image(path)
+    with warnings.catch_warnings():  # Pillow's own about the EXIF, when it reads it for .convert
+        warnings.simplefilter("ignore")
+        stored = Image.open(path).convert("RGB")  # as stored, or turned by an orientation that could be read
+    turned = stored.transpose(Image.Transpose.ROTATE_270)
+    assert any(np.array_equal(np.asarray(image), np.asarray(ok)) for ok in (stored, turned))
+    for w in caught:  # one warning at most, naming the file, of our own category
+        assert w.category is ImageWarning and str(path) in str(w.message) and "EXIF" in str(w.message)
+    assert len(caught) <= 1
+
+
+def test_exif_orientation_of_the_corpus_is_applied(tmp_path):
+    assert load_image(_corpus_file(tmp_path, "exif_ok_rotated.jpg")).size == (16, 24)
+
+
+@pytest.mark.parametrize(
+    "name, reader",
+    [("vector.eps", "Ghostscript"), ("clipart.wmf", "WMF"), ("data.h5", "h5py"), ("atc.dds", "DDS")],
+)
+def test_formats_without_a_loader_say_so_and_what_would_read_them(tmp_path, name, reader):
+    if name.endswith(".eps") and EpsImagePlugin.has_ghostscript():
+        pytest.skip("Ghostscript is installed here")
+    with pytest.raises(UnsupportedImageError, match=reader) as info:
+        load_image(_corpus_file(tmp_path, name))
+    assert "truncated" not in str(info.value) and info.value.kind == "unsupported"
+
+
+def test_libtiff_messages_stay_off_the_terminal_and_go_into_the_error(tmp_path, capfd):
+    buffer = io.BytesIO()
+    picture = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(buffer, format="TIFF", compression="tiff_deflate")
+    data = bytearray(buffer.getvalue())
+    for i in range(20, 60):  # the deflate stream of the first strip
+        data[i] ^= 0xFF
+    path = tmp_path / "bad.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptImageError, match="TIFF") as info:
+        load_image(path)
+    assert capfd.readouterr().err == ""
+    assert "ZIPDecode" in str(info.value)
+
+
+def test_bytes_file_objects_and_pil_images_share_the_one_opener(tmp_path):
+    path = _save(Image.new("RGB", (40, 20), "blue"), tmp_path / "b.png")
+    assert load_image(path.read_bytes()).size == (40, 20)
+    with open(path, "rb") as handle:
+        assert load_image(handle).size == (40, 20)
+    with pytest.raises(NotAnImageError, match="^row 3: "):
+        load_image(b"hello", name="row 3")
+    lazy = Image.open(_save(Image.new("RGB", (8, 8)), tmp_path / "cut.png"))
+    lazy.fp = io.BytesIO(path.read_bytes()[:60])  # decoding it now finds truncated data
+    with pytest.raises(CorruptImageError, match="cut.png"):  # named by its file, not "image"
+        load_image(lazy)
+
+
+def test_a_decoded_image_is_converted_not_decoded_again(monkeypatch):
+    decoded = load_image(Image.new("RGB", (8, 8), "red"))
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded twice"))
+    assert load_image(decoded) is decoded
+    with pytest.raises(TooManyPixelsError):
+        load_image(decoded, max_pixels=10)

@@ -211,6 +211,7 @@ def _decoded(image: Image.Image, max_pixels: int, name: str) -> Image.Image:
 
 
 def _decode(handle: IO[bytes], max_pixels: int, name: str) -> Image.Image:
+    suffix = Path(str(getattr(handle, "name", ""))).suffix
     head = handle.read(1024)
     handle.seek(0)
     try:
@@ -222,15 +223,22 @@ def _decode(handle: IO[bytes], max_pixels: int, name: str) -> Image.Image:
             )  # broken metadata: its loss is reported by _apply_exif
             image = Image.open(handle)
     except UnidentifiedImageError:
-        raise _unidentified(head, name) from None
+        raise _unidentified(head, name, suffix) from None
     except Exception as exc:
-        raise _failure(exc, name, _sniff_format(head)) from None
+        raise _failure(exc, name, _sniff_format(head, suffix)) from None
     return _finish(image, max_pixels, name)
 
 
-def _sniff_format(head: bytes) -> str | None:
-    """The format whose signature ``head`` carries (Pillow's own tests), or None."""
+def _sniff_format(head: bytes, suffix: str = "") -> str | None:
+    """The format whose signature ``head`` carries (Pillow's own tests), or None. The extension's format is
+    asked first; one without a signature (TGA) is not guessed from others' (a TGA header passes CUR's test)."""
     Image.init()
+    own = Image.registered_extensions().get(suffix.lower())
+    if own in Image.OPEN:
+        accept = Image.OPEN[own][1]
+        with contextlib.suppress(Exception):
+            if accept is None or accept(head) is True:
+                return own if accept is not None else None
     for fmt, (_, accept) in Image.OPEN.items():
         with contextlib.suppress(Exception):
             if accept is not None and accept(head) is True:
@@ -281,13 +289,13 @@ def _check_readable(image: Image.Image, name: str) -> None:
         )
 
 
-def _unidentified(head: bytes, name: str) -> ImageError:
+def _unidentified(head: bytes, name: str, suffix: str = "") -> ImageError:
     for test, what, reader in _SIGNATURES:
         if test(head):
             return UnsupportedImageError(
                 f"{name}: {what}, which this installation cannot read; it needs {reader}"
             )
-    fmt = _sniff_format(head)
+    fmt = _sniff_format(head, suffix)
     if fmt is not None:  # its signature, but Pillow's reader gave up on the header
         return CorruptImageError(f"{name}: truncated or corrupt {fmt} data (its header cannot be read)")
     if not head.strip(b"\x00"):
