@@ -142,9 +142,145 @@ def test_bad_flags_exit_non_zero(image_path, tmp_path, capsys):
     assert info.value.code == 2
     assert (
         main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--model", "tiny", "--steps", "0"])
-        == 1
+        == 2
     )
-    assert "steps must be at least 1" in capsys.readouterr().err
+    assert "steps must be between 1 and 1000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "99999999999999999999"], "--seed must lie between 0 and 2**64-1"),
+        (["--seed", "-1"], "--seed must lie between 0 and 2**64-1"),
+        (["--device", "nope"], "--device 'nope' is not a device"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+        (["--resolution", "100000"], "resolution must be a multiple of 8 between 8 and 4096"),
+        (["--resolution", "33"], "resolution must be a multiple of 8"),
+        (["--max-pixels", "-1"], "--max-pixels must be at least 1"),
+        (["--max-pixels", "0"], "--max-pixels must be at least 1"),
+        (["--text-guidance", "nan"], "text_guidance_scale = nan"),
+        (["--image-guidance", "inf"], "image_guidance_scale = inf"),
+        (["--steps", "100000"], "steps must be between 1 and 1000"),
+    ],
+)
+def test_every_flag_is_checked_before_any_work_in_one_line(
+    image_path, tmp_path, capsys, monkeypatch, flags, message
+):
+    import ip2p.pipeline
+
+    monkeypatch.setattr(ip2p.pipeline.EditPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    out = tmp_path / "o.png"
+    assert main(["edit", str(image_path), "x", "-o", str(out), "--model", "tiny", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ip2p edit: error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_cuda_without_cuda_is_refused(image_path, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_output_naming_an_existing_folder_writes_inside_it(model_dir, image_path, tmp_path):
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    assert main(["edit", str(image_path), "x", "-o", str(folder), "--model", model_dir, *FAST]) == 0
+    assert [p.name for p in folder.iterdir()] == ["in.png"]
+    assert not (tmp_path / "edited.png").exists()
+
+
+def test_one_image_is_decoded_once(model_dir, image_path, tmp_path, monkeypatch):
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    assert (
+        main(["edit", str(image_path), "x", "-o", str(tmp_path / "o.png"), "--model", model_dir, *FAST]) == 0
+    )
+    assert len(opened) == 1
+
+
+# -- flag values at random (Hypothesis): a config or a one-line error, never a traceback ---------------------------
+def _random_flags():
+    from hypothesis import strategies as st
+
+    numbers = st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.text(max_size=6),
+    )
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "--seed": numbers,
+            "--resolution": numbers,
+            "--steps": numbers,
+            "--max-pixels": numbers,
+            "--text-guidance": numbers,
+            "--image-guidance": numbers,
+            "--device": st.one_of(
+                st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:99", "mps", "nope", "cpu:1", ""]),
+                st.text(max_size=8),
+            ),
+        },
+    )
+
+
+def test_random_flag_values_give_a_config_or_one_line_error(tmp_path):
+    import contextlib
+    import io
+
+    from hypothesis import HealthCheck, given, settings
+
+    missing = str(tmp_path / "missing.png")  # valid flags reach the input check: one line, exit 1
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_random_flags())
+    def check(flags):
+        argv = ["edit", missing, "x", "-o", str(tmp_path / "o.png"), "--model", "tiny"]
+        for flag, value in flags.items():
+            argv.append(f"{flag}={value}")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: a value that is not a number
+                code = exc.code
+        lines = err.getvalue().strip().splitlines()
+        assert "Traceback" not in err.getvalue()
+        assert code in (1, 2) and lines[-1].startswith(("ip2p edit: error: ", "ip2p: error: ")), lines
+        assert (code == 1) == lines[-1].endswith("no such file or folder"), lines  # 2: a flag was refused
+        assert (code == 1) == all(_valid(flag, str(value)) for flag, value in flags.items()), (flags, lines)
+        if code == 2 and lines[0].startswith("ip2p edit: error: "):  # our own check: exactly one line
+            assert len(lines) == 1
+
+    check()
+
+
+def _valid(flag: str, text: str) -> bool:
+    """The flags' rules, written independently of ip2p's checks (the oracle of the test above)."""
+    import math
+
+    import torch
+
+    if flag == "--device":
+        return text in ("auto", "cpu") or (text in ("cuda", "cuda:0") and torch.cuda.is_available())
+    try:
+        value = float(text) if flag.endswith("guidance") else int(text)
+    except ValueError:
+        return False
+    if flag == "--seed":
+        return 0 <= value < 2**64
+    if flag == "--resolution":
+        return 8 <= value <= 4096 and value % 8 == 0
+    if flag == "--steps":
+        return 1 <= value <= 1000
+    if flag == "--max-pixels":
+        return value >= 1
+    return math.isfinite(value) and -100 <= value <= 100
 
 
 def test_empty_instruction_returns_the_input(model_dir, tmp_path):

@@ -127,3 +127,60 @@ def test_bad_sources_are_clear_errors(tmp_path):
     (tmp_path / "bad.parquet").write_text("x")
     with pytest.raises(DatasetError, match="not a readable Parquet"):
         open_edit_dataset(tmp_path / "bad.parquet")
+
+
+# -- the damaged corpus as image cells (tests/damaged_images.py) ---------------------------------------------------
+@pytest.mark.filterwarnings("ignore::ip2p.imaging.ImageWarning")
+def test_damaged_image_cells_are_named_errors_never_tracebacks(tmp_path):
+    from damaged_images import corpus
+
+    # (the corpus's oversized headers are below the datasets' pixel limit: ip2p.imaging's default)
+    cases = [c for c in corpus(full=False) if not c.name.startswith("oversized")]
+    good = {"bytes": _png_bytes(), "path": None}
+    rows = [
+        {"original_image": {"bytes": c.data, "path": None}, "edit_prompt": c.name, "edited_image": good}
+        for c in cases
+    ]
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "pics" / "there.png")
+    rows.append(
+        {
+            "original_image": {"bytes": None, "path": "pics/there.png"},
+            "edit_prompt": "relative",
+            "edited_image": good,
+        }
+    )
+    rows.append(
+        {
+            "original_image": {"bytes": None, "path": "pics/gone.png"},
+            "edit_prompt": "gone",
+            "edited_image": good,
+        }
+    )
+    shard = write_parquet_shard(rows, tmp_path / "shard.parquet")
+    dataset = ParquetEditDataset([shard])
+    failed = {}
+    for i in range(len(dataset)):
+        try:
+            example = dataset[i]
+        except DatasetError as exc:  # anything else fails the test with its traceback
+            assert str(exc).startswith(f"{shard} row {i}: ") and "\n" not in str(exc)
+            failed[rows[i]["edit_prompt"]] = exc.kind
+            continue
+        assert example.original_image.mode == "RGB"
+    assert "relative" not in failed  # a relative path is read from the shard's folder
+    assert failed.pop("gone") == "missing"
+    for case in cases:
+        if case.expect == "ok":
+            assert case.name not in failed
+        elif case.expect == "refused":
+            assert failed[case.name] == (case.kind or failed[case.name])
+    assert set(failed.values()) >= {"not-image", "corrupt", "unsupported"}
+
+
+def _png_bytes():
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(buffer, format="PNG")
+    return buffer.getvalue()

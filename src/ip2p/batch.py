@@ -16,31 +16,45 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ip2p.edit_config import EditConfig, EditJob
-from ip2p.edit_settings import merge_settings, read_edit_settings
+from ip2p.edit_settings import SettingsError, merge_settings, read_edit_settings
 from ip2p.jsonl import iter_jsonl_objects
 
 if TYPE_CHECKING:
     from ip2p.pipeline import EditPipeline
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+def image_suffixes() -> list[str]:
+    """The file extensions of a folder input: those of every format Pillow opens here
+    (``PIL.Image.registered_extensions()``), so that a file Pillow cannot decode is refused by name, not skipped."""
+    from PIL import Image
+
+    Image.init()
+    return sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 class BatchError(ValueError):
     """An edit job that cannot start (bad input, output or settings); one line naming the bad value."""
 
 
+class FlagError(BatchError):
+    """A setting's value is out of range or does not exist (``ip2p edit`` exits with status 2, as for usage)."""
+
+
 @dataclass(frozen=True)
 class BatchItem:
-    """One edit: ``image`` by ``instruction`` into ``output`` (a PNG; ``_i`` suffixes for several images)."""
+    """One edit: ``image`` by ``instruction`` into ``output`` (a PNG; ``_i`` suffixes for several images).
+
+    ``loaded`` is the image already decoded by :func:`ip2p.imaging.load_image` (then it is not read again)."""
 
     image: Path
     instruction: str
     output: Path
+    loaded: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -74,21 +88,28 @@ def is_batch(source: str | os.PathLike) -> bool:
 
 
 def plan_items(
-    source: str | os.PathLike, instruction: str | None, output: str | os.PathLike
+    source: str | os.PathLike,
+    instruction: str | None,
+    output: str | os.PathLike,
+    recursive: bool = False,
 ) -> list[BatchItem]:
     """The items of an input: an image (one item), a folder (every image, by ``instruction``), or a ``.jsonl`` file
     of ``{"image", "instruction"[, "output"]}`` lines (relative paths: images from the file's folder, outputs under
-    ``output``). Raises :class:`BatchError` before any model is loaded."""
+    ``output``). Raises :class:`BatchError` before any model is loaded.
+
+    Output names never collide: a folder's image ``photo.jpg`` becomes ``photo.png`` under ``output`` (in the same
+    subfolder with ``recursive``), unless another image there has the stem ``photo`` too: then each of them keeps
+    its extension in the name (``photo_jpg.png``, ``photo_png.png``). Outputs that still coincide (a JSONL list
+    naming one output twice) are refused, naming the inputs. For one image, an ``output`` that is an existing
+    folder receives ``<folder>/<stem>.png``.
+    """
     src, out = Path(source), Path(output)
     if not src.exists():
         raise BatchError(f"{src}: no such file or folder")
     if src.is_dir():
         if not instruction:
             raise BatchError("a folder input needs an INSTRUCTION")
-        images = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise BatchError(f"{src}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-        return [BatchItem(p, instruction, out / f"{p.stem}.png") for p in images]
+        return _unique(_folder_items(src, instruction, out, recursive))
     if src.suffix.lower() == ".jsonl":
         items = []
         for n, row in iter_jsonl_objects(src, BatchError):
@@ -102,10 +123,48 @@ def plan_items(
             )
         if not items:
             raise BatchError(f"{src}: no items")
-        return items
+        return _unique(items)
     if instruction is None:
         raise BatchError("missing INSTRUCTION (give it after the input image)")
+    if out.is_dir():  # `-o edited/` for one image: inside the folder, never beside it
+        out = out / f"{src.stem}.png"
     return [BatchItem(src, instruction, out)]
+
+
+def _folder_items(src: Path, instruction: str, out: Path, recursive: bool) -> list[BatchItem]:
+    suffixes = set(image_suffixes())
+    files = src.rglob("*") if recursive else src.iterdir()
+    images = sorted(p for p in files if p.suffix.lower() in suffixes and p.is_file())
+    if not images:
+        nested = not recursive and any(
+            p.suffix.lower() in suffixes for d in src.iterdir() if d.is_dir() for p in d.rglob("*")
+        )
+        hint = "; its subfolders have some: add --recursive" if nested else " (see --help for the extensions)"
+        raise BatchError(f"{src}: no images in this folder{hint}")
+    stems: dict[tuple[Path, str], int] = {}
+    for p in images:
+        key = (p.parent, p.stem.casefold())
+        stems[key] = stems.get(key, 0) + 1
+    items = []
+    for p in images:
+        shared = stems[(p.parent, p.stem.casefold())] > 1
+        name = f"{p.stem}_{p.suffix[1:].lower()}.png" if shared else f"{p.stem}.png"
+        items.append(BatchItem(p, instruction, out / p.parent.relative_to(src) / name))
+    return items
+
+
+def _unique(items: list[BatchItem]) -> list[BatchItem]:
+    """Refuse items whose outputs coincide (compared case-insensitively: some file systems are), naming them."""
+    seen: dict[str, BatchItem] = {}
+    for item in items:
+        key = str(item.output).casefold()
+        if key in seen:
+            raise BatchError(
+                f"{seen[key].image} and {item.image} would both be written to {item.output}; give them "
+                "different outputs"
+            )
+        seen[key] = item
+    return items
 
 
 def check_writable(path: Path) -> None:
@@ -141,15 +200,18 @@ def edit_batch(
 ) -> BatchReport:
     """Edit ``items`` with ``pipe`` at ``config`` and write their PNGs (with the edit's metadata in text chunks).
 
-    In batch mode (``batch=True``) an item whose outputs all exist is skipped unless ``overwrite``, and an item
-    whose image cannot be read is recorded as failed and the job goes on; with ``batch=False`` (one image) that
-    error is raised. ``warn`` receives the pipeline's warnings (e.g. a truncated instruction); default: stderr.
+    In batch mode (``batch=True``) an item whose outputs all exist is skipped unless ``overwrite``, and an item that
+    fails for any reason (an image that cannot be read, an edit or a write that fails) is recorded as failed, its
+    one-line error printed, and the job goes on; with ``batch=False`` (one image) the error is raised. ``warn``
+    receives warnings (an image's ignored EXIF, a truncated instruction), each distinct one once; default: stderr.
+    Libraries' deprecation notices are not shown.
     """
     from tqdm.auto import tqdm
 
     from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
 
     warn = warn or (lambda text: print(f"ip2p: warning: {text}", file=sys.stderr))
+    shown: set[str] = set()
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     report = BatchReport(model=pipe.components.name)
     bar = tqdm(items, desc="editing", unit="image", disable=not (batch and progress) or None)
@@ -166,10 +228,11 @@ def edit_batch(
         steps = tqdm(
             total=config.num_inference_steps, desc="steps", leave=False, disable=batch or not progress or None
         )
+        caught: list[warnings.WarningMessage] = []
         try:
-            image = load_image(item.image, max_pixels=limit)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                image = item.loaded if item.loaded is not None else load_image(item.image, max_pixels=limit)
                 result = pipe(
                     image,
                     item.instruction,
@@ -177,43 +240,50 @@ def edit_batch(
                     seed=seed,
                     callback=lambda i, n, _, bar=steps: bar.update(1),
                 )
-            for w in caught:  # the pipeline's own (e.g. a truncated instruction), not libraries' deprecations
-                if not issubclass(w.category, DeprecationWarning | FutureWarning):
-                    warn(str(w.message))
-            for index, (picture, path) in enumerate(zip(result.images, outputs, strict=True)):
-                save_png(picture, path, result.metadata(index))
+                for index, (picture, path) in enumerate(zip(result.images, outputs, strict=True)):
+                    save_png(picture, path, result.metadata(index))
             report.items.append({**record, "status": "ok", "seed": result.seed, **result.info})
-        except ImageError as exc:
+        except Exception as exc:
             if not batch:
                 raise
-            report.items.append({**record, "status": "failed", "error": str(exc)})
-            print(f"ip2p: error: {exc}", file=sys.stderr)
+            message = str(exc) if isinstance(exc, ImageError) else _one_line(item.image, exc)
+            report.items.append({**record, "status": "failed", "error": message})
+            print(f"ip2p: error: {message}", file=sys.stderr)
         finally:
             steps.close()
+            for w in caught:  # the image's and the pipeline's own, not libraries' deprecation notices
+                text = str(w.message)
+                if not issubclass(w.category, DeprecationWarning | FutureWarning) and text not in shown:
+                    shown.add(text)
+                    warn(text)
     return report
+
+
+def _one_line(image: Path, exc: BaseException) -> str:
+    """An unexpected failure of one item as one line naming its image."""
+    detail = " ".join(str(exc).split()) or "no message"
+    return f"{image}: the edit failed ({type(exc).__name__}: {detail[:300]})"
 
 
 def run_edit_job(
     job: EditJob, overrides: dict[str, Any] | None = None, *, progress: bool = True
 ) -> BatchReport:
-    """Plan ``job``'s items, check its outputs and settings, load the model and edit.
+    """Plan ``job``'s items, check its flags, outputs and settings, load the model and edit.
 
     The edit settings are the paper's defaults < the model's ``edit_settings.json`` < ``overrides`` (``EditConfig``
-    fields; ``None`` values are unset). Everything that can be checked without the model is checked first.
+    fields; ``None`` values are unset). Everything that can be checked without the model is checked first (a bad
+    value is a :class:`BatchError`); one image is read before the model loads, and only once.
     """
     from ip2p.imaging import load_image
     from ip2p.pipeline import EditPipeline
 
-    items = plan_items(job.input, job.instruction, job.output)
+    check_settings(job, overrides)
+    items = plan_items(job.input, job.instruction, job.output, job.recursive)
     batch = len(items) > 1 or is_batch(job.input)
     for item in items:
         check_writable(item.output)
-    try:
-        merge_settings(read_edit_settings(job.model), overrides).validate()
-    except (ValueError, TypeError) as exc:
-        raise BatchError(str(exc)) from exc
-    if not batch:  # one image: read it before paying for the model
-        load_image(items[0].image, max_pixels=job.max_pixels)
+    if not batch:  # one image: read it before paying for the model, and hand it over decoded
+        items = [replace(items[0], loaded=load_image(items[0].image, max_pixels=job.max_pixels))]
     pipe = EditPipeline.from_pretrained(job.model, device=job.device, dtype=job.dtype, config=job.config)
     config = pipe.config_for(**(overrides or {}))
     return edit_batch(
@@ -226,3 +296,30 @@ def run_edit_job(
         batch=batch,
         progress=progress,
     )
+
+
+def check_settings(job: EditJob, overrides: dict[str, Any] | None = None) -> None:
+    """Every value of ``job`` and of the edit's settings (the model's < ``overrides``) in range, and the device
+    present on this machine (``cuda`` without CUDA, ``cuda:3`` on a one-GPU machine); :class:`FlagError` if not.
+    Loads no model (reads its ``edit_settings.json`` only)."""
+    try:
+        job.validate()
+        merge_settings(read_edit_settings(job.model), overrides).validate()
+    except (ValueError, TypeError, OverflowError) as exc:
+        if isinstance(exc, BatchError | SettingsError):  # a file's problem, not a flag's
+            raise
+        raise FlagError(str(exc)) from None
+    if job.device == "auto":
+        return
+    from ip2p.devices import pick_device
+
+    try:
+        device = pick_device(job.device)
+    except (RuntimeError, ValueError) as exc:
+        raise FlagError(f"--device {job.device}: {exc}") from None
+    if device.type == "cuda" and device.index is not None:
+        import torch
+
+        if device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise FlagError(f"--device {job.device}: this machine has {count} CUDA device(s)")

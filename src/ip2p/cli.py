@@ -60,6 +60,7 @@ def add_model_flags(p: argparse.ArgumentParser, default_model: str) -> None:
 
 
 def _edit_parser(sub: argparse._SubParsersAction) -> None:
+    from ip2p.batch import image_suffixes
     from ip2p.edit_config import EditConfig, EditJob
     from ip2p.edit_settings import SETTING_KEYS
 
@@ -72,8 +73,11 @@ def _edit_parser(sub: argparse._SubParsersAction) -> None:
         "folder of images (all edited with INSTRUCTION), or a .jsonl file of "
         '{"image": ..., "instruction": ...[, "output": ...]} lines. Outputs are PNGs whose text chunks '
         "record the instruction, seed, scales, steps and model. Existing outputs are skipped in batch "
-        "mode unless --overwrite, so an interrupted batch resumes. Settings left unset take the model's own "
-        "(edit_settings.json in its folder), else the paper's.",
+        "mode unless --overwrite, so an interrupted batch resumes; a file that fails is reported in one line "
+        "and the batch goes on (exit status 1 if any failed). A folder's images are its files with an "
+        f"extension that Pillow opens here ({' '.join(image_suffixes())}); its subfolders' only with "
+        "--recursive. Settings left unset take the model's own (edit_settings.json in its folder), else the "
+        "paper's.",
     )
     add_config_flags(p, EditJob)
     paper = {k: getattr(EditConfig(), k) for k in SETTING_KEYS}
@@ -86,11 +90,17 @@ def _edit_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from ip2p.batch import is_batch, run_edit_job
+    from ip2p.batch import FlagError, is_batch, run_edit_job
     from ip2p.edit_config import EditConfig, EditJob
+    from ip2p.imaging import show_decoder_messages
 
     job = _config(args, EditJob)
-    report = run_edit_job(job, config_overrides(args, EditConfig))  # BatchError: a one-line user error
+    show_decoder_messages(job.verbose)
+    try:
+        report = run_edit_job(job, config_overrides(args, EditConfig))  # BatchError: a one-line user error
+    except FlagError as exc:  # a bad value, checked before any work: a usage error, as argparse's
+        print(f"ip2p edit: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif len(report.items) == 1 and not is_batch(job.input):
@@ -497,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command != "toy":  # the toy world's commands mostly run without these libraries
+    if args.command != "toy" and not getattr(args, "verbose", False):  # toy commands mostly run without them
         _quiet_libraries()
     try:
         return int(args.func(args) or 0)

@@ -48,23 +48,34 @@ class Columns:
 
 
 class DatasetError(ValueError):
-    """A dataset cannot be read; the message names the file and the problem."""
+    """A dataset cannot be read; the message names the file and the problem. ``kind`` is the image error's
+    (``"not-image"``, ``"corrupt"``, ``"missing"``, ... of :class:`ip2p.imaging.ImageError`) for an image cell that
+    cannot be decoded, else ``"dataset"``."""
+
+    def __init__(self, message: str, kind: str = "dataset"):
+        super().__init__(message)
+        self.kind = kind
 
 
-def _decode_image(value: Any, where: str) -> Image.Image:
-    """Decode an image cell: HF's {bytes, path} struct, raw bytes, or a path."""
+def _decode_image(value: Any, where: str, base: Path | None = None) -> Image.Image:
+    """Decode an image cell: HF's {bytes, path} struct, raw bytes, or a path (a relative one from ``base``, the
+    dataset file's folder, as Hugging Face ``datasets`` resolves them). Every failure is a :class:`DatasetError`
+    naming the row and the image, with the reason of :func:`ip2p.imaging.load_image` (its ``kind`` kept)."""
+    from ip2p.imaging import ImageError, load_image
+
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
-        if data is None and path:
-            return Image.open(path).convert("RGB")
-        value = data
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            return Image.open(io.BytesIO(value)).convert("RGB")
-        except Exception as exc:
-            raise DatasetError(f"{where}: an image cell cannot be decoded ({exc})") from exc
-    if isinstance(value, str):
-        return Image.open(value).convert("RGB")
+        value = path if data is None and path else data
+    try:
+        if isinstance(value, (bytes, bytearray)):
+            return load_image(value, name=f"{where}: the image cell")
+        if isinstance(value, str):
+            path = Path(value)
+            if not path.is_absolute() and base is not None:
+                path = base / path
+            return load_image(path, name=f"{where}: the image {path}")
+    except ImageError as exc:
+        raise DatasetError(str(exc), kind=exc.kind) from None
     raise DatasetError(f"{where}: unsupported image cell of type {type(value).__name__}")
 
 
@@ -113,11 +124,14 @@ class ParquetEditDataset(Sequence[EditExample]):
         data = self._group(file, group)
         c = self.columns
         where = f"{self.files[file]} row {i}"
+        base = self.files[file].parent
         known = {c.original_image, c.edit_prompt, c.edited_image, c.original_prompt, c.edited_prompt}
         return EditExample(
-            original_image=_decode_image(data[c.original_image][row], where),
+            original_image=_decode_image(data[c.original_image][row], where, base),
             edit_prompt=data[c.edit_prompt][row],
-            edited_image=_decode_image(data[c.edited_image][row], where) if c.edited_image in data else None,
+            edited_image=(
+                _decode_image(data[c.edited_image][row], where, base) if c.edited_image in data else None
+            ),
             original_prompt=data[c.original_prompt][row] if c.original_prompt in data else None,
             edited_prompt=data[c.edited_prompt][row] if c.edited_prompt in data else None,
             extra={k: v[row] for k, v in data.items() if k not in known},
@@ -153,9 +167,9 @@ class OriginalFolderDataset(Sequence[EditExample]):
         folder = self.root / name
         prompt = json.loads((folder / "prompt.json").read_text())
         return EditExample(
-            original_image=Image.open(folder / f"{seed}_0.jpg").convert("RGB"),
+            original_image=_decode_image(str(folder / f"{seed}_0.jpg"), f"{folder} seed {seed}"),
             edit_prompt=prompt["edit"],
-            edited_image=Image.open(folder / f"{seed}_1.jpg").convert("RGB"),
+            edited_image=_decode_image(str(folder / f"{seed}_1.jpg"), f"{folder} seed {seed}"),
             original_prompt=prompt.get("input", prompt.get("caption")),  # both keys exist in the wild
             edited_prompt=prompt.get("output"),
             extra={"seed": int(seed), "dir": name},

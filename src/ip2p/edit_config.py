@@ -20,6 +20,11 @@ DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 TINY_MODEL = "tiny"  # the tiny random model of ip2p.tiny (its name in ip2p.registry.MODELS)
 # Decompression-bomb guard: inputs with more pixels are refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
+# The largest edit resolution accepted: SD's latents at 4096 px are 512x512, already hours an edit on most GPUs.
+MAX_RESOLUTION = 4096
+# Sampler steps at most: the training schedule's 1000 timesteps (diffusers refuses more).
+MAX_STEPS = 1000
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
 # The names of ip2p.sampling.SCHEDULERS (kept equal by a test): the samplers a user can pick by name.
 SCHEDULER_NAMES = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_karras", "euler", "euler_ancestral", "heun", "unipc")
 RESIZE_MODES = ("fit", "pad", "crop")
@@ -31,7 +36,7 @@ ResizeMode = Literal["fit", "pad", "crop"]
 class EditConfig:
     """Settings of one edit. Defaults are the paper's (original ``edit_cli.py``)."""
 
-    num_inference_steps: int = option("sampler steps", default=100, flag="--steps")
+    num_inference_steps: int = option(f"sampler steps, 1 to {MAX_STEPS}", default=100, flag="--steps")
     text_guidance_scale: float = option(  # s_T: follow the instruction
         "text guidance scale s_T: higher follows the instruction more",
         default=7.5,
@@ -53,7 +58,9 @@ class EditConfig:
     negative_prompt: str | None = option(  # replaces "" as the null text
         "text to steer away from (replaces the empty null text)", default=None
     )
-    resolution: int = option("long side of the image the model edits", default=512)
+    resolution: int = option(
+        f"long side of the image the model edits: a multiple of 8, at most {MAX_RESOLUTION}", default=512
+    )
     resize_mode: ResizeMode = option(
         "fit: the original's policy (sides to multiples of 64, centre fit); pad/crop: keep the exact aspect "
         "ratio, padding or cropping to multiples of 8",
@@ -71,12 +78,14 @@ class EditConfig:
     )
 
     def validate(self) -> None:
-        if self.num_inference_steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.num_inference_steps}")
+        if not 1 <= self.num_inference_steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.num_inference_steps}")
         if self.num_images < 1:
             raise ValueError(f"the number of images must be at least 1, got {self.num_images}")
-        if self.resolution < 8:
-            raise ValueError(f"resolution must be at least 8, got {self.resolution}")
+        if not 8 <= self.resolution <= MAX_RESOLUTION or self.resolution % 8:
+            raise ValueError(
+                f"resolution must be a multiple of 8 between 8 and {MAX_RESOLUTION}, got {self.resolution}"
+            )
         if not 0.0 <= self.guidance_rescale <= 1.0:
             raise ValueError(f"guidance rescale must lie in [0, 1], got {self.guidance_rescale}")
         for name in ("text_guidance_scale", "image_guidance_scale"):
@@ -126,13 +135,50 @@ class EditJob(ModelChoice):
         "the edit, e.g. 'make the circle green' (not needed for .jsonl input)", default=None, positional=True
     )
     output: str = option(
-        "output PNG for one image; an output folder for a folder or .jsonl input",
+        "for one image: the output PNG, or an existing folder to write <folder>/<stem>.png inside it; for a "
+        "folder or .jsonl input: the output folder. A folder's photo.jpg becomes photo.png there, unless "
+        "another input in its folder has the stem photo too: then each keeps its extension (photo_jpg.png, "
+        "photo_png.png). Outputs that would still coincide are refused before any work",
         default="",
         aliases=("-o",),
         required=True,
     )
-    seed: int | None = option("random seed (default: drawn at random and recorded)", default=None)
+    seed: int | None = option(
+        "random seed, 0 to 2**64-1 (default: drawn at random and recorded)", default=None
+    )
     max_pixels: int = option(
-        "refuse inputs with more pixels than this (decompression-bomb guard)", default=DEFAULT_MAX_PIXELS
+        "refuse inputs with more pixels than this (decompression-bomb guard), at least 1",
+        default=DEFAULT_MAX_PIXELS,
     )
     overwrite: bool = option("batch mode: redo items whose output already exists", default=False)
+    recursive: bool = option(
+        "folder input: also edit the images in its subfolders, the outputs mirroring them (default: the "
+        "folder's own images only)",
+        default=False,
+    )
+    verbose: bool = option(
+        "show libraries' messages (decoders, model loading, deprecations) instead of keeping them off the "
+        "terminal",
+        default=False,
+    )
+
+    def validate(self) -> None:
+        """Check the run's own values (the edit's are :meth:`EditConfig.validate`'s); one-line ValueErrors."""
+        if self.seed is not None and not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"--seed must lie between 0 and 2**64-1, got {self.seed}")
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if not _device_name(self.device):
+            raise ValueError(
+                f"--device {self.device!r} is not a device; use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
+            )
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"--dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPE_NAMES)}")
+
+
+def _device_name(name: str) -> bool:
+    """A device name ip2p can run on, by its syntax (whether it exists is checked where torch is loaded)."""
+    kind, _, index = name.partition(":")
+    if kind in ("auto", "cpu", "mps"):
+        return not index
+    return kind == "cuda" and (not _ or (index.isdigit() and index.isascii()))

@@ -335,7 +335,7 @@ def _apply_exif(image: Image.Image, name: str) -> Image.Image:
     problem = problem or next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), None)
     if problem is not None:
         problem = " ".join(problem.split())
-        warnings.warn(f"{name}: EXIF metadata ignored ({problem})", ImageWarning, stacklevel=4)
+        warnings.warn(f"{name}: EXIF metadata ignored ({problem})", ImageWarning, stacklevel=5)
     return image
 
 
