@@ -78,8 +78,13 @@ class EditConfig:
     )
 
     def validate(self) -> None:
-        if not 1 <= self.num_inference_steps <= MAX_STEPS:
-            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.num_inference_steps}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.num_inference_steps}")
+        if self.num_inference_steps > MAX_STEPS:
+            raise ValueError(
+                f"steps must be at most {MAX_STEPS} (the training schedule's timesteps), "
+                f"got {self.num_inference_steps}"
+            )
         if self.num_images < 1:
             raise ValueError(f"the number of images must be at least 1, got {self.num_images}")
         if not 8 <= self.resolution <= MAX_RESOLUTION or self.resolution % 8:
