@@ -69,9 +69,11 @@ def test_unreadable_json_and_missing_files(tmp_path):
 
 
 def test_the_bundled_toy_editor_carries_the_toy_preset():
-    assert read_edit_settings("toy") == {
+    from ip2p.toy.bundle import EDITOR_SETTINGS
+
+    assert read_edit_settings("toy") == EDITOR_SETTINGS == {
         "resolution": 64,
-        "num_inference_steps": 20,
+        "num_inference_steps": 4,
         "text_guidance_scale": 3.0,
         "image_guidance_scale": 2.0,
         "scheduler": "euler_ancestral",
