@@ -270,3 +270,10 @@ def test_a_decoded_image_is_converted_not_decoded_again(monkeypatch):
     assert load_image(decoded) is decoded
     with pytest.raises(TooManyPixelsError):
         load_image(decoded, max_pixels=10)
+
+
+@pytest.mark.parametrize("name", ["text_bomb_before.png", "text_bomb_after.png", "itxt_bomb.png"])
+def test_a_png_text_bomb_costs_its_text_not_the_pixels(tmp_path, name):
+    with pytest.warns(ImageWarning, match="PNG text metadata ignored"):
+        image = load_image(_corpus_file(tmp_path, name))
+    assert image.size == (24, 16)

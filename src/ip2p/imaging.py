@@ -215,18 +215,43 @@ def _decode(handle: IO[bytes], max_pixels: int, name: str) -> Image.Image:
     head = handle.read(1024)
     handle.seek(0)
     try:
-        with warnings.catch_warnings():
-            # our own limit is checked on the header below; Pillow's (about 89 MP) would refuse what it allows
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.simplefilter(
-                "ignore", UserWarning
-            )  # broken metadata: its loss is reported by _apply_exif
-            image = Image.open(handle)
-    except UnidentifiedImageError:
-        raise _unidentified(head, name, suffix) from None
+        try:
+            with warnings.catch_warnings():
+                # our own limit is checked on the header (in _finish); Pillow's (about 89 MP) would refuse more
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore", UserWarning)  # broken metadata: _apply_exif reports its loss
+                image = Image.open(handle)
+        except UnidentifiedImageError:
+            raise _unidentified(head, name, suffix) from None
+        except Exception as exc:
+            raise _failure(exc, name, _sniff_format(head, suffix)) from None
+        return _finish(image, max_pixels, name)
+    except CorruptImageError as exc:
+        if "MAX_TEXT_CHUNK" not in str(exc):
+            raise
+    # A PNG text chunk that decompresses past Pillow's limit (a metadata bomb): the pixels without the text.
+    handle.seek(0)
+    stripped = _without_png_text(handle.read())
+    warnings.warn(
+        f"{name}: PNG text metadata ignored (it decompresses too large)", ImageWarning, stacklevel=3
+    )
+    try:
+        image = Image.open(io.BytesIO(stripped))
     except Exception as exc:
-        raise _failure(exc, name, _sniff_format(head, suffix)) from None
+        raise _failure(exc, name, "PNG") from None
     return _finish(image, max_pixels, name)
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """A PNG's bytes without its text chunks (tEXt, zTXt, iTXt); the rest as it was."""
+    out, pos = [data[:8]], 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 12 + length
+        if data[pos + 4 : pos + 8] not in (b"tEXt", b"zTXt", b"iTXt"):
+            out.append(data[pos:end])
+        pos = end
+    return b"".join(out)
 
 
 def _sniff_format(head: bytes, suffix: str = "") -> str | None:
