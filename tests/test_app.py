@@ -194,16 +194,17 @@ def test_chain_of_edits_undo_and_reset(pipe, picture):
     assert meta["ip2p:instruction"] == "make it red" and meta["ip2p:chain_step"] == "1"
 
     # Edit the result next: it becomes the input of the next instruction.
-    before, after, session, gallery, files = app.continue_from_result(session)
-    assert before == out and after is None and len(session["chain"]) == 2
+    before, after, shown, session, gallery, files = app.continue_from_result(session)
+    assert before == out and after is None and shown == "" and len(session["chain"]) == 2
     out2, *_, session, gallery, files = _edit(app, before, "add a hat", session)
     assert Image.open(out2).text["ip2p:chain_step"] == "2" and len(files) == 3
     # A retry with other settings replaces the result; the chain stays.
     out3, *_, session, gallery, files = _edit(app, before, "add a hat", session, seed_mode=RANDOM_SEED)
     assert len(session["chain"]) == 2 and session["result"]["path"] == out3
 
-    before, after, session, gallery, files = app.undo(session)
+    before, after, shown, session, gallery, files = app.undo(session)
     assert before == session["chain"][0]["path"] and after == out and len(files) == 2
+    assert shown == details  # the details of the result shown again, not of the edit undone
     values = app.reset(session)
     assert values[:8] == (2, RANDOM_SEED, 1371, FIXED_GUIDANCE, 7.5, 1.5, MODEL_SCHEDULER, 32)
     assert values[8] is None and values[10]["result"] is None  # the result is cleared, the chain kept
@@ -212,12 +213,28 @@ def test_chain_of_edits_undo_and_reset(pipe, picture):
 def test_a_new_upload_starts_a_new_chain(pipe, picture, tmp_path):
     app = EditorApp(pipe, FAST)
     *_, session, _, _ = _edit(app, str(picture), "x", None)
-    session = app.continue_from_result(session)[2]
+    session = app.continue_from_result(session)[3]
     assert len(session["chain"]) == 2
     other = tmp_path / "other.png"
     Image.new("RGB", (32, 32), "blue").save(other)
     *_, session, gallery, _ = _edit(app, str(other), "y", session)
     assert len(session["chain"]) == 1 and len(gallery) == 2
+
+
+def test_undo_shows_the_details_of_the_step_now_shown(pipe, picture):
+    app = EditorApp(pipe, FAST)
+    _, first, *_, session, _, _ = _edit(app, str(picture), "make it red", None, seed=11, text_guidance=6.5)
+    session = app.continue_from_result(session)[3]
+    before = session["chain"][-1]["path"]
+    _, second, *_, session, _, _ = _edit(app, before, "add a hat", session, seed=22, image_guidance=1.25)
+    assert "seed 22" in second and "add a hat" in second and "image guidance 1.25" in second
+    _, after, shown, session, _, _ = app.undo(session)
+    assert shown == first and after == session["result"]["path"]
+    assert (
+        "seed 11" in shown and "make it red" in shown and "text guidance 6.5" in shown and "22" not in shown
+    )
+    _, after, shown, session, _, _ = app.undo(session)  # the first edit undone: no result, no details
+    assert after is None and shown == "" and session["result"] is None
 
 
 def test_randomize_guidance_writes_the_drawn_values_back(pipe, picture):
@@ -244,6 +261,53 @@ def test_bad_uploads_get_one_clear_line_without_server_paths(pipe, tmp_path, con
         _edit(app, None, "x", None)
 
 
+def test_every_damaged_file_is_refused_by_name_or_edited(pipe, tmp_path):
+    """The damaged-file corpus through the app: a valid file is edited; every refusal is one clear line that
+    names the upload and the kind of failure, never "failed on the server", a server path or an empty message."""
+    from damaged_images import MAX_PIXELS, write_corpus
+
+    app = EditorApp(pipe, FAST, max_pixels=MAX_PIXELS)
+    words = {
+        "not-image": ("not an image", "empty"),
+        "unsupported": ("cannot read", "needs"),
+        "too-large": ("pixels",),
+    }
+    for path, case in write_corpus(tmp_path / "corpus"):
+        try:
+            app.run_edit(
+                str(path),
+                "x",
+                steps=1,
+                text_guidance=7.5,
+                image_guidance=1.5,
+                seed=1,
+                scheduler=None,
+                resolution=32,
+            )
+        except gr.Error as exc:
+            message = exc.message
+            assert case.expect != "ok", f"{case.name}: {message}"
+            assert message.startswith(f"The uploaded image {path.name!r}: "), message
+            assert (
+                "\n" not in message and str(tmp_path) not in message and "failed on the server" not in message
+            )
+            if case.expect == "refused":
+                assert any(word in message for word in words.get(case.kind, ("",))), message
+        else:
+            assert case.expect != "refused", f"{case.name} was edited, expected a refusal ({case.kind})"
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_a_huge_edit(pipe, tmp_path):
+    app = EditorApp(pipe, FAST)
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 20000), "red").save(thin)  # 20000 pixels, but a 4x80000 edit under the fit policy
+    with pytest.raises(gr.Error, match=r"1x20000: too narrow to edit .* 4x80000, above 2048 pixels"):
+        _edit(app, str(thin), "x", None)
+    tall = tmp_path / "tall.png"
+    Image.new("RGB", (16, 160), "red").save(tall)  # 1:10 stays editable: 4x40 at 32 px
+    _edit(app, str(tall), "x", None, steps=1)
+
+
 def test_bad_settings_are_named(pipe, picture):
     app = EditorApp(pipe, FAST)
     with pytest.raises(gr.Error, match="seed must be a whole number"):
@@ -254,6 +318,11 @@ def test_bad_settings_are_named(pipe, picture):
         _edit(app, str(picture), "x", None, steps=0)
     with pytest.raises(gr.Error, match="must be numbers"):
         _edit(app, str(picture), "x", None, steps=None)
+    with pytest.raises(gr.Error, match="instruction must be text, got 5"):
+        app.api_edit(str(picture), 5, 2, 7.5, 1.5, 1, MODEL_SCHEDULER, 32)
+    with pytest.raises(gr.Error) as info:  # a huge value is cut in the message, not echoed whole
+        app.api_edit(str(picture), "x", 2, 7.5, 1.5, 1e300, MODEL_SCHEDULER, 32)
+    assert "below 2**32" in info.value.message and len(info.value.message) < 100
 
 
 def test_api_handler_returns_png_with_metadata(pipe, picture):
@@ -333,7 +402,8 @@ def test_browser_edit_chain_undo_reset(server, browser, tmp_path):
         after = page.locator("#after img[src*='step01']")
         after.wait_for()
         page.wait_for_function("() => document.querySelector('#after img').naturalWidth > 0")
-        assert "seed" in page.locator("#details").inner_text()
+        first_details = page.locator("#details").inner_text()
+        assert "seed" in first_details and "make it blue" in first_details
         page.screenshot(path=str(ARTIFACTS / "1-first-edit.png"), full_page=True)
         first = _download(server, after.get_attribute("src"))
         assert first.text["ip2p:instruction"] == "make it blue"
@@ -351,10 +421,14 @@ def test_browser_edit_chain_undo_reset(server, browser, tmp_path):
         assert page.locator("#history img").count() == 3  # input, first edit, second edit
         page.screenshot(path=str(ARTIFACTS / "2-second-edit.png"), full_page=True)
 
-        # Undo steps back one link.
+        assert "add a hat" in page.locator("#details").inner_text()
+
+        # Undo steps back one link, and the details line is the first edit's again.
         page.locator("#undo-btn").click()
         page.locator("#before img[src*='step00']").wait_for()
         page.locator("#after img[src*='step01']").wait_for()
+        page.wait_for_function("() => !document.querySelector('#details').innerText.includes('add a hat')")
+        assert page.locator("#details").inner_text() == first_details
 
         # Change every setting, then Reset restores every default (the original's set steps to 0).
         _set_number(page, "#steps", "7")

@@ -26,12 +26,14 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import pydantic
+from gradio.exceptions import InvalidPathError
 from PIL import Image
 
 from ip2p.app_config import ServeConfig
 from ip2p.demo import resolve_demo_model
 from ip2p.edit_config import TINY_MODEL
-from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
+from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, original_edit_size, save_png
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
 from ip2p.sampling import SCHEDULERS
 from ip2p.toy.plugin import TOY_MODEL
@@ -46,6 +48,11 @@ TINY_NOTE = (
     "but its output is noise, not an edit."
 )
 KEEP_OUTPUTS_S = 24 * 3600  # edited PNGs older than this are deleted from the server's scratch folder
+# An edit may have at most this many times the pixels of a square at its resolution (or 16 squares of the size
+# multiple, where that is more, so that a small resolution keeps moderately long images). The original's "fit"
+# policy keeps the short side at least one size multiple (64 px for SD), so a 1x40000 image would become a
+# 64x2560000 edit: minutes and gigabytes for an input far below the pixel limit.
+MAX_EDIT_AREA = 2
 
 HELP = """
 **How to tune.** The two guidance scales trade following the instruction against staying close to the input
@@ -108,9 +115,32 @@ def web_message(exc: Exception, path: str | None) -> str:
     """An error message fit for a browser: the server's file path replaced, the command-line hint dropped."""
     text = str(exc)
     if path:
-        text = text.replace(path, "the uploaded image")
+        text = text.replace(path, "the uploaded image").replace(str(Path(path).parent), "the upload folder")
     text = re.sub(r"\s*\(raise it with --max-pixels[^)]*\)", "", text)
     return text[:1].upper() + text[1:]
+
+
+class _Blocks(gr.Blocks):
+    """``gr.Blocks`` whose refusals of malformed inputs carry a message.
+
+    Gradio checks an event's inputs before our handler runs: a file path the server did not receive as an upload,
+    or a value that is not a file at all where an image belongs. Its own exceptions for these reach the client
+    as an error event with no message (``show_error=False`` hides every message that is not a ``gr.Error``, so
+    that no server path or traceback leaks); here they become one line that says what to send instead."""
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except InvalidPathError:
+            raise gr.Error(
+                "The image must be a file uploaded to this server (POST it to /gradio_api/upload first and "
+                "pass the path that returns); other server paths are not read."
+            ) from None
+        except pydantic.ValidationError as exc:
+            raise gr.Error(
+                f"The {exc.title.removesuffix('Data').lower() or 'input'} must be a file reference "
+                '{"path": ..., "meta": {"_type": "gradio.FileData"}} of an uploaded file (see the README).'
+            ) from None
 
 
 # -- the app -------------------------------------------------------------------------------------------------
@@ -185,15 +215,25 @@ class EditorApp:
         resolution: Any,
         progress: Callable[[int, int], None] | None = None,
     ) -> tuple[Image.Image, EditResult]:
-        """Load the upload (with the pixel limit), edit it; every failure is a ``gr.Error`` with a clean message."""
+        """Load the upload (with the pixel limit), edit it; every failure is a ``gr.Error`` with a clean message.
+
+        A bad upload (not an image, a format this installation cannot read, truncated or corrupt, too many pixels
+        or too extreme an aspect ratio) and a bad setting are refused with one line that names the problem; only
+        a fault of the server itself is "The edit failed on the server"."""
         if not path:
             raise gr.Error("Upload an image (or pick an example) first.")
-        try:
-            image = load_image(path, max_pixels=self.max_pixels)
+        if instruction is not None and not isinstance(instruction, str):
+            raise gr.Error(f"The instruction must be text, got {_shown(instruction)}.")
+        try:  # the upload keeps the user's file name in gradio's cache: messages name it, never the folder
+            image = load_image(
+                path, max_pixels=self.max_pixels, name=f"the uploaded image {Path(path).name!r}"
+            )
         except ImageError as exc:
             raise gr.Error(web_message(exc, path)) from None
         if scheduler not in (None, "", MODEL_SCHEDULER) and scheduler not in SCHEDULERS:
-            raise gr.Error(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(sorted(SCHEDULERS))}.")
+            raise gr.Error(
+                f"Unknown scheduler {_shown(scheduler)}; choose one of {', '.join(sorted(SCHEDULERS))}."
+            )
         try:
             values = dict(
                 num_inference_steps=int(steps),
@@ -209,6 +249,7 @@ class EditorApp:
             config.validate()
         except ValueError as exc:  # the message names the setting and its bad value
             raise gr.Error(web_message(exc, None)) from None
+        self._check_edit_size(image, config)
         callback = None if progress is None else (lambda i, n, _latents: progress(i + 1, n))
         try:
             result = self.pipeline(image, instruction or "", config, seed=seed, callback=callback)
@@ -218,6 +259,20 @@ class EditorApp:
             log.exception("edit failed")
             raise gr.Error("The edit failed on the server (the details are in the server's log).") from None
         return image, result
+
+    def _check_edit_size(self, image: Image.Image, config: EditConfig) -> None:
+        """Refuse an input whose aspect ratio would make the edit itself huge (see ``MAX_EDIT_AREA``)."""
+        if config.resize_mode != "fit":  # pad and crop keep the long side at the resolution: always bounded
+            return
+        multiple = self.pipeline.size_multiple
+        width, height = original_edit_size(*image.size, config.resolution, multiple)
+        limit = max(MAX_EDIT_AREA * config.resolution**2, 16 * multiple**2)
+        if width * height > limit:
+            raise gr.Error(
+                f"The uploaded image is {image.width}x{image.height}: too narrow to edit (at resolution "
+                f"{config.resolution} it would be edited at {width}x{height}, above {limit} pixels); crop it "
+                "closer to a square."
+            )
 
     def _save(self, image: Image.Image, metadata: dict[str, str], stem: str) -> str:
         self._prune()
@@ -235,7 +290,8 @@ class EditorApp:
                 pass
 
     # -- UI handlers ---------------------------------------------------------------------------------------
-    # The session is a dict {"chain": [step, ...], "result": step | None}; a step is {"path", "caption"}.
+    # The session is a dict {"chain": [step, ...], "result": step | None}; a step is {"path", "caption",
+    # "details"} (details: the line under the images, the seed and settings that made the step).
     # chain[0] is the uploaded image, chain[k] an edit of chain[k-1]; "result" is the latest edit of chain[-1].
     def edit(
         self,
@@ -276,16 +332,10 @@ class EditorApp:
         k = len(chain)
         metadata = {**result.metadata(0), "ip2p:chain_step": str(k)}
         out = self._save(result.images[0], metadata, f"step{k:02d}")
-        step = {"path": out, "caption": f"{k}. {instruction} (seed {result.seed})"}
+        details = _details(result)
+        step = {"path": out, "caption": f"{k}. {instruction} (seed {result.seed})", "details": details}
         session = {"chain": chain, "result": step}
         config = result.config
-        details = (
-            f"seed {result.seed} · text guidance {config.text_guidance_scale} · image guidance "
-            f"{config.image_guidance_scale} · {config.num_inference_steps} steps · "
-            f"{result.info.get('scheduler', '')} · {result.images[0].width}x{result.images[0].height}"
-        )
-        if "note" in result.info:
-            details += f" · {result.info['note']}"
         return (
             out,
             details,
@@ -301,24 +351,26 @@ class EditorApp:
         session = session or {}
         if not session.get("result"):
             gr.Info("Make an edit first; then its result can be edited further.")
-            return gr.update(), gr.update(), session, *self._history(session)
+            return gr.update(), gr.update(), gr.update(), session, *self._history(session)
         chain = [*session["chain"], session["result"]]
         session = {"chain": chain, "result": None}
-        return chain[-1]["path"], None, session, *self._history(session)
+        return chain[-1]["path"], None, "", session, *self._history(session)
 
     def undo(self, session: dict | None):
-        """One step back: the last link leaves the chain and is shown as the result again."""
+        """One step back: the last link leaves the chain and is shown as the result again, with its details (the
+        seed, scales and instruction that made it), not those of the edit undone."""
         session = session or {}
         chain = list(session.get("chain") or [])
         if len(chain) > 1:
             result = chain.pop()
             session = {"chain": chain, "result": result}
-            return chain[-1]["path"], result["path"], session, *self._history(session)
+            details = result.get("details", "")
+            return chain[-1]["path"], result["path"], details, session, *self._history(session)
         if session.get("result"):
             session = {"chain": chain, "result": None}
-            return gr.update(), None, session, *self._history(session)
+            return gr.update(), None, "", session, *self._history(session)
         gr.Info("Nothing to undo.")
-        return gr.update(), gr.update(), session, *self._history(session)
+        return gr.update(), gr.update(), gr.update(), session, *self._history(session)
 
     def reset(self, session: dict | None):
         """Every setting back to its default (steps included), and the result cleared, as the original's reset."""
@@ -381,7 +433,7 @@ class EditorApp:
         """The ``gr.Blocks`` of the app (call ``.queue(...)`` and ``.launch(...)`` on it, or use ``serve``)."""
         d = self.defaults
         schedulers = [MODEL_SCHEDULER, *sorted(SCHEDULERS)]
-        with gr.Blocks(title="InstructPix2Pix", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        with _Blocks(title="InstructPix2Pix", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
             gr.Markdown("# InstructPix2Pix\nEdit an image by a written instruction.")
             if self.note:
                 gr.Markdown(f"**{self.note}**", elem_id="note")
@@ -534,7 +586,7 @@ class EditorApp:
             continue_btn.click(
                 self.continue_from_result,
                 inputs=[session],
-                outputs=[before, after, session, history, downloads],
+                outputs=[before, after, details, session, history, downloads],
                 queue=False,
                 api_name="ui_continue",
                 api_visibility="private",
@@ -542,7 +594,7 @@ class EditorApp:
             undo_btn.click(
                 self.undo,
                 inputs=[session],
-                outputs=[before, after, session, history, downloads],
+                outputs=[before, after, details, session, history, downloads],
                 queue=False,
                 api_name="ui_undo",
                 api_visibility="private",
@@ -611,10 +663,28 @@ def _seed(value: Any) -> int | None:
     try:
         seed = int(float(value))
     except (TypeError, ValueError, OverflowError):
-        raise gr.Error(f"The seed must be a whole number, got {value!r}.") from None
+        raise gr.Error(f"The seed must be a whole number, got {_shown(value)}.") from None
     if seed >= 2**32:
-        raise gr.Error(f"The seed must be below 2**32, got {seed}.")
+        raise gr.Error(f"The seed must be below 2**32, got {_shown(seed)}.")
     return None if seed < 0 else seed
+
+
+def _details(result: EditResult) -> str:
+    """The line under the images: what made the result shown (instruction, seed, scales, steps, sampler, size)."""
+    config = result.config
+    image = result.images[0]
+    details = (
+        f"“{result.instruction}” · seed {result.seed} · text guidance {config.text_guidance_scale} · image "
+        f"guidance {config.image_guidance_scale} · {config.num_inference_steps} steps · "
+        f"{result.info.get('scheduler', '')} · {image.width}x{image.height}"
+    )
+    return details + (f" · {result.info['note']}" if "note" in result.info else "")
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages that echo what a client sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _same_pixels(image: Image.Image, path: str) -> bool:
