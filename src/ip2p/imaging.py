@@ -39,7 +39,8 @@ class ImageError(ValueError):
     """An input or output image problem; the message names the file and the reason.
 
     ``kind`` says which: ``"not-image"``, ``"unsupported"``, ``"corrupt"``, ``"too-large"`` (the subclasses
-    below), ``"missing"`` (no such file) or ``"invalid"`` (anything else, e.g. an output that cannot be written).
+    below), ``"missing"`` (no such file), ``"unreadable"`` (e.g. no permission to read it) or ``"invalid"``
+    (anything else, e.g. an output that cannot be written).
     """
 
     kind = "invalid"
@@ -195,7 +196,7 @@ def load_image(
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file", kind="missing") from None
     except OSError as exc:
-        raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})", kind="missing") from None
+        raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})", kind="unreadable") from None
     with handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise NotAnImageError(f"{label}: the file is empty")
