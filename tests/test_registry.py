@@ -175,3 +175,18 @@ def test_a_named_model_brings_its_evaluation_defaults():
     other = EvalRunConfig(output="o", model="some/folder").resolved()
     assert (other.steps, other.resolution, other.base, other.test_set) == (100, 512, None, None)
     assert other.clip == "openai/clip-vit-large-patch14"
+
+
+def test_the_built_in_plugins_load_without_entry_points(monkeypatch):
+    """A source checkout on PYTHONPATH (or a stale editable install) lists no ``ip2p.plugins`` entry points: the
+    built-in plug-ins are still found, by name, so that ``--model tiny`` and ``--model toy`` work there."""
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "entry_points", lambda **kw: [])
+    monkeypatch.setattr(registry, "_entry_points_read", False)
+    monkeypatch.setattr(registry, "_loaded", {})
+    for reg in (registry.MODELS, registry.TEST_SETS, registry.CLIP_MODELS):
+        monkeypatch.setattr(reg, "_items", {})
+    assert registry.MODELS.get("tiny") is not None and registry.MODELS.get("toy").eval_defaults
+    assert registry.TEST_SETS.find("toy") is not None and registry.CLIP_MODELS.find("toy") is not None
+    assert set(registry._loaded) == set(registry.BUILTIN_PLUGINS)

@@ -33,6 +33,11 @@ from typing import Any, Generic, TypeVar
 
 ENTRY_POINT_GROUP = "ip2p.plugins"
 
+# The plug-ins this distribution declares, by name: loaded as well when the entry points do not list them (a
+# source checkout on PYTHONPATH, or an editable install older than the entry points), so that ``--model toy`` works
+# there too. Names, not imports: the core never imports the toy world.
+BUILTIN_PLUGINS = ("ip2p.tiny:register", "ip2p.toy.plugin:register")
+
 T = TypeVar("T")
 
 # A model or CLIP given by name resolves to a folder, or to a factory that builds it (no arguments).
@@ -67,17 +72,19 @@ def load_plugin(target: str) -> None:
 
 
 def load_plugins() -> None:
-    """Load every plug-in declared under the entry-point group ``ip2p.plugins`` (once; failures are kept and named
-    by the errors of later lookups instead of breaking every command)."""
+    """Load every plug-in declared under the entry-point group ``ip2p.plugins``, and the built-in ones
+    (:data:`BUILTIN_PLUGINS`) the group does not list (once; failures are kept and named by the errors of later
+    lookups instead of breaking every command)."""
     global _entry_points_read
     if _entry_points_read:
         return
     _entry_points_read = True
-    from importlib.metadata import entry_points
+    from importlib import metadata
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    declared = [ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    for target in [*declared, *BUILTIN_PLUGINS]:  # load_plugin skips those already loaded (or failed)
         try:
-            load_plugin(ep.value)
+            load_plugin(target)
         except Exception:  # recorded in _loaded, reported where a name it would have given is missing
             continue
 
