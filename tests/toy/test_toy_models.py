@@ -403,9 +403,9 @@ def test_clip_stage_under_bf16_autocast(trained, tmp_path):
 def test_train_base_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, flags, message):
     from ip2p.cli import main
 
-    assert main(["toy", "train-base", "--out", str(tmp_path / "run"), *flags]) != 0
+    assert main(["toy", "train-base", "--out", str(tmp_path / "run"), *flags]) == 2  # a usage error
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].endswith(f"error: {message}")
+    assert err == [f"ip2p toy train-base: error: {message}"]
     assert not (tmp_path / "run").exists()
 
 
@@ -421,6 +421,18 @@ def test_unet_captions_are_brief_in_the_asked_share():
     brief = [t for t in mixed if t and not _parses(t)]
     assert all(parse_brief(t) == Brief.of(s) for t, s in zip(mixed, scenes, strict=True) if t)
     assert 0.32 < len(brief) / sum(1 for t in mixed if t) < 0.48
+
+
+def test_train_base_and_quality_need_their_folder(capsys):
+    from ip2p.cli import main
+
+    for argv, flag in ((["toy", "train-base"], "--out"), (["toy", "quality"], "--model")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert (
+            info.value.code == 2
+            and f"the following arguments are required: {flag}" in capsys.readouterr().err
+        )
 
 
 def _parses(text: str) -> bool:

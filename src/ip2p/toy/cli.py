@@ -207,8 +207,9 @@ def train_base(args: argparse.Namespace) -> int:
     )
     try:
         result = run(config)
-    except SettingsError as exc:
-        raise ToyCommandError(str(exc)) from exc
+    except SettingsError as exc:  # a usage error, as argparse reports one
+        print(f"ip2p toy train-base: error: {exc}", file=sys.stderr)
+        return 2
     except Interrupted as exc:
         print(f"ip2p toy train-base: {exc}", file=sys.stderr)
         return 130

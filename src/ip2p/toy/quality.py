@@ -374,9 +374,10 @@ class QualityConfig:
     """What ``ip2p toy quality`` measures, of which model, and how (see :func:`measure_quality`)."""
 
     model: str | None = option(
-        "train-base output folder, a base pipeline folder, or 'toy' (the bundled weights); required",
+        "train-base output folder, a base pipeline folder, or 'toy' (the bundled weights)",
         default=None,
         metavar="DIR",
+        required=True,
     )
     out: str | None = option(
         "where quality.json and samples.png go (default: MODEL/quality; toy-quality for 'toy')",

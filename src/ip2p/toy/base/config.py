@@ -149,7 +149,7 @@ class TrainBaseConfig:
     """A run of ``ip2p toy train-base``: where, on what, which stages, and the training settings."""
 
     out: str | None = option(
-        "output folder (base/ and clip/ are the final models); required", default=None, metavar="DIR"
+        "output folder (base/ and clip/ are the final models)", default=None, metavar="DIR", required=True
     )
     device: str = option("auto (CUDA when present), cpu, cuda, cuda:1, mps", default="auto")
     preset: str = option(
