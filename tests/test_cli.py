@@ -363,3 +363,16 @@ print(",".join(sorted(m for m in {HEAVY!r} if m in sys.modules)))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"--help imported {result.stdout.strip()}"
+
+
+def test_library_chatter_is_quieted_except_for_toy_training_and_measuring(tmp_path, monkeypatch, capsys):
+    """train-base and quality show the libraries' progress and warnings; every other command, toy ones too, not."""
+    from ip2p import cli
+
+    quieted = []
+    monkeypatch.setattr(cli, "_quiet_libraries", lambda: quieted.append(True))
+    assert cli.main(["toy", "bundle"]) == 1  # names no model: one line, after the libraries were quieted
+    assert quieted == [True] and "name at least one of" in capsys.readouterr().err
+    quieted.clear()
+    assert cli.main(["toy", "train-base", "--out", str(tmp_path / "run"), "--attention", "flash"]) == 2
+    assert quieted == []

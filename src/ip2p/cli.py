@@ -507,7 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.command != "toy" and not getattr(args, "verbose", False):  # toy commands mostly run without them
+    # The toy world's training and measuring show the libraries' own progress and warnings.
+    loud = args.command == "toy" and args.toy_command in ("train-base", "quality")
+    if not loud and not getattr(args, "verbose", False):
         _quiet_libraries()
     try:
         return int(args.func(args) or 0)
