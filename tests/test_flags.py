@@ -67,3 +67,28 @@ def test_help_lists_every_documented_field_with_its_default_and_group():
     shown = argparse.ArgumentParser()
     add_config_flags(shown, Job, defaults={"steps": "the preset's 20"})
     assert "(default: the preset's 20)" in shown.format_help()
+
+
+def test_optional_annotations_take_their_inner_type_and_unknown_ones_fail_at_build_time():
+    import typing
+
+    @dataclass
+    class Limits:
+        limit: typing.Optional[int] = option("at most N", default=None)  # noqa: UP045 (the spelling under test)
+        scales: typing.Optional[list[float]] = option("scales", default=None)  # noqa: UP045
+        written: "Optional[int]" = option("a postponed annotation", default=None)  # noqa: F821, UP037
+        ratio: int | float = option("a number read by its own parser", default=1, parse=float)
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Limits)
+    args = p.parse_args(["--limit", "3", "--scales", "1", "2.5", "--written", "4", "--ratio", "0.5"])
+    assert config_overrides(args, Limits) == {"limit": 3, "scales": [1.0, 2.5], "written": 4, "ratio": 0.5}
+    with pytest.raises(SystemExit):
+        p.parse_args(["--limit", "x"])
+
+    @dataclass
+    class Either:
+        size: int | float = option("a number", default=1)
+
+    with pytest.raises(TypeError, match=r"^Either.size: no flag type for the annotation 'int \| float'"):
+        add_config_flags(argparse.ArgumentParser(), Either)

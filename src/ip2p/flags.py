@@ -69,9 +69,25 @@ def _annotation(f: dataclasses.Field) -> str:
         text = f.type
     elif isinstance(f.type, type) and not hasattr(f.type, "__origin__"):  # int, float, str, bool, Path
         text = f.type.__name__
-    else:  # list[str], int | None, ...
+    else:  # list[str], int | None, typing.Optional[int], ...
         text = str(f.type).replace("builtins.", "")
+    text = text.replace("typing.", "").strip()
+    while text.startswith("Optional[") and text.endswith("]"):  # Optional[X]: X, whose flag may be left unset
+        text = text[len("Optional[") : -1].strip()
     return text.replace(" | None", "").replace("None | ", "").strip()
+
+
+def _flag_type(cls: type, f: dataclasses.Field, kind: str, many: bool) -> Callable[[str], Any]:
+    """What turns a flag's text into the field's value: its ``parse``, else the scalar its annotation names."""
+    if f.metadata.get("parse"):
+        return f.metadata["parse"]
+    inner = kind.split("[", 1)[1].split(",")[0].rstrip("]").strip() if many else kind
+    if inner not in _SCALARS:
+        raise TypeError(
+            f"{cls.__name__}.{f.name}: no flag type for the annotation {kind!r} (known: int, float, str, Path, "
+            "bool and lists of them); give option(..., parse=...)"
+        )
+    return _SCALARS[inner]
 
 
 def _default_text(f: dataclasses.Field) -> str | None:
@@ -153,8 +169,7 @@ def add_config_flags(
                 kw["action"] = "append"
             elif many:
                 kw["nargs"] = "+"
-        inner = kind.split("[", 1)[1].split(",")[0].rstrip("]").strip() if many else kind
-        kw["type"] = meta.get("parse") or _SCALARS.get(inner, str)
+        kw["type"] = _flag_type(cls, f, kind, many)
         if kw.get("nargs") is None:
             kw.pop("nargs", None)
         if meta.get("choices"):
