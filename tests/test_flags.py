@@ -78,11 +78,20 @@ def test_optional_annotations_take_their_inner_type_and_unknown_ones_fail_at_bui
         scales: typing.Optional[list[float]] = option("scales", default=None)  # noqa: UP045
         written: "Optional[int]" = option("a postponed annotation", default=None)  # noqa: F821, UP037
         ratio: int | float = option("a number read by its own parser", default=1, parse=float)
+        mode: "Mode" = option("an alias of a Literal, with choices", default="fit", choices=("fit", "pad"))  # noqa: F821
 
     p = argparse.ArgumentParser()
     add_config_flags(p, Limits)
-    args = p.parse_args(["--limit", "3", "--scales", "1", "2.5", "--written", "4", "--ratio", "0.5"])
-    assert config_overrides(args, Limits) == {"limit": 3, "scales": [1.0, 2.5], "written": 4, "ratio": 0.5}
+    args = p.parse_args(
+        ["--limit", "3", "--scales", "1", "2.5", "--written", "4", "--ratio", "0.5", "--mode", "pad"]
+    )
+    assert config_overrides(args, Limits) == {
+        "limit": 3,
+        "scales": [1.0, 2.5],
+        "written": 4,
+        "ratio": 0.5,
+        "mode": "pad",
+    }
     with pytest.raises(SystemExit):
         p.parse_args(["--limit", "x"])
 

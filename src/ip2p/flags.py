@@ -82,10 +82,12 @@ def _flag_type(cls: type, f: dataclasses.Field, kind: str, many: bool) -> Callab
     if f.metadata.get("parse"):
         return f.metadata["parse"]
     inner = kind.split("[", 1)[1].split(",")[0].rstrip("]").strip() if many else kind
+    if inner not in _SCALARS and f.metadata.get("choices"):
+        return str  # e.g. a Literal alias: argparse checks the text against the choices
     if inner not in _SCALARS:
         raise TypeError(
             f"{cls.__name__}.{f.name}: no flag type for the annotation {kind!r} (known: int, float, str, Path, "
-            "bool and lists of them); give option(..., parse=...)"
+            "bool, lists of them, and texts with choices); give option(..., parse=...)"
         )
     return _SCALARS[inner]
 
