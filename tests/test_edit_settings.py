@@ -1,6 +1,7 @@
 """A model's edit settings (edit_settings.json): validation, reading, and precedence paper < model < explicit."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -71,13 +72,32 @@ def test_unreadable_json_and_missing_files(tmp_path):
 def test_the_bundled_toy_editor_carries_the_toy_preset():
     from ip2p.toy.bundle import EDITOR_SETTINGS
 
-    assert read_edit_settings("toy") == EDITOR_SETTINGS == {
-        "resolution": 64,
-        "num_inference_steps": 4,
-        "text_guidance_scale": 3.0,
-        "image_guidance_scale": 2.0,
-        "scheduler": "euler_ancestral",
-    }
+    assert (
+        read_edit_settings("toy")
+        == EDITOR_SETTINGS
+        == {
+            "resolution": 64,
+            "num_inference_steps": 4,
+            "text_guidance_scale": 3.0,
+            "image_guidance_scale": 2.0,
+            "scheduler": "euler_ancestral",
+        }
+    )
+
+
+def test_a_name_means_the_named_model_as_the_loader_takes_it_even_beside_a_folder_of_that_name(
+    tmp_path, monkeypatch
+):
+    """models.load_pipeline_components looks a name up before the file system: the settings follow it."""
+    from ip2p.edit_settings import model_folder
+    from ip2p.registry import MODELS
+    from ip2p.toy.bundle import EDITOR_SETTINGS
+
+    monkeypatch.chdir(tmp_path)
+    write_edit_settings(tmp_path / "toy", {"resolution": 128})
+    assert model_folder("toy") == Path(MODELS.get("toy").editor) != Path("toy").resolve()
+    assert read_edit_settings("toy") == EDITOR_SETTINGS
+    assert read_edit_settings("./toy") == {"resolution": 128}  # a path is a path
 
 
 def test_scheduler_names_and_constants_match_the_torch_modules():

@@ -77,11 +77,14 @@ def validate_settings(settings: dict[str, Any], source: str = SETTINGS_FILE) -> 
 
 
 def model_folder(source: str | os.PathLike) -> Path | None:
-    """The folder of an editing model named as ``EditPipeline.from_pretrained`` takes it, where it has one."""
+    """The folder of an editing model named as ``EditPipeline.from_pretrained`` takes it, where it has one.
+
+    Resolved in the loader's order (``models.load_pipeline_components``): a registered name first, even where a
+    folder of that name lies in the working directory, then a path."""
     from ip2p.registry import MODELS  # names come from plug-ins (the toy world's "toy")
 
     text = str(source)
-    named = MODELS.find(text) if text and "/" not in text and not Path(text).exists() else None
+    named = MODELS.find(text) if text else None
     if named is not None:
         return Path(named.editor) if isinstance(named.editor, str | os.PathLike) else None
     path = Path(text).expanduser()
