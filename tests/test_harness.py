@@ -86,6 +86,28 @@ def test_a_signal_stops_after_the_step_and_the_resumed_run_equals_an_uninterrupt
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
 
 
+def test_a_signal_during_the_last_step_saves_it_and_still_raises(tmp_path):
+    """The stage is complete, but the run was asked to end: the caller's next stage must not start."""
+    run = TinyRun(tmp_path / "last")
+    step_fn = run.step
+
+    def step_and_signal(step):
+        loss = step_fn(step)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    run.step = step_and_signal
+    with pytest.raises(Interrupted, match=r"stopped at step 5 of 5 \(SIGINT\)"):
+        run.run(total=5, ckpt_every=100)
+    assert run.ran == [0, 1, 2, 3, 4] and run.ckpt.latest() == 5
+    cut = TinyRun(tmp_path / "cut")
+    cut.step = lambda step: (os.kill(os.getpid(), signal.SIGTERM) if step == 1 else None) or 0.0
+    with pytest.raises(Interrupted, match=r"stopped at step 2 of 50 \(SIGTERM\)"):
+        cut.run(total=50, ckpt_every=100, stop=2)  # the last step of a run cut short by ``stop``
+    assert cut.ckpt.latest() == 2
+
+
 def test_time_limit_and_stop_step_end_early_with_a_checkpoint(tmp_path):
     timed = TinyRun(tmp_path / "timed")
     assert timed.run(total=50, ckpt_every=100, minutes=1e-9) == 1  # out of time after the first step

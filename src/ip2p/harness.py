@@ -267,7 +267,7 @@ def run_steps(
 
     ``step_fn(step)`` trains one step and returns its loss; ``save_fn(done)`` saves a checkpoint of ``done`` steps.
     Returns the number of steps done. SIGINT or SIGTERM ends the step under way, saves a checkpoint and raises
-    :class:`Interrupted`, so that a run stopped on purpose (for example to resume it with more threads) loses
+    :class:`Interrupted` (also when that step was the last), so that a run stopped on purpose (for example to resume it with more threads) loses
     nothing."""
     from tqdm.auto import tqdm
 
@@ -290,16 +290,17 @@ def run_steps(
             if done % ckpt_every == 0 or done == end or out_of_time or request.requested:
                 save_fn(done)
                 tqdm.write(f"[{name}] step {done}/{total} loss {smooth:.4f} ({timer.summary(threads)})")
-            if request.requested and done < end:
-                bar.close()
-                raise Interrupted(
-                    f"{name} stage stopped at step {done} of {total} ({request.name}), "
-                    "checkpoint saved: run the same command again to resume"
-                )
+            if request.requested:
+                break
             if out_of_time and done < total:
                 tqdm.write(f"[{name}] stopping at step {done} of {total}: its {minutes:g} minutes are spent")
                 break
-    bar.close()
+        bar.close()
+        if request.requested:  # even during the last step: the caller must not go on to its next stage
+            raise Interrupted(
+                f"{name} stage stopped at step {done} of {total} ({request.name}), "
+                "checkpoint saved: run the same command again to resume"
+            )
     if done == end < total:
         tqdm.write(f"[{name}] ending at step {done} of {total}, as asked")
     return done
