@@ -250,9 +250,18 @@ class EditorApp:
         except ValueError as exc:  # the message names the setting and its bad value
             raise gr.Error(web_message(exc, None)) from None
         self._check_edit_size(image, config)
-        callback = None if progress is None else (lambda i, n, _latents: progress(i + 1, n))
+
+        def step(i: int, n: int, _latents) -> None:
+            if _client_gone():  # nobody waits for this edit: stop it and free the slot for the next request
+                raise _ClientGone
+            if progress is not None:
+                progress(i + 1, n)
+
         try:
-            result = self.pipeline(image, instruction or "", config, seed=seed, callback=callback)
+            result = self.pipeline(image, instruction or "", config, seed=seed, callback=step)
+        except _ClientGone:
+            log.info("edit stopped: its client disconnected")
+            raise gr.Error("The edit was stopped: its client disconnected.") from None
         except ImageError as exc:  # e.g. a resolution below the model's size multiple
             raise gr.Error(web_message(exc, path)) from None
         except Exception:
@@ -667,6 +676,29 @@ def _seed(value: Any) -> int | None:
     if seed >= 2**32:
         raise gr.Error(f"The seed must be below 2**32, got {_shown(seed)}.")
     return None if seed < 0 else seed
+
+
+class _ClientGone(Exception):
+    """Raised from an edit's step callback when the client that asked for the edit has disconnected."""
+
+
+def _client_gone() -> bool:
+    """Whether the client of the gradio event this thread serves has disconnected.
+
+    Gradio marks a running job not alive when its client's event stream closes, but cannot stop the thread
+    that runs it: without this check an abandoned edit holds its concurrency slot to its last step. Outside
+    a gradio event (a direct call, a test) it is False."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or event_id is None:
+        return False
+    for job in list(queue.active_jobs):
+        for event in job or ():
+            if event._id == event_id:
+                return not event.alive
+    return False
 
 
 def _details(result: EditResult) -> str:
