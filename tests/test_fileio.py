@@ -208,3 +208,20 @@ def test_restore_dir_puts_back_a_folder_moved_aside_by_a_crash(tmp_path):
     os.replace(path, tmp_path / ".ckpt.b.old")
     with pytest.raises(FileExistsError, match="several folders"):
         restore_dir(path)
+
+
+def test_restore_dir_leaves_a_dotted_siblings_folders_alone(tmp_path):
+    """``model`` and ``model.v2`` side by side: what ``model.v2`` moved aside is not ``model``'s to take."""
+    for name in ("model", "model.v2"):
+        with atomic_dir(tmp_path / name) as tmp:
+            (tmp / "a").write_text(name)
+    os.replace(tmp_path / "model.v2", tmp_path / ".model.v2.k3j_x9ab.old")  # model.v2's replacement died
+    os.rename(tmp_path / "model", tmp_path / "gone")
+    assert restore_dir(tmp_path / "model") is False and not (tmp_path / "model").exists()
+    assert (
+        restore_dir(tmp_path / "model.v2") is True and (tmp_path / "model.v2" / "a").read_text() == "model.v2"
+    )
+    os.replace(tmp_path / "gone", tmp_path / ".model.q1w2e3r4.old")
+    os.replace(tmp_path / "model.v2", tmp_path / ".model.v2.z9y8x7w6.old")
+    assert restore_dir(tmp_path / "model") is True and (tmp_path / "model" / "a").read_text() == "model"
+    assert (tmp_path / ".model.v2.z9y8x7w6.old").is_dir()  # neither taken nor counted as several

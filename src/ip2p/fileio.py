@@ -22,8 +22,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -223,7 +225,14 @@ def restore_dir(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.exists() or path.is_symlink():
         return False
-    aside = [p for p in path.parent.glob(f".{path.name}.*.old") if p.is_dir()]
+    # Exactly the names _replace_dir makes (mkdtemp's random part has no dot): ``.model.v2.x.old``, aside from the
+    # sibling ``model.v2``, is not ``model``'s.
+    mine = re.compile(re.escape(f".{path.name}.") + r"[^.]+\.old")
+    aside = [
+        p
+        for p in path.parent.glob(f".{glob.escape(path.name)}.*.old")
+        if mine.fullmatch(p.name) and p.is_dir()
+    ]
     if len(aside) > 1:
         raise FileExistsError(
             f"{path} is missing and several folders were moved aside from it: {sorted(aside)}"
