@@ -115,8 +115,8 @@ class EvalRunConfig:
     )
     sdedit_guidance: float = option("SDEdit's text guidance", default=7.5)
     steps: int | None = option(
-        "sampler steps of both methods (default: the editor's edit_settings.json, else 100; SDEdit: "
-        "--sdedit-steps)",
+        "sampler steps of both methods (default: the editor's edit_settings.json, else the named model's "
+        "evaluation default, else 100; SDEdit: --sdedit-steps)",
         default=None,
     )
     sdedit_steps: int | None = option(
