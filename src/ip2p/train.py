@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ip2p.datasets import Columns, EditExample, open_edit_dataset
-from ip2p.fileio import atomic_dir, atomic_path
+from ip2p.fileio import atomic_dir, atomic_path, write_json_atomic
 from ip2p.guidance import apply_conditioning_dropout
 from ip2p.harness import (
     Deadline,
@@ -431,7 +431,7 @@ class Trainer:
         c, acc = self.config, self.accelerator
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "train_config.json").write_text(json.dumps(asdict(c), indent=2))
+            write_json_atomic(self.out / "train_config.json", asdict(c))
         if c.cache_latents:
             self.build_cache()
         writer = self._tensorboard() if c.tensorboard and acc.is_main_process else None

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ip2p.fileio import write_json_atomic, write_text_atomic
 from ip2p.text.format import Triplet
 from ip2p.text.hf import TextModelError, prepare_tokenizer
 from ip2p.text.sources import read_seed_triplets
@@ -256,7 +257,7 @@ def finetune(
 
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        (output / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_json_atomic(output / CONFIG_FILE, config.to_dict())
     step, epoch, batches_done = 0, 0, 0
     resumed = latest_checkpoint(output) if config.resume else None
     if resumed is not None:
@@ -266,7 +267,7 @@ def finetune(
         log = output / "train_log.jsonl"
         if accelerator.is_main_process and log.is_file():  # drop lines logged after the checkpoint
             rows = [r for r in log.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
-            log.write_text("".join(r + "\n" for r in rows))
+            write_text_atomic(log, "".join(r + "\n" for r in rows))
 
     bar = tqdm(
         total=total_steps,
@@ -321,7 +322,7 @@ def finetune(
             "num_seed_triplets": len(triplets),
             "resumed_from": str(resumed) if resumed else None,
         }
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(summary_file, summary)
     accelerator.wait_for_everyone()
     return output
 
@@ -338,7 +339,7 @@ def _save_checkpoint(
     accelerator.save_state(str(folder))
     if accelerator.is_main_process:
         state = {"step": step, "epoch": epoch, "batches_done": done}
-        (folder / STATE_FILE).write_text(json.dumps(state) + "\n")  # last: marks the checkpoint complete
+        write_json_atomic(folder / STATE_FILE, state, indent=None, fsync=True)  # last: marks it complete
         old = sorted((output / "checkpoints").glob("step-*"))[: -config.keep_checkpoints]
         for stale in old:
             shutil.rmtree(stale, ignore_errors=True)

@@ -25,7 +25,6 @@ This module imports no torch until it measures: ``ip2p toy quality --help`` read
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 import time
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ip2p.fileio import write_json_atomic
 from ip2p.flags import option
 
 from .data import heldout_scenes, one_attribute_variants, to_tensor, to_uint8
@@ -356,7 +356,7 @@ def measure(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "quality.json").write_text(json.dumps(result, indent=1))
+        write_json_atomic(out / "quality.json", result, indent=1)
         if best_samples is not None:
             result["grid"] = str(sample_grid(best_samples, out / "samples.png"))
     if tmp is not None:
