@@ -26,11 +26,8 @@ import numpy as np
 import torch
 from PIL import EpsImagePlugin, Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from ip2p.edit_config import DEFAULT_MAX_PIXELS  # refused before decoding: a decompression-bomb guard
 from ip2p.fileio import atomic_write
-
-# Refuse images above this many pixels before decoding them (a "decompression bomb" guard). 40 MP covers
-# any photograph; the edit itself runs at `resolution` (512 px) anyway.
-DEFAULT_MAX_PIXELS = 40_000_000
 
 ResizeMode = Literal["fit", "pad", "crop"]
 

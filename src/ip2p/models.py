@@ -24,10 +24,10 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ip2p.edit_config import DEFAULT_MODEL  # noqa: F401 (re-exported: the hub id loaded by default)
 from ip2p.fileio import atomic_dir
 from ip2p.registry import MODELS, NamedModel
 
-DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 # What editing never uses: diffusers' safety checker and the feature extractor that feeds it.
 _NO_SAFETY_CHECKER = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ip2p.edit_config import TINY_MODEL  # its name in ip2p.registry.MODELS (``--model tiny``)
+
 if TYPE_CHECKING:  # imported where a component is built: registering the name "tiny" stays light
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-TINY_MODEL = "tiny"  # its name in ip2p.registry.MODELS (``--model tiny``)
 TINY_NOTE = "tiny randomly initialised model: its edits are noise, it only exercises the code"
 
 
