@@ -416,10 +416,11 @@ _EVAL_SHARED_FLAGS = ("output", "model", "model_config", "device", "dtype")
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     from ip2p.evaluate.config import EvalRunConfig
-    from ip2p.flags import add_config_flags
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "evaluate",
+        cmd_evaluate,
         help="measure an editor: CLIP direction vs image similarity over guidance sweeps, against SDEdit (paper 4)",
         description="Edit every test item with the editor at every setting of a guidance sweep, and with the "
         "SDEdit baseline (img2img with the text-to-image model and the output caption) over strengths; measure "
@@ -431,13 +432,11 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     add_model_flags(p, default_model="toy")
     p.add_argument("-o", "--output", required=True, help="output folder (rerun the same command to resume)")
     add_config_flags(p, EvalRunConfig, exclude=_EVAL_SHARED_FLAGS)
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    p.set_defaults(func=cmd_evaluate)
+    _json_flag(p, "the summary")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ip2p.evaluate.config import EvalRunConfig, run_evaluation
-    from ip2p.flags import config_overrides
 
     config = EvalRunConfig(
         output=args.output,
