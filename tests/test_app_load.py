@@ -129,14 +129,15 @@ def test_twenty_concurrent_good_and_bad_uploads_are_each_answered(server, image_
 
     uploads = app_load.mixed_uploads(REQUESTS, seed=1)
     with app_load.PeakRss(process.pid) as rss:
+        start = time.monotonic()
         outcomes = app_load.run_load(url, uploads, clients=REQUESTS)
-    report = app_load.Report(outcomes, 0.0, rss_idle / 2**20, rss.peak / 2**20, app_load.server_up(url))
+        elapsed = time.monotonic() - start
+    report = app_load.Report(outcomes, elapsed, rss_idle / 2**20, rss.peak / 2**20, app_load.server_up(url))
     print(app_load.table(report))
 
     assert not report.wrong, [(o.upload.name, o.status, o.message) for o in report.wrong]
     assert report.up_after, log.read_text()[-3000:]
-    statuses = {o.status for o in outcomes}
-    assert "ok" in statuses and "refused" in statuses
+    assert any(o.status == "ok" for o in outcomes)  # the bad ones' messages: test_limits_give_clear_messages
     for o in outcomes:
         if o.status == "busy":
             assert "Queue is full" in o.message
@@ -161,6 +162,14 @@ def test_malformed_api_inputs_are_refused_with_a_message(server, image_path):
             text = client.get(f"/gradio_api/call/v2/edit/{event_id}").text
             error = json.loads(text.split("data:", 1)[1].strip())["error"]
             assert error and expected in error, text
+
+
+def test_a_client_that_walks_away_frees_its_slot(server):
+    """A 400-step edit (about half a minute here) abandoned after 0.5 s: the next request is served within the
+    time the queue takes to notice the closed stream, not after the abandoned edit's last step."""
+    url, _, _ = server
+    probe = app_load.disconnect_probe(url, long_steps=400, baseline=False)
+    assert probe["slot_free_after_s"] < 12, probe
 
 
 @pytest.mark.slow
