@@ -376,3 +376,19 @@ def test_library_chatter_is_quieted_except_for_toy_training_and_measuring(tmp_pa
     quieted.clear()
     assert cli.main(["toy", "train-base", "--out", str(tmp_path / "run"), "--attention", "flash"]) == 2
     assert quieted == []
+
+
+def test_help_and_the_toy_parser_import_no_numpy():
+    """`ip2p --help` needs no numpy; the toy world's commands build their flags without numpy or PIL."""
+    code = """
+import argparse, contextlib, io, sys
+from ip2p.toy.cli import add_toy_parser
+add_toy_parser(argparse.ArgumentParser().add_subparsers())
+toy = sorted(m for m in ("numpy", "PIL") if m in sys.modules)
+from ip2p.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(["--help"])
+print(",".join(toy), "numpy" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False"], result.stdout

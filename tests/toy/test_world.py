@@ -423,3 +423,27 @@ def test_seed_triplets_balanced_deterministic_and_exact(tmp_path):
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 20 and set(json.loads(lines[0])) == {"input", "edit", "output"}
     assert [p.name for p in path.parent.iterdir()] == ["seeds.jsonl"]  # no temp file left
+
+
+def test_the_package_names_load_on_first_use_and_render_stays_the_function():
+    """In a fresh process: ``import ip2p.toy`` loads no submodule; a name loads its own; ``render`` is the
+    function even after the submodule of that name was imported (as the eager package had it)."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys
+import ip2p.toy as toy
+fresh = sorted(m for m in sys.modules if m.startswith("ip2p.toy."))
+import ip2p.toy.render
+from ip2p.toy import Scene, render
+print(json.dumps({
+    "fresh": fresh,
+    "render": callable(render) and render.__module__ == "ip2p.toy.render" and toy.render is render,
+    "scene": Scene.__module__,
+    "all": sorted(toy.__all__) == sorted(toy._HOME) and all(hasattr(toy, n) for n in toy.__all__),
+}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"fresh": [], "render": True, "scene": "ip2p.toy.scene", "all": True}

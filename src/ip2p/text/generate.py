@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ip2p.fileio import write_json_atomic
 from ip2p.text.backends import InstructionGenerator, ItemError
 from ip2p.text.filters import BACKEND_ERROR, DUPLICATE_TRIPLET, FilterConfig, TripletFilter
@@ -106,6 +104,8 @@ def caption_order(
 ) -> list[int]:
     """Indices of the captions this partition visits, in order: the original's
     ``np.array_split(np.random.permutation(n), num_partitions)[partition]`` after ``np.random.seed(seed)``."""
+    import numpy as np  # here, not at the top: ``ip2p --help`` reads this package's settings without numpy
+
     order = np.random.RandomState(seed).permutation(n) if shuffle else np.arange(n)
     return [int(i) for i in np.array_split(order, num_partitions)[partition]]
 

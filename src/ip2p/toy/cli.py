@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ip2p.flags import add_config_flags, config_overrides, option
+from ip2p.toy.quality_config import QualityConfig
 
 
 class ToyCommandError(ValueError):
@@ -218,8 +219,8 @@ def train_base(args: argparse.Namespace) -> int:
     return 0
 
 
-def quality(config: Any) -> int:
-    """``toy quality``: a ``QualityConfig`` measured; the results printed as JSON."""
+def quality(config: QualityConfig) -> int:
+    """``toy quality``: the model measured; the results printed as JSON."""
     from ip2p.toy.quality import measure_quality
 
     try:
@@ -231,9 +232,9 @@ def quality(config: Any) -> int:
 
 
 # name -> (config class, command, help, description)
-COMMANDS: dict[str, tuple[type | None, Callable[[Any], int], str, str | None]] = {
+COMMANDS: dict[str, tuple[type, Callable[[Any], int], str, str | None]] = {
     "quality": (
-        None,  # QualityConfig, imported when the parser is built
+        QualityConfig,
         quality,
         "measure the toy models' quality bars",
         "Measure a toy base model (a train-base output folder, a base pipeline folder or 'toy', the bundled one): "
@@ -285,7 +286,6 @@ COMMANDS: dict[str, tuple[type | None, Callable[[Any], int], str, str | None]] =
 def add_toy_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``toy`` and its subcommands to the ``ip2p`` subparsers ``sub``."""
     from ip2p.toy.base.config import TrainBaseConfig, TrainSettings
-    from ip2p.toy.quality import QualityConfig
 
     p = sub.add_parser(
         "toy",
@@ -305,7 +305,6 @@ def add_toy_parser(sub: argparse._SubParsersAction) -> None:
     add_config_flags(q.add_argument_group("training settings"), TrainSettings)
     q.set_defaults(func=train_base)
     for name, (cls, command, text, description) in COMMANDS.items():
-        cls = cls or QualityConfig
         q = toy.add_parser(name, help=text, description=description or text)
         add_config_flags(q, cls)
         q.set_defaults(

@@ -20,7 +20,8 @@ Usage::
 
     measure_quality(QualityConfig(model="runs/toy", only="t2i", limit=20))   # the same from Python
 
-This module imports no torch until it measures: ``ip2p toy quality --help`` reads :class:`QualityConfig`.
+This module imports no torch until it measures; :class:`QualityConfig` lives in :mod:`.quality_config` (no numpy,
+no PIL), which ``ip2p toy quality --help`` reads.
 """
 
 from __future__ import annotations
@@ -28,34 +29,26 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ip2p.fileio import write_json_atomic
-from ip2p.flags import option
 
 from .data import heldout_scenes, one_attribute_variants, to_tensor, to_uint8
+from .quality_config import (  # noqa: F401 (the settings live in a light module; re-exported here)
+    DEFAULT_GUIDANCE,
+    DEFAULT_GUIDANCE_RESCALE,
+    MEASUREMENTS,
+    QualityConfig,
+    unknown_measurements,
+)
 
 if TYPE_CHECKING:
     import torch
 
 BARS = {"vae_psnr_db": 30.0, "clip_top1": 0.90, "t2i_one_shape": 0.80, "t2i_two_shape": 0.50}
-MEASUREMENTS = ("vae", "clip", "t2i", "t2i_brief")
-
-
-def unknown_measurements(only) -> str:
-    """The one-line complaint about names in ``only`` that are not measurements, or "" when all are."""
-    unknown = set(only) - set(MEASUREMENTS)
-    if not unknown:
-        return ""
-    return f"unknown measurement(s) {', '.join(sorted(unknown))}; expected {', '.join(MEASUREMENTS)}"
-
-
-DEFAULT_GUIDANCE = 4.0
-DEFAULT_GUIDANCE_RESCALE = 0.0
 
 
 def resolve_model(model: str) -> tuple[Path, Path]:
@@ -367,66 +360,6 @@ def measure(
 # ---------------------------------------------------------------------------
 # The library entry and its settings
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class QualityConfig:
-    """What ``ip2p toy quality`` measures, of which model, and how (see :func:`measure_quality`)."""
-
-    model: str | None = option(
-        "train-base output folder, a base pipeline folder, or 'toy' (the bundled weights)",
-        default=None,
-        metavar="DIR",
-        required=True,
-    )
-    out: str | None = option(
-        "where quality.json and samples.png go (default: MODEL/quality; toy-quality for 'toy')",
-        default=None,
-        metavar="DIR",
-    )
-    device: str = option("auto (CUDA when present), cpu, cuda, cuda:1, mps", default="auto")
-    only: str = option(
-        "comma-separated subset of vae,clip,t2i,t2i_brief (brief captions)", default="vae,clip,t2i"
-    )
-    guidance: str = option(
-        "classifier-free guidance scale, or several comma-separated (the best is kept)",
-        default=str(DEFAULT_GUIDANCE),
-    )
-    guidance_rescale: float = option(
-        "rescale of the guided prediction towards the conditional one's std (0: none)",
-        default=DEFAULT_GUIDANCE_RESCALE,
-    )
-    steps: int = option("sampling steps", default=50)
-    limit: int | None = option("only the first N captions of each set (quick looks)", default=None)
-    checkpoint: str | None = option(
-        "'latest' or a step: evaluate a UNet stage checkpoint's EMA weights", default=None
-    )
-    seed: int = option("seed of the samples' generators (sample i of a set: seed + i)", default=0)
-
-    def measurements(self) -> tuple[str, ...]:
-        return tuple(self.only.split(","))
-
-    def guidance_scales(self) -> tuple[float, ...]:
-        try:
-            return tuple(float(g) for g in self.guidance.split(","))
-        except ValueError:
-            raise ValueError(f"--guidance takes numbers separated by commas, not {self.guidance!r}") from None
-
-    def out_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        return Path("toy-quality") if self.model == "toy" else Path(self.model) / "quality"
-
-    def check(self) -> None:
-        """One-line errors (ValueError) for a configuration nothing can measure."""
-        if not self.model:
-            raise ValueError(
-                "--model is required: a train-base output folder, a base pipeline folder, or 'toy'"
-            )
-        problem = unknown_measurements(self.measurements())
-        if problem:
-            raise ValueError(f"--only: {problem}")
-        self.guidance_scales()
 
 
 def measure_quality(config: QualityConfig) -> dict:
