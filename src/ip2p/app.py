@@ -4,7 +4,8 @@ paper section 6), with multi-turn editing, a history with undo and downloads tha
 The app holds no model logic: every edit is one ``EditPipeline`` call. What it adds is the interaction: controls
 with the paper's defaults and a Reset that restores them (the original's reset set Steps to 0), "randomize
 guidance" as the original draws it, a chain of edits, clear one-line errors (never a server path or a
-traceback), a queue with a concurrency limit, and an HTTP API for programs.
+traceback), a queue with a concurrency limit, and an HTTP API for programs. How a request is read and refused
+(the upload, the settings, gradio's own input checks, a client that left) is ``ip2p.app_requests``.
 
 Example:
     >>> from ip2p.app import ServeConfig, serve
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import tempfile
 import threading
 import time
@@ -26,14 +26,25 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-import pydantic
-from gradio.exceptions import InvalidPathError
 from PIL import Image
 
 from ip2p.app_config import ServeConfig
+from ip2p.app_requests import (
+    MODEL_SCHEDULER,
+    CheckedBlocks,
+    ClientGone,
+    check_edit_size,
+    client_gone,
+    edit_values,
+    load_upload,
+    parse_seed,
+    shown,
+    upload_path,
+    web_message,
+)
 from ip2p.demo import resolve_demo_model
 from ip2p.edit_config import TINY_MODEL
-from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, original_edit_size, save_png
+from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, save_png
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
 from ip2p.sampling import SCHEDULERS
 from ip2p.toy.plugin import TOY_MODEL
@@ -42,17 +53,11 @@ log = logging.getLogger(__name__)
 
 RANDOM_SEED, FIXED_SEED = "Random seed", "Fixed seed"
 FIXED_GUIDANCE, RANDOM_GUIDANCE = "Fixed guidance", "Randomize guidance"
-MODEL_SCHEDULER = "model default"  # the model's own scheduler (Euler ancestral for the released model)
 TINY_NOTE = (
     "NOTE: this is the tiny RANDOMLY INITIALISED test model: it exercises the whole editing path, "
     "but its output is noise, not an edit."
 )
 KEEP_OUTPUTS_S = 24 * 3600  # edited PNGs older than this are deleted from the server's scratch folder
-# An edit may have at most this many times the pixels of a square at its resolution (or 16 squares of the size
-# multiple, where that is more, so that a small resolution keeps moderately long images). The original's "fit"
-# policy keeps the short side at least one size multiple (64 px for SD), so a 1x40000 image would become a
-# 64x2560000 edit: minutes and gigabytes for an input far below the pixel limit.
-MAX_EDIT_AREA = 2
 
 HELP = """
 **How to tune.** The two guidance scales trade following the instruction against staying close to the input
@@ -109,38 +114,6 @@ def randomized_guidance(rng: random.Random) -> tuple[float, float]:
 def draw_seed(rng: random.Random) -> int:
     """A fresh seed as the original app draws it (``random.randint(0, 100000)``): short enough to type back."""
     return rng.randint(0, 100000)
-
-
-def web_message(exc: Exception, path: str | None) -> str:
-    """An error message fit for a browser: the server's file path replaced, the command-line hint dropped."""
-    text = str(exc)
-    if path:
-        text = text.replace(path, "the uploaded image").replace(str(Path(path).parent), "the upload folder")
-    text = re.sub(r"\s*\(raise it with --max-pixels[^)]*\)", "", text)
-    return text[:1].upper() + text[1:]
-
-
-class _Blocks(gr.Blocks):
-    """``gr.Blocks`` whose refusals of malformed inputs carry a message.
-
-    Gradio checks an event's inputs before our handler runs: a file path the server did not receive as an upload,
-    or a value that is not a file at all where an image belongs. Its own exceptions for these reach the client
-    as an error event with no message (``show_error=False`` hides every message that is not a ``gr.Error``, so
-    that no server path or traceback leaks); here they become one line that says what to send instead."""
-
-    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
-        try:
-            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
-        except InvalidPathError:
-            raise gr.Error(
-                "The image must be a file uploaded to this server (POST it to /gradio_api/upload first and "
-                "pass the path that returns); other server paths are not read."
-            ) from None
-        except pydantic.ValidationError as exc:
-            raise gr.Error(
-                f"The {exc.title.removesuffix('Data').lower() or 'input'} must be a file reference "
-                '{"path": ..., "meta": {"_type": "gradio.FileData"}} of an uploaded file (see the README).'
-            ) from None
 
 
 # -- the app -------------------------------------------------------------------------------------------------
@@ -223,43 +196,31 @@ class EditorApp:
         if not path:
             raise gr.Error("Upload an image (or pick an example) first.")
         if instruction is not None and not isinstance(instruction, str):
-            raise gr.Error(f"The instruction must be text, got {_shown(instruction)}.")
-        try:  # the upload keeps the user's file name in gradio's cache: messages name it, never the folder
-            image = load_image(
-                path, max_pixels=self.max_pixels, name=f"the uploaded image {Path(path).name!r}"
-            )
-        except ImageError as exc:
-            raise gr.Error(web_message(exc, path)) from None
-        if scheduler not in (None, "", MODEL_SCHEDULER) and scheduler not in SCHEDULERS:
-            raise gr.Error(
-                f"Unknown scheduler {_shown(scheduler)}; choose one of {', '.join(sorted(SCHEDULERS))}."
-            )
-        try:
-            values = dict(
-                num_inference_steps=int(steps),
-                text_guidance_scale=float(text_guidance),
-                image_guidance_scale=float(image_guidance),
-                resolution=int(resolution),
-                scheduler=None if scheduler in (None, "", MODEL_SCHEDULER) else scheduler,
-            )
-        except (TypeError, ValueError, OverflowError):
-            raise gr.Error("Steps, guidance scales and resolution must be numbers.") from None
+            raise gr.Error(f"The instruction must be text, got {shown(instruction)}.")
+        image = load_upload(path, self.max_pixels)
+        values = edit_values(
+            steps=steps,
+            text_guidance=text_guidance,
+            image_guidance=image_guidance,
+            scheduler=scheduler,
+            resolution=resolution,
+        )
         try:
             config = self.pipeline.config_for(**values)  # the model's own settings under the controls' values
             config.validate()
         except ValueError as exc:  # the message names the setting and its bad value
             raise gr.Error(web_message(exc, None)) from None
-        self._check_edit_size(image, config)
+        check_edit_size(image, config, self.pipeline.size_multiple)
 
         def step(i: int, n: int, _latents) -> None:
-            if _client_gone():  # nobody waits for this edit: stop it and free the slot for the next request
-                raise _ClientGone
+            if client_gone():  # nobody waits for this edit: stop it and free the slot for the next request
+                raise ClientGone
             if progress is not None:
                 progress(i + 1, n)
 
         try:
             result = self.pipeline(image, instruction or "", config, seed=seed, callback=step)
-        except _ClientGone:
+        except ClientGone:
             log.info("edit stopped: its client disconnected")
             raise gr.Error("The edit was stopped: its client disconnected.") from None
         except ImageError as exc:  # e.g. a resolution below the model's size multiple
@@ -268,20 +229,6 @@ class EditorApp:
             log.exception("edit failed")
             raise gr.Error("The edit failed on the server (the details are in the server's log).") from None
         return image, result
-
-    def _check_edit_size(self, image: Image.Image, config: EditConfig) -> None:
-        """Refuse an input whose aspect ratio would make the edit itself huge (see ``MAX_EDIT_AREA``)."""
-        if config.resize_mode != "fit":  # pad and crop keep the long side at the resolution: always bounded
-            return
-        multiple = self.pipeline.size_multiple
-        width, height = original_edit_size(*image.size, config.resolution, multiple)
-        limit = max(MAX_EDIT_AREA * config.resolution**2, 16 * multiple**2)
-        if width * height > limit:
-            raise gr.Error(
-                f"The uploaded image is {image.width}x{image.height}: too narrow to edit (at resolution "
-                f"{config.resolution} it would be edited at {width}x{height}, above {limit} pixels); crop it "
-                "closer to a square."
-            )
 
     def _save(self, image: Image.Image, metadata: dict[str, str], stem: str) -> str:
         self._prune()
@@ -317,9 +264,9 @@ class EditorApp:
         session: dict | None,
         progress=gr.Progress(),  # noqa: B008 (gradio's way of asking for a progress bar)
     ):
-        path = _upload_path(before)
+        path = upload_path(before)
         instruction = instruction or ""
-        seed = _seed(seed) if seed_mode == FIXED_SEED else None
+        seed = parse_seed(seed) if seed_mode == FIXED_SEED else None
         seed = draw_seed(self._rng) if seed is None else seed
         if guidance_mode == RANDOM_GUIDANCE:
             text_guidance, image_guidance = randomized_guidance(self._rng)
@@ -423,9 +370,9 @@ class EditorApp:
         """Edit ``image`` by ``instruction``; returns the edited PNG (with metadata) and the metadata as JSON.
 
         A negative or empty ``seed`` draws one at random; the one used is in the metadata (``ip2p:seed``)."""
-        seed = _seed(seed)
+        seed = parse_seed(seed)
         _, result = self.run_edit(
-            _upload_path(image),
+            upload_path(image),
             instruction,
             steps=steps,
             text_guidance=text_guidance,
@@ -442,7 +389,9 @@ class EditorApp:
         """The ``gr.Blocks`` of the app (call ``.queue(...)`` and ``.launch(...)`` on it, or use ``serve``)."""
         d = self.defaults
         schedulers = [MODEL_SCHEDULER, *sorted(SCHEDULERS)]
-        with _Blocks(title="InstructPix2Pix", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        with CheckedBlocks(
+            title="InstructPix2Pix", analytics_enabled=False, delete_cache=(3600, 86400)
+        ) as demo:
             gr.Markdown("# InstructPix2Pix\nEdit an image by a written instruction.")
             if self.note:
                 gr.Markdown(f"**{self.note}**", elem_id="note")
@@ -658,49 +607,6 @@ class EditorApp:
         return CSS + ("\n" + CSS_PIXELATED if name in (TOY_MODEL, TINY_MODEL) else "")
 
 
-def _upload_path(value: Any) -> str | None:
-    """The server-side path of an image input (a FileData dict as gradio sends it unprocessed, or a path)."""
-    if isinstance(value, dict):
-        return value.get("path")
-    return str(value) if value else None
-
-
-def _seed(value: Any) -> int | None:
-    """A seed from a number box: None (draw one) when empty or negative; a clear error when not a whole number."""
-    if value is None or value == "":
-        return None
-    try:
-        seed = int(float(value))
-    except (TypeError, ValueError, OverflowError):
-        raise gr.Error(f"The seed must be a whole number, got {_shown(value)}.") from None
-    if seed >= 2**32:
-        raise gr.Error(f"The seed must be below 2**32, got {_shown(seed)}.")
-    return None if seed < 0 else seed
-
-
-class _ClientGone(Exception):
-    """Raised from an edit's step callback when the client that asked for the edit has disconnected."""
-
-
-def _client_gone() -> bool:
-    """Whether the client of the gradio event this thread serves has disconnected.
-
-    Gradio marks a running job not alive when its client's event stream closes, but cannot stop the thread
-    that runs it: without this check an abandoned edit holds its concurrency slot to its last step. Outside
-    a gradio event (a direct call, a test) it is False."""
-    from gradio.context import LocalContext
-
-    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
-    queue = getattr(blocks, "_queue", None)
-    if queue is None or event_id is None:
-        return False
-    for job in list(queue.active_jobs):
-        for event in job or ():
-            if event._id == event_id:
-                return not event.alive
-    return False
-
-
 def _details(result: EditResult) -> str:
     """The line under the images: what made the result shown (instruction, seed, scales, steps, sampler, size)."""
     config = result.config
@@ -711,12 +617,6 @@ def _details(result: EditResult) -> str:
         f"{result.info.get('scheduler', '')} · {image.width}x{image.height}"
     )
     return details + (f" · {result.info['note']}" if "note" in result.info else "")
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages that echo what a client sent."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _same_pixels(image: Image.Image, path: str) -> bool:
