@@ -17,7 +17,7 @@ setup: $(STAMP)  ## create .venv and install ip2p with pinned dependencies
 demo: setup  ## edit a toy-world scene; pictures in outputs/demo/
 	$(VENV)/bin/ip2p demo --output outputs/demo
 
-test: setup  ## the default test suite (offline, CPU, under 10 minutes)
+test: setup  ## the default test suite (offline, CPU, under 5 minutes)
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: setup  ## long tests excluded from the default suite
