@@ -8,6 +8,7 @@ so we keep diffusers' formats and loaders and add only what the method needs.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,10 @@ from diffusers import (
     SchedulerMixin,
     StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLInstructPix2PixPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ip2p.edit_config import DEFAULT_MODEL  # noqa: F401 (re-exported: the hub id loaded by default)
 from ip2p.fileio import atomic_dir
@@ -47,6 +49,19 @@ class EditComponents:
     scheduler: SchedulerMixin
     name: str = "unnamed"
     info: dict[str, Any] = field(default_factory=dict)
+    # SDXL's second text encoder and tokenizer (None for SD 1.x/2.x); SDXL settings beside them in ``info``:
+    # "force_zeros_for_empty_prompt" (zeros, not the encoded "", as the null text), "is_cosxl_edit".
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        """An SDXL model: two text encoders, and a UNet conditioned on pooled text and size ("text_time")."""
+        return self.text_encoder_2 is not None or self.unet.config.addition_embed_type == "text_time"
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -87,12 +102,26 @@ def build_pipeline(
     Example:
         >>> pipe = build_pipeline(StableDiffusionImg2ImgPipeline, load_pipeline_components("tiny", edit=False))
     """
+    sdxl = {}
+    if components.is_sdxl:
+        sdxl = dict(
+            text_encoder_2=components.text_encoder_2,
+            tokenizer_2=components.tokenizer_2,
+            force_zeros_for_empty_prompt=components.info.get("force_zeros_for_empty_prompt", True),
+            add_watermarker=False,  # the invisible watermark would change the pixels
+            is_cosxl_edit=components.info.get("is_cosxl_edit", False),
+        )
+        params = inspect.signature(pipe_cls.__init__).parameters
+        if "text_encoder_2" not in params:
+            raise ValueError(f"{pipe_cls.__name__} is not an SDXL pipeline; these are SDXL components")
+        sdxl = {name: value for name, value in sdxl.items() if name in params}
     return pipe_cls(
         vae=components.vae,
         text_encoder=components.text_encoder,
         tokenizer=components.tokenizer,
         unet=components.unet,
         scheduler=components.scheduler if scheduler is None else scheduler,
+        **sdxl,
         **pipeline_kwargs(pipe_cls),
     )
 
@@ -170,6 +199,10 @@ def _looks_like_hub_id(source: str) -> bool:
 
 
 def _from_pipeline(pipe: Any, name: str) -> EditComponents:
+    info: dict[str, Any] = {}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        info["force_zeros_for_empty_prompt"] = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
+        info["is_cosxl_edit"] = bool(getattr(pipe, "is_cosxl_edit", False))
     return EditComponents(
         unet=pipe.unet,
         vae=pipe.vae,
@@ -177,7 +210,47 @@ def _from_pipeline(pipe: Any, name: str) -> EditComponents:
         tokenizer=pipe.tokenizer,
         scheduler=pipe.scheduler,
         name=name,
+        info=info,
+        text_encoder_2=getattr(pipe, "text_encoder_2", None),
+        tokenizer_2=getattr(pipe, "tokenizer_2", None),
     )
+
+
+SDXL_EDIT_PIPELINE = "StableDiffusionXLInstructPix2PixPipeline"  # model_index.json's _class_name
+
+
+def _folder_class(folder: Path) -> str | None:
+    """The pipeline class a diffusers folder names (model_index.json's ``_class_name``), if readable."""
+    try:
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _is_sdxl_checkpoint(path: Path) -> bool:
+    """An original-format SDXL checkpoint: its second text encoder sits under ``conditioner.embedders.1``
+    (read from the safetensors header alone; a .ckpt is judged by its ``--config``)."""
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return any(key.startswith("conditioner.embedders.1.") for key in f.keys())
+    except Exception:  # an unreadable file fails in the loader with its own message
+        return False
+
+
+def _edit_pipeline_class(source: Path | None, config: str | None) -> type[DiffusionPipeline]:
+    """SD or SDXL InstructPix2Pix, from a folder's model_index.json, a checkpoint's keys or its config folder."""
+    folders = [
+        p for p in (source, Path(config).expanduser() if config else None) if p is not None and p.is_dir()
+    ]
+    if any(_folder_class(folder) == SDXL_EDIT_PIPELINE for folder in folders):
+        return StableDiffusionXLInstructPix2PixPipeline
+    if source is not None and source.is_file() and _is_sdxl_checkpoint(source):
+        return StableDiffusionXLInstructPix2PixPipeline
+    return StableDiffusionInstructPix2PixPipeline
 
 
 def load_pipeline_components(
@@ -203,8 +276,11 @@ def load_pipeline_components(
         ModelLoadError: with a one-line reason and the way out.
     """
     text = str(source)
-    pipe_cls = StableDiffusionInstructPix2PixPipeline if edit else StableDiffusionPipeline
+    path = Path(text).expanduser()
+    pipe_cls = _edit_pipeline_class(path, config) if edit else StableDiffusionPipeline
     kwargs: dict[str, Any] = pipeline_kwargs(pipe_cls)
+    if pipe_cls is StableDiffusionXLInstructPix2PixPipeline:
+        kwargs["add_watermarker"] = False  # the invisible watermark would change the pixels
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
 
@@ -212,7 +288,6 @@ def load_pipeline_components(
     if named is not None:
         comps = _load_named(text, named, edit, pipe_cls, kwargs)
     else:
-        path = Path(text).expanduser()
         if path.is_file():
             comps = _load_single_file(path, pipe_cls, config, kwargs)
         elif path.is_dir():
@@ -289,7 +364,8 @@ def _load_single_file(
     # diffusers leaves a weight the checkpoint lacks on the meta device (no data) instead of failing.
     missing = [
         f"{name}.{key}"
-        for name in ("unet", "vae", "text_encoder")
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+        if getattr(pipe, name, None) is not None
         for key, tensor in [*getattr(pipe, name).named_parameters(), *getattr(pipe, name).named_buffers()]
         if tensor.is_meta
     ]
@@ -313,7 +389,10 @@ def save_edit_model(components: EditComponents, folder: str | os.PathLike) -> Pa
     """
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        build_pipeline(StableDiffusionInstructPix2PixPipeline, components).save_pretrained(
-            tmp, safe_serialization=True
+        pipe_cls = (
+            StableDiffusionXLInstructPix2PixPipeline
+            if components.is_sdxl
+            else StableDiffusionInstructPix2PixPipeline
         )
+        build_pipeline(pipe_cls, components).save_pretrained(tmp, safe_serialization=True)
     return folder

@@ -32,7 +32,7 @@ from ip2p.imaging import (
 )
 from ip2p.models import DEFAULT_MODEL, EditComponents, load_pipeline_components
 from ip2p.sampling import StepCallback, denoise, make_scheduler
-from ip2p.text_encoding import encode_prompts
+from ip2p.text_encoding import encode_prompts, encode_prompts_sdxl
 
 # A fast tokenizer keeps its padding/truncation settings in shared state that each call rewrites, so two threads
 # (the web app's concurrent edits) can get each other's padding; tokenizing is cheap, so it is serialised.
@@ -90,10 +90,13 @@ class EditPipeline:
         self.settings = validate_settings(dict(settings or {}), "settings")
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
-        for module in (components.unet, components.vae, components.text_encoder):
+        for module in (components.unet, components.vae, *components.text_encoders):
             if module.device != self.device or module.dtype != self.dtype:
                 module.to(self.device, self.dtype)
             module.eval().requires_grad_(False)
+        if components.is_sdxl and self.dtype == torch.float16 and components.vae.config.force_upcast:
+            # SDXL's VAE overflows in fp16: diffusers' SDXL pipelines encode and decode with it in fp32.
+            components.vae.to(torch.float32)
         self._schedulers: dict[str, Any] = {}
 
     @classmethod
@@ -149,6 +152,18 @@ class EditPipeline:
         )
 
     @torch.inference_mode()
+    def encode_text_sdxl(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL: (B,) texts -> (B, T, D1 + D2) penultimate hidden states of both text encoders, (B, P) pooled."""
+        c = self.components
+        return encode_prompts_sdxl(
+            [c.tokenizer, c.tokenizer_2],
+            [c.text_encoder, c.text_encoder_2],
+            texts,
+            self.device,
+            lock=_TOKENIZER_LOCK,
+        )
+
+    @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, 4, H/f, W/f) VAE posterior mode, *unscaled* (what the released weights
         were trained with: the original feeds ``encode_first_stage(x).mode()`` without ``scale_factor``)."""
@@ -160,7 +175,13 @@ class EditPipeline:
         """(B, 4, h, w) scaled latents -> (B, 3, H, W) images in about [-1, 1]."""
         vae = self.components.vae
         # the sampler's arithmetic may run in fp32 (Euler upcasts), the VAE need not
-        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        latents = latents.to(vae.dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:  # normalised latents (as diffusers' SDXL pipelines decode)
+            mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1)
+            return vae.decode(latents * std / vae.config.scaling_factor + mean, return_dict=False)[0]
+        return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
 
     def prepare(self, image: Image.Image | str, config: EditConfig) -> Prepared:
         """Load (if a path) and resize the input per ``config``'s resolution and resize mode. A decoded PIL image
@@ -287,11 +308,18 @@ class EditPipeline:
     def _sample(self, images, instructions, config, scheduler, generator, callback) -> torch.Tensor:
         # B inputs of one size, each edited config.num_images times: n = B * num_images rows.
         k = config.num_images
-        text = self.encode_text(list(instructions)).repeat_interleave(k, dim=0)  # (n, T, D)
-        null = self.encode_text([config.negative_prompt or ""]).expand(len(text), -1, -1)  # (n, T, D)
+        added: dict[str, torch.Tensor] = {}  # SDXL's added conditioning per branch: pooled text, size ids
+        if self.components.is_sdxl:
+            width, height = images[0].size
+            text, null, added = self._sdxl_conditioning(list(instructions), config, (height, width))
+        else:
+            text = self.encode_text(list(instructions)).repeat_interleave(k, dim=0)  # (n, T, D)
+            null = self.encode_text([config.negative_prompt or ""]).expand(len(text), -1, -1)  # (n, T, D)
         image_latents = (
             self.encode_image(pil_to_tensor(list(images))).to(self.dtype).repeat_interleave(k, dim=0)
         )  # (n, 4, h, w)
+        if self.components.info.get("is_cosxl_edit", False):  # CosXL Edit takes the image latents scaled
+            image_latents = image_latents * self.components.vae.config.scaling_factor
         text_scale, image_scale = config.text_guidance_scale, config.image_guidance_scale
         rescale = config.guidance_rescale
 
@@ -299,19 +327,26 @@ class EditPipeline:
 
         if text_scale == 1.0 and image_scale == 1.0:
             # Both scales 1: the guided prediction is the conditional one; one branch instead of three.
+            cond = {name: value[0] for name, value in added.items()} or None  # the (text, image) branch's
+
             def model_fn(scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 x = torch.cat([scaled, image_latents], dim=1)  # (n, 8, h, w)
-                return self.components.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+                return self.components.unet(
+                    x, t, encoder_hidden_states=text, added_cond_kwargs=cond, return_dict=False
+                )[0]
         else:
             # Branch order as the original and diffusers: (text, image), (null text, image), (null text, no image).
             embeds = torch.cat([text, null, null])  # (3n, T, D)
             cond_image = torch.cat(
                 [image_latents, image_latents, torch.zeros_like(image_latents)]
             )  # (3n, 4, h, w)
+            cond = {name: torch.cat(value) for name, value in added.items()} or None  # (3n, P), (3n, 6)
 
             def model_fn(scaled: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 x = torch.cat([torch.cat([scaled] * 3), cond_image], dim=1)  # (3n, 8, h, w)
-                eps = self.components.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                eps = self.components.unet(
+                    x, t, encoder_hidden_states=embeds, added_cond_kwargs=cond, return_dict=False
+                )[0]
                 eps_text_image, eps_image, eps_uncond = eps.chunk(3)  # 3 x (n, 4, h, w)
                 guided = dual_guidance(eps_text_image, eps_image, eps_uncond, text_scale, image_scale)
                 if rescale > 0:
@@ -327,3 +362,37 @@ class EditPipeline:
             eta=config.eta,
             callback=callback,
         )
+
+    def _sdxl_conditioning(
+        self, instructions: list[str], config: EditConfig, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, ...]]]:
+        """SDXL's text and null embeddings (n, T, D) and, per branch (text, null, null), its added conditioning:
+        ``text_embeds`` (n, P) pooled text and ``time_ids`` (n, 6), as diffusers' SDXL InstructPix2Pix pipeline.
+
+        The null text is zeros (embeddings and pooled) where the model sets ``force_zeros_for_empty_prompt`` and no
+        negative prompt is given, else the encoded negative prompt (or ""). The size ids are (original size, crop
+        top-left, target size) = ((h, w), (0, 0), (h, w)) of the image the model edits.
+        """
+        k = config.num_images
+        text, pooled = self.encode_text_sdxl(instructions)  # (B, T, D), (B, P)
+        text = text.repeat_interleave(k, dim=0)  # (n, T, D)
+        pooled = pooled.repeat_interleave(k, dim=0)  # (n, P)
+        n = len(text)
+        if config.negative_prompt is None and self.components.info.get("force_zeros_for_empty_prompt", True):
+            null, null_pooled = torch.zeros_like(text), torch.zeros_like(pooled)
+        else:
+            null, null_pooled = self.encode_text_sdxl([config.negative_prompt or ""])
+            null, null_pooled = null.expand(n, -1, -1), null_pooled.expand(n, -1)
+        height, width = size
+        time_ids = [height, width, 0, 0, height, width]
+        unet = self.components.unet
+        expected = unet.add_embedding.linear_1.in_features
+        if unet.config.addition_time_embed_dim * len(time_ids) + pooled.shape[-1] != expected:
+            raise ValueError(
+                f"the UNet's added embedding takes {expected} features, but {len(time_ids)} size ids x "
+                f"{unet.config.addition_time_embed_dim} + pooled text {pooled.shape[-1]} were given: the UNet and "
+                "the second text encoder do not belong together"
+            )
+        ids = torch.tensor([time_ids], dtype=text.dtype, device=self.device).expand(n, -1)  # (n, 6)
+        added = {"text_embeds": (pooled, null_pooled, null_pooled), "time_ids": (ids, ids, ids)}
+        return text, null, added
