@@ -685,7 +685,9 @@ def serve(config: ServeConfig, *, block: bool = True) -> gr.Blocks:
     """Load the model, build the app and serve it (what ``ip2p serve`` runs)."""
     config.validate()
     name, note = resolve_demo_model(config.model)
-    pipe = EditPipeline.from_pretrained(name, device=config.device, dtype=config.dtype, config=config.config)
+    pipe = EditPipeline.from_pretrained(
+        name, device=config.device, dtype=config.dtype, config=config.config, options=config
+    )
     demo = build_app(pipe, note=note, max_pixels=config.max_pixels)
     launch(demo, config, block=block)
     return demo

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ip2p.edit_config import DEFAULT_MAX_PIXELS, ModelChoice
+from ip2p.edit_config import DEFAULT_MAX_PIXELS, ModelChoice, RuntimeOptions
 from ip2p.flags import option
 
 AUTO_MODEL = "auto"  # the bundled toy editor where installed, else the tiny random model (labelled as such)
 
 
 @dataclass
-class ServeConfig(ModelChoice):
+class ServeConfig(ModelChoice, RuntimeOptions):
     """How ``ip2p serve`` runs: the model, where it listens and the limits that keep it up. The controls start at
     the model's own edit settings (its ``edit_settings.json``), else the paper's."""
 
@@ -54,6 +54,7 @@ class ServeConfig(ModelChoice):
             raise ValueError(f"the maximum pixel count must be positive, got {self.max_pixels}")
         if self.port is not None and not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} is outside 1..65535")
+        self.validate_options()
 
 
 @dataclass

@@ -284,7 +284,9 @@ def run_edit_job(
         check_writable(item.output)
     if not batch:  # one image: read it before paying for the model, and hand it over decoded
         items = [replace(items[0], loaded=load_image(items[0].image, max_pixels=job.max_pixels))]
-    pipe = EditPipeline.from_pretrained(job.model, device=job.device, dtype=job.dtype, config=job.config)
+    pipe = EditPipeline.from_pretrained(
+        job.model, device=job.device, dtype=job.dtype, config=job.config, options=job
+    )
     config = pipe.config_for(**(overrides or {}))
     return edit_batch(
         pipe,
@@ -309,6 +311,13 @@ def check_settings(job: EditJob, overrides: dict[str, Any] | None = None) -> Non
         if isinstance(exc, BatchError | SettingsError):  # a file's problem, not a flag's
             raise
         raise FlagError(str(exc)) from None
+    if job.needs_accelerator():
+        from ip2p.pipeline_options import AcceleratorError, check_accelerator
+
+        try:
+            check_accelerator(job, job.device)
+        except AcceleratorError as exc:
+            raise FlagError(str(exc)) from None
     if job.device == "auto":
         return
     from ip2p.devices import pick_device

@@ -202,8 +202,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.validate()
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    if _needs_missing_accelerator("serve", config, config.device):
+        return 2
     serve(config)
     return 0
+
+
+def _needs_missing_accelerator(command: str, options: Any, device: str) -> bool:
+    """Whether ``options`` (``RuntimeOptions``) ask for a GPU this run lacks; if so, says so in one line."""
+    if not options.needs_accelerator():
+        return False
+    from ip2p.pipeline_options import AcceleratorError, check_accelerator
+
+    try:
+        check_accelerator(options, device)
+    except AcceleratorError as exc:
+        print(f"ip2p {command}: error: {exc}", file=sys.stderr)
+        return True
+    return False
 
 
 # -- gen-text / finetune-text (stage 1) ----------------------------------------------------------------------
@@ -415,6 +431,7 @@ _EVAL_SHARED_FLAGS = ("output", "model", "model_config", "device", "dtype")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from ip2p.edit_config import RuntimeOptions
     from ip2p.evaluate.config import EvalRunConfig
 
     p = _command(
@@ -432,10 +449,12 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     add_model_flags(p, default_model="toy")
     p.add_argument("-o", "--output", required=True, help="output folder (rerun the same command to resume)")
     add_config_flags(p, EvalRunConfig, exclude=_EVAL_SHARED_FLAGS)
+    add_config_flags(p, RuntimeOptions)
     _json_flag(p, "the summary")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ip2p.edit_config import RuntimeOptions
     from ip2p.evaluate.config import EvalRunConfig, run_evaluation
 
     config = EvalRunConfig(
@@ -444,8 +463,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model_config=args.config,
         device=args.device,
         dtype=args.dtype,
+        editor_options=_config(args, RuntimeOptions),
         **config_overrides(args, EvalRunConfig, exclude=_EVAL_SHARED_FLAGS),
     )
+    try:
+        config.editor_options.validate_options()
+    except ValueError as exc:
+        print(f"ip2p evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    if _needs_missing_accelerator("evaluate", config.editor_options, config.device):
+        return 2
     try:
         result = run_evaluation(config)
     except ValueError as exc:  # settings, test sets and methods (EvaluationError), models (ModelLoadError)
@@ -491,6 +518,7 @@ _USER_ERRORS = (
     ("ip2p.imaging", "ImageError"),
     ("ip2p.models", "ModelLoadError"),
     ("ip2p.batch", "BatchError"),
+    ("ip2p.pipeline_options", "LoraError"),
     ("ip2p.edit_settings", "SettingsError"),
     ("ip2p.registry", "RegistryError"),
     ("ip2p.toy.cli", "ToyCommandError"),

@@ -32,8 +32,11 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """fp16 on CUDA and MPS, fp32 on CPU, unless asked otherwise ("fp32", "fp16", "bf16")."""
+def pick_dtype(
+    device: torch.device, dtype: str | torch.dtype | None = None, prefer_bf16: bool = False
+) -> torch.dtype:
+    """fp16 on CUDA and MPS, fp32 on CPU, unless asked otherwise ("fp32", "fp16", "bf16"). ``prefer_bf16``: bf16
+    instead of fp16 on a CUDA GPU that supports it (its wider range never overflows where fp16 can)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is not None and dtype != "auto":
@@ -43,6 +46,8 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
         if device.type == "cpu" and chosen == torch.float16:
             raise ValueError("fp16 is not supported on the CPU; use --dtype bf16 or fp32")
         return chosen
+    if prefer_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
     return torch.float16 if device.type in ("cuda", "mps") else torch.float32
 
 

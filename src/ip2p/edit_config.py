@@ -106,6 +106,122 @@ class EditConfig:
             )
 
 
+CPU_OFFLOAD_MODES = ("model", "sequential")
+
+
+def parse_lora_spec(text: str) -> tuple[str, float]:
+    """``PATH[:SCALE]`` -> (path, scale): split on the last ``:`` only where a number follows it, so that
+    ``C:\\loras\\a.safetensors`` and ``a:b.safetensors`` stay whole paths.
+
+    Example:
+        >>> parse_lora_spec("my-lora.safetensors:0.8"), parse_lora_spec("C:\\l.safetensors")
+        (('my-lora.safetensors', 0.8), ('C:\\l.safetensors', 1.0))
+    """
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            scale = float(tail)
+        except ValueError:
+            pass
+        else:
+            if scale != scale or abs(scale) == float("inf"):
+                raise ValueError(f"--lora {text!r}: the scale must be a finite number")
+            return path, scale
+    if not text:
+        raise ValueError("--lora needs a path (PATH or PATH:SCALE)")
+    return text, 1.0
+
+
+def parse_attention_slicing(text: str) -> str:
+    """``auto``, ``max`` or a positive whole number (the attention heads computed at once)."""
+    if text in ("auto", "max") or (text.isdigit() and text.isascii() and int(text) > 0):
+        return text
+    raise ValueError(f"--attention-slicing {text!r}: give auto, max or a positive whole number")
+
+
+@dataclass
+class RuntimeOptions:
+    """LoRA adapters, memory and speed options of a loaded editor (``ip2p edit``, ``serve`` and ``evaluate``).
+
+    The edits are the same with and without the memory options (up to float rounding); they trade speed for
+    GPU memory. ``low_memory`` turns on model offload, VAE slicing and tiling and attention slicing together.
+    """
+
+    lora: list[str] = option(
+        "a LoRA adapter in the diffusers/PEFT format (a .safetensors file, or a folder holding one), with its "
+        "scale after the last ':' (default 1); repeat the flag for several",
+        default_factory=list,
+        repeat=True,
+        metavar="PATH[:SCALE]",
+        group="adapters, memory and speed",
+    )
+    cpu_offload: str | None = option(
+        "keep the models in CPU memory and move each to the GPU while it runs: model (whole models, little "
+        "slower) or sequential (layer by layer: least memory, much slower); needs a GPU",
+        default=None,
+        choices=CPU_OFFLOAD_MODES,
+        group="adapters, memory and speed",
+    )
+    vae_slicing: bool = option(
+        "decode and encode a batch one image at a time", default=False, group="adapters, memory and speed"
+    )
+    vae_tiling: bool = option(
+        "decode and encode large images in overlapping tiles",
+        default=False,
+        group="adapters, memory and speed",
+    )
+    attention_slicing: str | None = option(
+        "compute attention in slices: auto (half the heads at once), max (one at a time) or N heads at once",
+        default=None,
+        parse=parse_attention_slicing,
+        metavar="auto|max|N",
+        group="adapters, memory and speed",
+    )
+    low_memory: bool = option(
+        "for GPUs with about 8 GB: model offload, VAE slicing and tiling, attention slicing",
+        default=False,
+        group="adapters, memory and speed",
+    )
+    compile: bool = option(
+        "torch.compile the UNet (its repeated blocks): slower first edit, faster after",
+        default=False,
+        group="adapters, memory and speed",
+    )
+    channels_last: bool = option(
+        "channels-last memory layout for the UNet and VAE (faster convolutions on many GPUs)",
+        default=False,
+        group="adapters, memory and speed",
+    )
+
+    def lora_specs(self) -> list[tuple[str, float]]:
+        """The ``lora`` entries as (path, scale); a one-line ValueError for a bad one."""
+        return [parse_lora_spec(text) for text in self.lora]
+
+    def memory_options(self) -> dict:
+        """The keyword arguments of ``EditPipeline.enable_memory_options``, ``low_memory`` expanded."""
+        low = self.low_memory
+        slicing = self.attention_slicing
+        if slicing is not None:
+            parse_attention_slicing(slicing)
+        return {
+            "cpu_offload": self.cpu_offload or ("model" if low else None),
+            "vae_slicing": self.vae_slicing or low,
+            "vae_tiling": self.vae_tiling or low,
+            "attention_slicing": slicing or ("auto" if low else None),
+        }
+
+    def validate_options(self) -> None:
+        """Check the adapters' specs and the options' values (not whether the files or a GPU exist)."""
+        self.lora_specs()
+        self.memory_options()
+        if self.cpu_offload is not None and self.cpu_offload not in CPU_OFFLOAD_MODES:
+            raise ValueError(f"--cpu-offload {self.cpu_offload!r}: choose model or sequential")
+
+    def needs_accelerator(self) -> bool:
+        """Whether an option of these needs a GPU (CPU offload does)."""
+        return self.memory_options()["cpu_offload"] is not None
+
+
 @dataclass
 class ModelChoice:
     """Which model to load and where to run it (shared by ``ip2p edit``, ``serve`` and ``demo``)."""
@@ -121,12 +237,14 @@ class ModelChoice:
     )
     device: str = option("cpu, cuda, cuda:1, mps or auto", default="auto")
     dtype: str = option(
-        "weights and compute precision; auto = fp16 on GPU, fp32 on CPU", default="auto", choices=DTYPE_NAMES
+        "weights and compute precision; auto = bf16 on GPUs that support it, else fp16; fp32 on CPU",
+        default="auto",
+        choices=DTYPE_NAMES,
     )
 
 
 @dataclass
-class EditJob(ModelChoice):
+class EditJob(ModelChoice, RuntimeOptions):
     """One ``ip2p edit`` run: what to edit, where the results go, and the run's own settings.
 
     ``input`` is an image, a folder of images (all edited by ``instruction``) or a ``.jsonl`` file of
@@ -179,6 +297,7 @@ class EditJob(ModelChoice):
             )
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"--dtype {self.dtype!r} is unknown; choose one of {', '.join(DTYPE_NAMES)}")
+        self.validate_options()
 
 
 def _device_name(name: str) -> bool:

@@ -18,8 +18,9 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ip2p import pipeline_options
 from ip2p.devices import pick_device, pick_dtype
-from ip2p.edit_config import EditConfig
+from ip2p.edit_config import EditConfig, RuntimeOptions
 from ip2p.edit_settings import merge_settings, read_edit_settings, validate_settings
 from ip2p.guidance import dual_guidance
 from ip2p.imaging import (
@@ -89,7 +90,7 @@ class EditPipeline:
         self.components = components
         self.settings = validate_settings(dict(settings or {}), "settings")
         self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
+        self.dtype = pick_dtype(self.device, dtype, prefer_bf16=True)
         for module in (components.unet, components.vae, *components.text_encoders):
             if module.device != self.device or module.dtype != self.dtype:
                 module.to(self.device, self.dtype)
@@ -98,6 +99,8 @@ class EditPipeline:
             # SDXL's VAE overflows in fp16: diffusers' SDXL pipelines encode and decode with it in fp32.
             components.vae.to(torch.float32)
         self._schedulers: dict[str, Any] = {}
+        # LoRA adapters, memory and speed options in effect (ip2p.pipeline_options)
+        self.options: dict[str, Any] = {}
 
     @classmethod
     def from_pretrained(
@@ -106,12 +109,47 @@ class EditPipeline:
         device: str | None = None,
         dtype: str | None = None,
         config: str | None = None,
+        options: RuntimeOptions | None = None,
     ) -> EditPipeline:
         """Load from a diffusers folder, a hub id, an original checkpoint file, ``"toy"`` or ``"tiny"``, with the
-        model's recommended settings (``edit_settings.json`` in its folder, where present)."""
+        model's recommended settings (``edit_settings.json`` in its folder, where present). ``options``: LoRA
+        adapters, memory and speed options (:class:`~ip2p.edit_config.RuntimeOptions`), applied after loading."""
         settings = read_edit_settings(source)  # a bad file fails before the weights load
         components = load_pipeline_components(source, edit=True, config=config)
-        return cls(components, device=device, dtype=dtype, settings=settings)
+        pipe = cls(components, device=device, dtype=dtype, settings=settings)
+        if options is not None:
+            pipe.apply_options(options)
+        return pipe
+
+    # -- adapters, memory and speed (ip2p.pipeline_options) --------------------------------------------------
+    def load_lora(self, path: str, scale: float = 1.0, name: str | None = None) -> str:
+        """Add a LoRA adapter (diffusers/PEFT format, a ``.safetensors`` file or a folder holding one) at ``scale``;
+        adapters loaded before stay active at their own scales. Returns the adapter's name.
+
+        Example:
+            >>> pipe.load_lora("my-lora.safetensors", scale=0.8)
+            'lora0'
+        """
+        return pipeline_options.load_lora(self, path, scale, name)
+
+    def enable_memory_options(
+        self,
+        cpu_offload: str | None = None,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        attention_slicing: str | int | None = None,
+    ) -> None:
+        """Less GPU memory for the same edits: ``cpu_offload`` "model" or "sequential" (needs a GPU), VAE slicing
+        and tiling, ``attention_slicing`` "auto", "max" or N heads at once."""
+        pipeline_options.enable_memory_options(self, cpu_offload, vae_slicing, vae_tiling, attention_slicing)
+
+    def enable_speed_options(self, compile: bool = False, channels_last: bool = False) -> None:
+        """``compile``: torch.compile the UNet's repeated blocks (else the UNet); ``channels_last`` memory layout."""
+        pipeline_options.enable_speed_options(self, compile=compile, channels_last=channels_last)
+
+    def apply_options(self, options: RuntimeOptions) -> None:
+        """Adapters, speed and memory options of ``options`` (what ``--lora``, ``--low-memory``... ask for)."""
+        pipeline_options.apply_options(self, options)
 
     def config_for(self, **overrides: Any) -> EditConfig:
         """The settings of an edit: the paper's defaults < the model's settings < ``overrides`` (``None``: unset).

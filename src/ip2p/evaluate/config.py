@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ip2p.edit_config import RuntimeOptions
 from ip2p.flags import option
 
 Floats = list[float]  # one flag value: ``a,b,c`` or ``start:stop:step``
@@ -67,7 +68,7 @@ class EvalRunConfig:
     )
     device: str = option("cpu, cuda, cuda:1, mps or auto", default="auto")
     dtype: str = option(
-        "weights and compute precision; auto = fp16 on GPU, fp32 on CPU",
+        "weights and compute precision; auto = bf16 on GPUs that support it, else fp16; fp32 on CPU",
         default="auto",
         choices=("auto", "fp32", "fp16", "bf16"),
     )
@@ -145,6 +146,10 @@ class EvalRunConfig:
     seed: int = option("seed of the per-item seeds", default=0)
     examples: int = option("items shown in examples.png", default=4)
     progress: bool = option("a progress bar", default=True)
+    # the editor's LoRA adapters, memory and speed options (their flags come from RuntimeOptions itself)
+    editor_options: RuntimeOptions | None = option(
+        "the editor's adapters and options", default=None, cli=False
+    )
 
     def method_names(self) -> list[str]:
         return [m.strip() for m in self.methods.split(",") if m.strip() and m.strip() != "none"]
@@ -288,7 +293,7 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
     pipe = None
     if "ip2p" in methods:
         pipe = EditPipeline.from_pretrained(
-            cfg.model, device=device, dtype=cfg.dtype, config=cfg.model_config
+            cfg.model, device=device, dtype=cfg.dtype, config=cfg.model_config, options=cfg.editor_options
         )
         multiple = pipe.size_multiple
         edit_config = EditConfig(
