@@ -96,7 +96,9 @@ def _tiny_text_config(tokenizer, hidden_size: int, **extra):
     )
 
 
-def tiny_sdxl_unet(in_channels: int = 8, seed: int = 0) -> UNet2DConditionModel:
+def tiny_sdxl_unet(
+    in_channels: int = 8, cross_attention_dim: int = 64, seed: int = 0
+) -> UNet2DConditionModel:
     """A two-level SDXL UNet (diffusers' SDXL pipeline tests' size): cross-attention over both text encoders'
     32 + 32 features, and the "text_time" added embedding of the pooled text (32) and six size ids (6 x 8)."""
     import torch
@@ -118,7 +120,7 @@ def tiny_sdxl_unet(in_channels: int = 8, seed: int = 0) -> UNet2DConditionModel:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * 8
         + 32,  # (original size, crop, target size) ids + pooled text
-        cross_attention_dim=64,  # 32 + 32: both text encoders' penultimate hidden states
+        cross_attention_dim=cross_attention_dim,  # 32 + 32: both text encoders' penultimate hidden states
         norm_num_groups=16,
     )
 
@@ -154,22 +156,25 @@ def tiny_components(edit: bool = True, seed: int = 0):
     )
 
 
-def tiny_sdxl_components(edit: bool = True, seed: int = 0):
+def tiny_sdxl_components(edit: bool = True, seed: int = 0, hidden_sizes: tuple[int, int] = (32, 32)):
     """A tiny SDXL editing (8-channel) or text-to-image (4-channel) model: two CLIP text encoders sharing the
-    offline tokenizer, deterministic in ``seed``."""
+    offline tokenizer (of ``hidden_sizes`` features: unequal ones tell them apart in an original-format file, as
+    SDXL's 768 and 1280 do), deterministic in ``seed``."""
     from ip2p.models import EditComponents
     from ip2p.tokenization import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer(model_max_length=77)
     return EditComponents(
-        unet=tiny_sdxl_unet(in_channels=8 if edit else 4, seed=seed).eval(),
+        unet=tiny_sdxl_unet(
+            in_channels=8 if edit else 4, cross_attention_dim=sum(hidden_sizes), seed=seed
+        ).eval(),
         vae=tiny_vae(seed=seed).eval(),
-        text_encoder=tiny_text_encoder(tokenizer, seed=seed),
+        text_encoder=tiny_text_encoder(tokenizer, hidden_size=hidden_sizes[0], seed=seed),
         tokenizer=tokenizer,
         scheduler=tiny_scheduler(),
         name=TINY_SDXL_MODEL,
         info={"note": TINY_SDXL_NOTE, "force_zeros_for_empty_prompt": True, "is_cosxl_edit": False},
-        text_encoder_2=tiny_text_encoder_2(tokenizer, seed=seed + 1),
+        text_encoder_2=tiny_text_encoder_2(tokenizer, hidden_size=hidden_sizes[1], seed=seed + 1),
         tokenizer_2=tokenizer,
     )
 
