@@ -147,3 +147,39 @@ def test_lora_flag_is_repeatable_on_the_command_line():
     assert job.lora_specs() == [("a.safetensors", 0.8), ("C:\\b.safetensors", 1.0)]
     with pytest.raises(ValueError, match="finite"):
         EditJob(input="a.png", output="b.png", lora=["a.safetensors:inf"]).validate()
+
+
+def test_sdxl_editor_equals_diffusers_sdxl_with_the_same_adapter(tmp_path):
+    from diffusers import StableDiffusionXLInstructPix2PixPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    from ip2p.tiny import tiny_sdxl_components
+
+    components = tiny_sdxl_components()
+    unet = copy.deepcopy(components.unet)
+    torch.manual_seed(3)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False))
+    StableDiffusionXLInstructPix2PixPipeline.save_lora_weights(
+        str(tmp_path), unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    )
+    reference_components = copy.deepcopy(components)
+    pipe = EditPipeline(components, device="cpu", dtype="fp32")
+    pipe.load_lora(str(tmp_path), scale=0.9)
+    ours = pipe(_image(), "make it blue", **EDIT)
+
+    reference = build_pipeline(StableDiffusionXLInstructPix2PixPipeline, reference_components)
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(str(tmp_path), adapter_name="x")
+    reference.set_adapters(["x"], adapter_weights=[0.9])
+    latents = reference(
+        prompt="make it blue",
+        image=_image(),
+        height=32,
+        width=32,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        image_guidance_scale=1.5,
+        generator=torch.Generator().manual_seed(5),
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(ours.latents, latents, rtol=1e-5, atol=1e-5)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionInstructPix2PixPipeline
+from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionXLInstructPix2PixPipeline
 
 from ip2p.edit_config import CPU_OFFLOAD_MODES, RuntimeOptions, parse_attention_slicing
 from ip2p.models import build_pipeline
@@ -31,7 +31,13 @@ from ip2p.models import build_pipeline
 EditPipeline = Any
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
-LORA_PREFIXES = ("unet.", "text_encoder.", "lora_unet_", "lora_te_")  # diffusers/PEFT and kohya key prefixes
+LORA_PREFIXES = (
+    "unet.",
+    "text_encoder.",
+    "text_encoder_2.",
+    "lora_unet_",
+    "lora_te",
+)  # diffusers/PEFT and kohya key prefixes
 
 
 class LoraError(ValueError):
@@ -43,10 +49,13 @@ class AcceleratorError(ValueError):
 
 
 def diffusers_pipeline(pipe: EditPipeline):
-    """The diffusers InstructPix2Pix pipeline over ``pipe``'s components (the same modules), built once."""
+    """The diffusers InstructPix2Pix pipeline (SDXL's for SDXL components) over ``pipe``'s components (the same
+    modules), built once."""
     built = pipe.__dict__.get("_diffusers")
     if built is None:
-        built = build_pipeline(StableDiffusionInstructPix2PixPipeline, pipe.components)
+        sdxl = pipe.components.is_sdxl
+        cls = StableDiffusionXLInstructPix2PixPipeline if sdxl else StableDiffusionInstructPix2PixPipeline
+        built = build_pipeline(cls, pipe.components)
         built.set_progress_bar_config(disable=True)
         pipe.__dict__["_diffusers"] = built
     return built
