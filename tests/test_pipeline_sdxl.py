@@ -283,3 +283,37 @@ def test_single_sdxl_file_with_config_loads_the_same_weights_and_edits_alike(tmp
         from_folder(_input_image(), "add snow", **settings),
     )
     torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "edm"])
+def test_the_model_schedulers_prediction_type_is_respected(kind):
+    """A v-prediction or EDM model (CosXL Edit's scheduler config) samples as diffusers' SDXL pipeline does."""
+    from diffusers import DDIMScheduler, EDMEulerScheduler
+
+    components = tiny_sdxl_components()
+    if kind == "v_prediction":
+        components.scheduler = DDIMScheduler.from_config(
+            components.scheduler.config, prediction_type="v_prediction"
+        )
+    else:
+        components.scheduler = EDMEulerScheduler(
+            sigma_min=0.002, sigma_max=120.0, prediction_type="v_prediction"
+        )
+    pipe = EditPipeline(components, device="cpu", dtype="fp32")
+    ours = pipe(_input_image(), "make it blue", seed=9, num_inference_steps=3, resolution=32)
+    assert ours.info["scheduler"] == type(components.scheduler).__name__
+
+    reference = build_pipeline(StableDiffusionXLInstructPix2PixPipeline, components)
+    reference.set_progress_bar_config(disable=True)
+    latents = reference(
+        prompt="make it blue",
+        image=_input_image(),
+        height=32,
+        width=32,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        image_guidance_scale=1.5,
+        generator=torch.Generator().manual_seed(9),
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(ours.latents, latents, rtol=1e-5, atol=1e-5)
