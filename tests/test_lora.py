@@ -183,3 +183,44 @@ def test_sdxl_editor_equals_diffusers_sdxl_with_the_same_adapter(tmp_path):
         output_type="latent",
     ).images
     torch.testing.assert_close(ours.latents, latents, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_refuses_a_bad_adapter_before_loading_the_model(tmp_path, capsys):
+    from ip2p.cli import main
+
+    image = tmp_path / "in.png"
+    _image().save(image)
+    pickled = tmp_path / "style.pt"
+    pickled.write_bytes(b"\x80\x04")
+    for spec, words in [(f"{tmp_path / 'missing.safetensors'}:0.5", "no such file"), (str(pickled), "only")]:
+        argv = ["edit", str(image), "add a hat", "-o", str(tmp_path / "out.png"), "--model", "tiny"]
+        assert main([*argv, "--device", "cpu", "--lora", spec]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_cli_edits_with_an_adapter(tmp_path, lora_dir, capsys):
+    from ip2p.cli import main
+
+    image = tmp_path / "in.png"
+    _image().save(image)
+    argv = [
+        "edit",
+        str(image),
+        "add a hat",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+    ]
+    argv += ["--resolution", "32"]
+    assert main([*argv, "-o", str(tmp_path / "plain.png")]) == 0
+    assert main([*argv, "-o", str(tmp_path / "lora.png"), "--lora", f"{lora_dir}:1.0", "--vae-slicing"]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain.png"), dtype=np.int16)
+    adapted = np.asarray(Image.open(tmp_path / "lora.png"), dtype=np.int16)
+    assert plain.shape == adapted.shape and np.abs(plain - adapted).max() > 0

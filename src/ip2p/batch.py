@@ -311,13 +311,14 @@ def check_settings(job: EditJob, overrides: dict[str, Any] | None = None) -> Non
         if isinstance(exc, BatchError | SettingsError):  # a file's problem, not a flag's
             raise
         raise FlagError(str(exc)) from None
-    if job.needs_accelerator():
-        from ip2p.pipeline_options import AcceleratorError, check_accelerator
+    from ip2p.pipeline_options import AcceleratorError, LoraError, check_accelerator, lora_location
 
-        try:
-            check_accelerator(job, job.device)
-        except AcceleratorError as exc:
-            raise FlagError(str(exc)) from None
+    try:
+        for path, _ in job.lora_specs():
+            lora_location(path)  # exists, safetensors
+        check_accelerator(job, job.device)
+    except (AcceleratorError, LoraError) as exc:
+        raise FlagError(str(exc)) from None
     if job.device == "auto":
         return
     from ip2p.devices import pick_device
