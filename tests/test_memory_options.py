@@ -74,6 +74,15 @@ def test_channels_last_gives_the_same_edit_and_compile_is_recorded(make_componen
     assert fast.options["channels_last"] and fast.options["compile"] in ("repeated_blocks", "unet")
 
 
+def test_too_large_an_attention_slice_is_one_line(make_components):
+    from ip2p.pipeline_options import OptionError
+
+    pipe = EditPipeline(make_components(), device="cpu", dtype="fp32")
+    with pytest.raises(OptionError, match="--attention-slicing 4096") as caught:
+        pipe.enable_memory_options(attention_slicing=4096)
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.slow
 def test_compiled_unet_gives_the_same_edit(make_components):
     plain = EditPipeline(make_components(), device="cpu", dtype="fp32")

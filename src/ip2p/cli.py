@@ -518,7 +518,7 @@ _USER_ERRORS = (
     ("ip2p.imaging", "ImageError"),
     ("ip2p.models", "ModelLoadError"),
     ("ip2p.batch", "BatchError"),
-    ("ip2p.pipeline_options", "LoraError"),
+    ("ip2p.pipeline_options", "OptionError"),
     ("ip2p.edit_settings", "SettingsError"),
     ("ip2p.registry", "RegistryError"),
     ("ip2p.toy.cli", "ToyCommandError"),

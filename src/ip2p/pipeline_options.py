@@ -40,11 +40,15 @@ LORA_PREFIXES = (
 )  # diffusers/PEFT and kohya key prefixes
 
 
-class LoraError(ValueError):
+class OptionError(ValueError):
+    """An adapter or option that cannot be applied to this editor; one line."""
+
+
+class LoraError(OptionError):
     """A LoRA adapter that cannot be read: a missing path, a pickle, or a file with no LoRA weights."""
 
 
-class AcceleratorError(ValueError):
+class AcceleratorError(OptionError):
     """An option that needs a GPU (CPU offload) on a machine or device without one."""
 
 
@@ -142,7 +146,10 @@ def enable_memory_options(
         vae.enable_tiling()
     if attention_slicing is not None:
         size = parse_attention_slicing(str(attention_slicing))
-        diffusers_pipeline(pipe).enable_attention_slicing(int(size) if size.isdigit() else size)
+        try:
+            diffusers_pipeline(pipe).enable_attention_slicing(int(size) if size.isdigit() else size)
+        except ValueError as exc:  # N larger than a layer's heads
+            raise OptionError(f"--attention-slicing {size}: {' '.join(str(exc).split())}") from exc
     if cpu_offload == "model":
         diffusers_pipeline(pipe).enable_model_cpu_offload(device=pipe.device)
     elif cpu_offload == "sequential":
