@@ -156,3 +156,16 @@ def test_offload_gives_the_same_edit_and_frees_the_gpu(make_components, mode):
     assert b.latents.device.type == "cuda"
     unet_device = next(offloaded.components.unet.parameters()).device.type
     assert unet_device in ("cpu", "meta")  # between calls the UNet's weights are off the GPU
+
+
+def test_half_precision_default_is_bf16_where_the_gpu_supports_it(monkeypatch):
+    from ip2p.devices import pick_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert pick_dtype(cpu, prefer_bf16=True) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_dtype(cuda, prefer_bf16=True) == torch.bfloat16
+    assert pick_dtype(cuda) == torch.float16  # other stages keep fp16 unless they ask
+    assert pick_dtype(cuda, "fp16", prefer_bf16=True) == torch.float16  # an explicit choice wins
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick_dtype(cuda, prefer_bf16=True) == torch.float16
