@@ -262,7 +262,7 @@ def _sdxl_to_ldm(components) -> dict[str, torch.Tensor]:
 
 def test_single_sdxl_file_with_config_loads_the_same_weights_and_edits_alike(tmp_path):
     """An original-format SDXL InstructPix2Pix file goes through diffusers' single-file loader with --config: the
-    weights of all five networks come back exactly, and the edit equals the folder's. (The text encoders differ
+    weights of all four networks come back exactly, and the edit equals the folder's. (The text encoders differ
     in width, 32 and 48, as SDXL's do: the loader tells them apart by it.)"""
     from safetensors.torch import save_file
 
@@ -317,3 +317,37 @@ def test_the_model_schedulers_prediction_type_is_respected(kind):
         output_type="latent",
     ).images
     torch.testing.assert_close(ours.latents, latents, rtol=1e-5, atol=1e-5)
+
+
+def test_an_sdxl_hub_id_is_read_with_the_sdxl_pipeline(sdxl_dir, monkeypatch):
+    """A hub id whose model_index.json (from the hub or its cache) names the SDXL editor loads as one."""
+    import huggingface_hub
+
+    from ip2p.models import _edit_pipeline_class
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(sdxl_dir / name))
+    assert _edit_pipeline_class(None, None, ("owner/sdxl-edit",)) is StableDiffusionXLInstructPix2PixPipeline
+
+
+def test_an_sdxl_editor_on_an_edm_schedule_is_cosxl_edit_with_scaled_image_latents(tmp_path):
+    """CosXL Edit: diffusers keeps is_cosxl_edit out of model_index.json; the EDM scheduler names it, and the edit
+    equals diffusers' pipeline with is_cosxl_edit=True (image latents times the VAE's scaling factor)."""
+    from diffusers import EDMEulerScheduler
+
+    components = tiny_sdxl_components()
+    components.scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=120.0, prediction_type="v_prediction")
+    folder = save_edit_model(components, tmp_path / "cosxl")
+    pipe = EditPipeline.from_pretrained(str(folder), device="cpu", dtype="fp32")
+    assert pipe.components.info["is_cosxl_edit"] is True
+    ours = pipe(_input_image(), "make it blue", seed=4, num_inference_steps=3, resolution=32)
+
+    reference = build_pipeline(StableDiffusionXLInstructPix2PixPipeline, pipe.components)
+    assert reference.is_cosxl_edit
+    reference.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="make it blue", image=_input_image(), height=32, width=32, num_inference_steps=3)
+    kwargs.update(guidance_scale=7.5, image_guidance_scale=1.5, output_type="latent")
+    latents = reference(**kwargs, generator=torch.Generator().manual_seed(4)).images
+    torch.testing.assert_close(ours.latents, latents, rtol=1e-5, atol=1e-5)
+    pipe.components.info["is_cosxl_edit"] = False
+    unscaled = pipe(_input_image(), "make it blue", seed=4, num_inference_steps=3, resolution=32)
+    assert not torch.allclose(unscaled.latents, ours.latents, atol=1e-3)

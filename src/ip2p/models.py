@@ -202,7 +202,10 @@ def _from_pipeline(pipe: Any, name: str) -> EditComponents:
     info: dict[str, Any] = {}
     if getattr(pipe, "text_encoder_2", None) is not None:
         info["force_zeros_for_empty_prompt"] = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
-        info["is_cosxl_edit"] = bool(getattr(pipe, "is_cosxl_edit", False))
+        # CosXL Edit, the SDXL editor on an EDM schedule, takes scaled image latents; diffusers keeps the flag
+        # out of model_index.json, so an EDM scheduler names it.
+        edm = type(pipe.scheduler).__name__.startswith("EDM")
+        info["is_cosxl_edit"] = bool(getattr(pipe, "is_cosxl_edit", False)) or edm
     return EditComponents(
         unet=pipe.unet,
         vae=pipe.vae,
@@ -241,12 +244,27 @@ def _is_sdxl_checkpoint(path: Path) -> bool:
         return False
 
 
-def _edit_pipeline_class(source: Path | None, config: str | None) -> type[DiffusionPipeline]:
-    """SD or SDXL InstructPix2Pix, from a folder's model_index.json, a checkpoint's keys or its config folder."""
+def _hub_class(repo_id: str) -> str | None:
+    """The pipeline class a hub model names (its model_index.json, from the hub or its cache); None if unknown."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return _folder_class(Path(hf_hub_download(repo_id, "model_index.json")).parent)
+    except Exception:  # offline or not a diffusers model: the loader says why
+        return None
+
+
+def _edit_pipeline_class(
+    source: Path | None, config: str | None, hub_ids: tuple[str, ...] = ()
+) -> type[DiffusionPipeline]:
+    """SD or SDXL InstructPix2Pix, from a folder's model_index.json, a checkpoint's keys or its config folder, or
+    the model_index.json of ``hub_ids`` (the model or its config as hub ids)."""
     folders = [
         p for p in (source, Path(config).expanduser() if config else None) if p is not None and p.is_dir()
     ]
     if any(_folder_class(folder) == SDXL_EDIT_PIPELINE for folder in folders):
+        return StableDiffusionXLInstructPix2PixPipeline
+    if any(_hub_class(repo_id) == SDXL_EDIT_PIPELINE for repo_id in hub_ids):
         return StableDiffusionXLInstructPix2PixPipeline
     if source is not None and source.is_file() and _is_sdxl_checkpoint(source):
         return StableDiffusionXLInstructPix2PixPipeline
@@ -277,7 +295,10 @@ def load_pipeline_components(
     """
     text = str(source)
     path = Path(text).expanduser()
-    pipe_cls = _edit_pipeline_class(path, config) if edit else StableDiffusionPipeline
+    hub_ids = tuple(
+        s for s in (text, config) if s and _looks_like_hub_id(s) and not Path(s).expanduser().exists()
+    )
+    pipe_cls = _edit_pipeline_class(path, config, hub_ids) if edit else StableDiffusionPipeline
     kwargs: dict[str, Any] = pipeline_kwargs(pipe_cls)
     if pipe_cls is StableDiffusionXLInstructPix2PixPipeline:
         kwargs["add_watermarker"] = False  # the invisible watermark would change the pixels
