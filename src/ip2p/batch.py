@@ -2,7 +2,9 @@
 
 :func:`plan_items` turns an input into items ``(image, instruction, output)`` and checks the paths before any model
 loads; :func:`edit_batch` edits them with a pipeline, skipping items whose outputs exist (so an interrupted batch
-resumes) and recording a failed item as data before going on; :func:`run_edit_job` does both for an ``EditJob``.
+resumes) and recording a failed item as data before going on; :func:`run_edit_job` does both for an ``EditJob``,
+split over the processes of ``accelerate launch`` (item i of the plan to process i % N, each process on its own
+device) with every process's records merged in plan order, so that N processes write what one writes.
 
 Example::
 
@@ -273,31 +275,62 @@ def run_edit_job(
     The edit settings are the paper's defaults < the model's ``edit_settings.json`` < ``overrides`` (``EditConfig``
     fields; ``None`` values are unset). Everything that can be checked without the model is checked first (a bad
     value is a :class:`BatchError`); one image is read before the model loads, and only once.
+
+    Under ``accelerate launch`` each process edits its share of the plan (item i to process i % N) on its own
+    device (:func:`ip2p.devices.process_device`) and every process returns the report of the whole job; one image
+    is edited by the main process alone.
     """
+    from accelerate import PartialState
+
+    from ip2p.devices import process_device
     from ip2p.imaging import load_image
     from ip2p.pipeline import EditPipeline
 
     check_settings(job, overrides)
+    state = PartialState(cpu=job.device == "cpu")
     items = plan_items(job.input, job.instruction, job.output, job.recursive)
     batch = len(items) > 1 or is_batch(job.input)
     for item in items:
         check_writable(item.output)
-    if not batch:  # one image: read it before paying for the model, and hand it over decoded
-        items = [replace(items[0], loaded=load_image(items[0].image, max_pixels=job.max_pixels))]
-    pipe = EditPipeline.from_pretrained(
-        job.model, device=job.device, dtype=job.dtype, config=job.config, options=job
-    )
-    config = pipe.config_for(**(overrides or {}))
-    return edit_batch(
-        pipe,
-        items,
-        config,
-        seed=job.seed,
-        max_pixels=job.max_pixels,
-        overwrite=job.overwrite,
-        batch=batch,
-        progress=progress,
-    )
+    # every item's seed is --seed (or drawn at random), never a generator run through the items before it, so
+    # an item's output is the same whichever process edits it
+    mine = items[state.process_index :: state.num_processes]
+    if not batch and mine:  # one image: read it before paying for the model, and hand it over decoded
+        mine = [replace(mine[0], loaded=load_image(mine[0].image, max_pixels=job.max_pixels))]
+    report = BatchReport(model="")
+    if mine:
+        device = process_device(job.device, cpu=job.device == "cpu")
+        pipe = EditPipeline.from_pretrained(
+            job.model, device=device, dtype=job.dtype, config=job.config, options=job
+        )
+        config = pipe.config_for(**(overrides or {}))
+        report = edit_batch(
+            pipe,
+            mine,
+            config,
+            seed=job.seed,
+            max_pixels=job.max_pixels,
+            overwrite=job.overwrite,
+            batch=batch,
+            progress=progress and state.is_main_process,
+        )
+    if state.num_processes == 1 or not batch:  # one image: the main process edits it alone
+        return report
+    return merge_reports(report, state.process_index, state.num_processes)
+
+
+def merge_reports(report: BatchReport, process: int, processes: int) -> BatchReport:
+    """Every process's records of a job split over ``processes`` (item i of the plan to process i % processes),
+    gathered into one report in plan order, the same on every process; a collective call, made by every process."""
+    from accelerate.utils import gather_object
+
+    indexed = [(process + k * processes, record) for k, record in enumerate(report.items)]
+    parts = gather_object([(report.model, indexed)])
+    merged = BatchReport(model=next((model for model, _ in parts if model), report.model))
+    merged.items = [
+        record for _, record in sorted((pair for _, rows in parts for pair in rows), key=lambda pair: pair[0])
+    ]
+    return merged
 
 
 def check_settings(job: EditJob, overrides: dict[str, Any] | None = None) -> None:

@@ -101,6 +101,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     except FlagError as exc:  # a bad value, checked before any work: a usage error, as argparse's
         print(f"ip2p edit: error: {exc}", file=sys.stderr)
         return 2
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch` the main process reports the whole job
+        return 0  # (and its status: torchrun ends the others' when one process exits with a failure)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif len(report.items) == 1 and not is_batch(job.input):
