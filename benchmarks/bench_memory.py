@@ -39,39 +39,9 @@ IMPLS = ("ip2p", "diffusers")
 OPTION_SETS = ("none", "slicing")  # slicing: VAE slicing + VAE tiling + attention slicing "auto"
 PROMPT = "turn it into a watercolor painting"
 
-# diffusers' stable-diffusion-v1-5 unet/config.json, with the editing model's 8 input channels.
-SD15_UNET = dict(
-    act_fn="silu",
-    attention_head_dim=8,
-    block_out_channels=(320, 640, 1280, 1280),
-    center_input_sample=False,
-    cross_attention_dim=768,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    downsample_padding=1,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    in_channels=8,
-    layers_per_block=2,
-    mid_block_scale_factor=1,
-    norm_eps=1e-5,
-    norm_num_groups=32,
-    out_channels=4,
-    sample_size=64,
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
-# diffusers' stable-diffusion-v1-5 vae/config.json.
-SD15_VAE = dict(
-    act_fn="silu",
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    sample_size=512,
-)
+# The SD-1.5 architecture's UNet (8 input channels) and VAE configs, as bench_edit.py times them.
+from bench_edit import SD15_UNET, SD15_VAE  # noqa: E402
+
 # openai/clip-vit-large-patch14's text tower (vocabulary: our byte-level tokenizer's; same compute per token).
 CLIP_L_TEXT = dict(hidden=768, mlp=3072, heads=12, layers=12)
 # SDXL's UNet layout (linear projections, "text_time" embedding of pooled text and six size ids), cut to its
