@@ -172,9 +172,19 @@ def summary_table(summary: list[dict]) -> str:
     headline column, where measured."""
     columns = [c for c in (*TABLE_COLUMNS, *headline_columns()) if any(c in r for r in summary)]
     width = max(8, *(len(r["method"]) for r in summary))
-    lines = [f"{'method':{width}} {'setting':44} {'n':>5} " + " ".join(f"{c:>14}" for c in columns)]
+    # a success rate is shown with its 95% interval: 0.7367 [0.68,0.79]
+    widths = {c: 20 if any(f"{c}_ci_low" in r for r in summary) else 14 for c in columns}
+
+    def cell(r: dict, c: str) -> str:
+        if c not in r:
+            return f"{'-':>{widths[c]}}"
+        if f"{c}_ci_low" in r:
+            return f"{r[c]:.4f} [{r[f'{c}_ci_low']:.2f},{r[f'{c}_ci_high']:.2f}]".rjust(widths[c])
+        return f"{r[c]:{widths[c]}.4f}"
+
+    lines = [f"{'method':{width}} {'setting':44} {'n':>5} " + " ".join(f"{c:>{widths[c]}}" for c in columns)]
     for r in summary:
-        cells = " ".join(f"{r[c]:14.4f}" if c in r else f"{'-':>14}" for c in columns)
+        cells = " ".join(cell(r, c) for c in columns)
         lines.append(f"{r['method']:{width}} {r['setting']:44} {r['n']:5d} {cells}")
     return "\n".join(lines)
 

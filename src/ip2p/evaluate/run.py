@@ -48,6 +48,7 @@ from ip2p.evaluate.items import EvalItem, EvaluationError, item_seed, load_test_
 from ip2p.evaluate.methods import Method, setting_key
 from ip2p.evaluate.metrics import measure_batch, metric_columns, selected_metrics, type_columns
 from ip2p.evaluate.report import example_path, examples_grid, plot_curves
+from ip2p.evaluate.stats import is_binary, wilson_interval
 from ip2p.fileio import write_json_atomic, write_text_atomic
 from ip2p.imaging import prepare_image, save_png
 from ip2p.registry import Metric
@@ -269,13 +270,25 @@ def summarize(
                 values = [r[metric] for r in mine if metric in r and r[metric] is not None]
                 if values:
                     row[metric] = float(np.mean(values))
+                    _add_interval(row, metric, values)
             for kind in sorted({r["edit_type"] for r in mine if r.get("edit_type")}):
                 for metric in by_type:
                     values = [r[metric] for r in mine if r.get("edit_type") == kind and metric in r]
                     if values:
                         row[f"{metric}/{kind}"] = float(np.mean(values))
+                        _add_interval(row, metric, values, kind)
             rows.append(row)
     return rows
+
+
+def _add_interval(row: dict[str, Any], metric: str, values: list[float], kind: str | None = None) -> None:
+    """For a success column (every value 0 or 1), its 95% Wilson interval: ``<metric>_ci_low`` and
+    ``<metric>_ci_high`` (``.../<type>`` per edit type)."""
+    if not is_binary(values):
+        return
+    low, high = wilson_interval(sum(values), len(values))
+    suffix = f"/{kind}" if kind else ""
+    row[f"{metric}_ci_low{suffix}"], row[f"{metric}_ci_high{suffix}"] = low, high
 
 
 def write_summary(out: Path, summary: list[dict]) -> None:
