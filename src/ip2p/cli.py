@@ -451,7 +451,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "`accelerate launch -m ip2p.cli evaluate ...` splits the items over processes.",
     )
     add_model_flags(p, default_model="toy")
-    p.add_argument("-o", "--output", required=True, help="output folder (rerun the same command to resume)")
+    # required, except with --compare (EvalRunConfig.validate says so in one line)
+    p.add_argument("-o", "--output", help="output folder (rerun the same command to resume)")
     add_config_flags(p, EvalRunConfig, exclude=_EVAL_SHARED_FLAGS)
     add_config_flags(p, RuntimeOptions)
     _json_flag(p, "the summary")
@@ -470,6 +471,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         editor_options=_config(args, RuntimeOptions),
         **config_overrides(args, EvalRunConfig, exclude=_EVAL_SHARED_FLAGS),
     )
+    if config.compare:  # benchmark runs side by side; nothing is edited
+        from ip2p.evaluate.bench_run import compare_runs
+
+        try:
+            print(compare_runs(config.compare), end="")
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+        return 0
     try:
         config.editor_options.validate_options()
     except ValueError as exc:
@@ -488,7 +497,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(result["report"])
-    print(f"output in {args.output} (summary.csv, plot.png, examples.png)")
+    made = "summary.csv, plot.png, examples.png"
+    if config.benchmark:
+        made = "summary.md, summary.csv, records.jsonl"
+    print(f"output in {args.output} ({made})")
     return 0
 
 

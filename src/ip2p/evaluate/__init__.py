@@ -5,7 +5,8 @@
 - :mod:`.metrics`: CLIP and pixel metrics, plug-in metrics (``ip2p.registry.METRICS``), the planes;
 - :mod:`.run`: ``EvalConfig`` and :func:`evaluate`: resumable records, the summary;
 - :mod:`.report`: the plot, the examples grid, curve comparison, the printed summary;
-- :mod:`.config`: ``EvalRunConfig`` (the command's settings, torch-free) and :func:`run_evaluation`.
+- :mod:`.config`: ``EvalRunConfig`` (the command's settings, torch-free) and :func:`run_evaluation`;
+- :mod:`.benchmarks`, :mod:`.bench_metrics`, :mod:`.bench_run`: MagicBrush and Emu Edit (``--benchmark``).
 
 The names below are imported on first use, so ``ip2p evaluate --help`` does not import torch.
 
@@ -47,6 +48,9 @@ _EXPORTS = {
     "run": ("CLIP_PREPROCESSING", "EvalConfig", "evaluate", "read_records", "summarize", "write_summary"),
     "report": ("comparison_lines", "curve_margin", "examples_grid", "plot_curves", "summary_table"),
     "config": ("EvalRunConfig", "parse_floats", "run_evaluation"),
+    "benchmarks": ("BenchItem", "read_emu_edit", "read_magicbrush"),
+    "bench_metrics": ("ClipEncoder", "DinoEncoder", "emu_edit_scores", "magicbrush_scores", "pixel_distances"),
+    "bench_run": ("BENCHMARKS", "BenchConfig", "compare_runs", "run_benchmark"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

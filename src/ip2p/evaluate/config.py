@@ -30,6 +30,9 @@ FALLBACK_STEPS = 100  # the paper's sampler steps, where the model names none
 FALLBACK_RESOLUTION = 512
 FALLBACK_CLIP = "openai/clip-vit-large-patch14"  # the original's ViT-L/14 (pairs.clip_score.DEFAULT_CLIP)
 DEFAULT_METHODS = "ip2p,sdedit"
+BENCHMARK_NAMES = ("magicbrush", "magicbrush-multi", "emu-edit")  # ip2p.evaluate.bench_run.BENCHMARKS
+BENCH_CLIP = "openai/clip-vit-base-patch32"  # MagicBrush's clip.load("ViT-B/32"), as bench_metrics
+BENCH_DINO = "facebook/dino-vits16"  # MagicBrush's torch.hub dino_vits16, as bench_metrics
 
 
 def parse_floats(text: str) -> list[float]:
@@ -142,6 +145,50 @@ class EvalRunConfig:
         "the toy model); 'none' skips CLIP metrics",
         default=None,
     )
+    benchmark: str | None = option(
+        "a standard benchmark instead of the sweeps: magicbrush (single-turn), magicbrush-multi (turns "
+        "chained from the first source) or emu-edit; the editor runs at one setting (its "
+        "edit_settings.json, else text 7.5, image 1.5; --text-guidance/--image-guidance lists make a grid)",
+        default=None,
+        choices=BENCHMARK_NAMES,
+        group="benchmarks",
+    )
+    data: str | None = option(
+        "the benchmark's data: a hub id (default: osunlp/MagicBrush, facebook/emu_edit_test_set), a "
+        "save_to_disk folder, Parquet files, MagicBrush's released test folder (edit_sessions.json), or a "
+        "registered test set with targets (toy:300) for MagicBrush-style metrics",
+        default=None,
+        group="benchmarks",
+    )
+    split: str | None = option(
+        "the benchmark's split (MagicBrush: test where the data has it, dev and train on the hub; Emu Edit: "
+        "test, 3,589 rows, or validation, 2,022, chosen by each row's own split column)",
+        default=None,
+        group="benchmarks",
+    )
+    captions: str | None = option(
+        "MagicBrush's local_captions.json for CLIP-T (default: the one beside a test folder; without it "
+        "no CLIP-T)",
+        default=None,
+        group="benchmarks",
+    )
+    clip_model: str | None = option(
+        "CLIP of the benchmark metrics: a folder, hub id or 'toy'; 'none' skips them (default: "
+        f"{BENCH_CLIP}, the benchmarks' ViT-B/32)",
+        default=None,
+        group="benchmarks",
+    )
+    dino_model: str | None = option(
+        f"DINO ViT of the benchmark metrics: a folder or hub id; 'none' skips DINO (default: {BENCH_DINO})",
+        default=None,
+        group="benchmarks",
+    )
+    compare: list[str] | None = option(
+        "print the summaries of these benchmark runs (output folders) side by side, and nothing else",
+        default=None,
+        metavar="RUN",
+        group="benchmarks",
+    )
     batch_size: int = option("items edited at once", default=8)
     seed: int = option("seed of the per-item seeds", default=0)
     examples: int = option("items shown in examples.png", default=4)
@@ -189,8 +236,16 @@ class EvalRunConfig:
             text = [model["text_guidance_scale"]]
         if self.sweep == "text" and image is None and "image_guidance_scale" in model:
             image = [model["image_guidance_scale"]]
+        sweep = self.sweep
+        if self.benchmark and sweep == "paper":  # one setting: the editor's own, else the paper's 7.5 and 1.5
+            text = self.text_guidance or [model.get("text_guidance_scale", 7.5)]
+            image = self.image_guidance or [model.get("image_guidance_scale", 1.5)]
+            sweep = "grid"
         return replace(
             self,
+            sweep=sweep,
+            clip_model=self.clip_model or BENCH_CLIP,
+            dino_model=self.dino_model or BENCH_DINO,
             steps=given.get("steps", FALLBACK_STEPS),
             sdedit_steps=self.sdedit_steps or self.steps or defaults.get("steps", FALLBACK_STEPS),
             scheduler=given.get("scheduler"),
@@ -272,7 +327,7 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
             )
         methods.remove("sdedit")
         note("note: no --base given, so the SDEdit baseline is skipped")
-    if not cfg.test_set:
+    if not cfg.test_set and not cfg.benchmark:
         raise EvaluationError(f"--test-set is required: the model {cfg.model!r} names no test set of its own")
     device = process_device(cfg.device)  # under `accelerate launch`, each process's own GPU
     run = EvalConfig(
@@ -323,6 +378,10 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
             else load_pipeline_components(cfg.model, edit=True, config=cfg.model_config).vae
         )
     chosen += [reference_method(name, vae) for name in references]
+    if cfg.benchmark:  # the standard benchmarks' items and metrics (bench_run.py)
+        from ip2p.evaluate.bench_run import run_from_settings
+
+        return run_from_settings(cfg, chosen, multiple, device)
     run.size_multiple = multiple
     result = evaluate(run, chosen)
     summary = result["summary"]
