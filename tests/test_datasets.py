@@ -122,7 +122,7 @@ def test_bad_sources_are_clear_errors(tmp_path):
     with pytest.raises(DatasetError, match="no such file"):
         open_edit_dataset(tmp_path / "missing.parquet")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="no .parquet files"):
+    with pytest.raises(DatasetError, match=r"no seeds.json, save_to_disk files, metadata.jsonl, .parquet or .tar"):
         open_edit_dataset(tmp_path / "empty")
     (tmp_path / "bad.parquet").write_text("x")
     with pytest.raises(DatasetError, match="not a readable Parquet"):
