@@ -51,12 +51,14 @@ class FlagError(BatchError):
 class BatchItem:
     """One edit: ``image`` by ``instruction`` into ``output`` (a PNG; ``_i`` suffixes for several images).
 
-    ``loaded`` is the image already decoded by :func:`ip2p.imaging.load_image` (then it is not read again)."""
+    ``loaded`` is the image already decoded by :func:`ip2p.imaging.load_image` (then it is not read again);
+    ``mask`` an image of where the edit may act (see :mod:`ip2p.masking`), or None."""
 
     image: Path
     instruction: str
     output: Path
     loaded: Any = field(default=None, compare=False, repr=False)
+    mask: Path | None = None
 
 
 @dataclass
@@ -94,10 +96,12 @@ def plan_items(
     instruction: str | None,
     output: str | os.PathLike,
     recursive: bool = False,
+    mask: str | os.PathLike | None = None,
 ) -> list[BatchItem]:
     """The items of an input: an image (one item), a folder (every image, by ``instruction``), or a ``.jsonl`` file
-    of ``{"image", "instruction"[, "output"]}`` lines (relative paths: images from the file's folder, outputs under
-    ``output``). Raises :class:`BatchError` before any model is loaded.
+    of ``{"image", "instruction"[, "output"][, "mask"]}`` lines (relative paths: images and masks from the file's
+    folder, outputs under ``output``). ``mask`` applies to every item that names none of its own. Raises
+    :class:`BatchError` before any model is loaded.
 
     Output names never collide: a folder's image ``photo.jpg`` becomes ``photo.png`` under ``output`` (in the same
     subfolder with ``recursive``), unless another image there has the stem ``photo`` too: then each of them keeps
@@ -108,6 +112,11 @@ def plan_items(
     src, out = Path(source), Path(output)
     if not src.exists():
         raise BatchError(f"{src}: no such file or folder")
+    if mask is not None:
+        return [
+            replace(item, mask=item.mask or Path(mask))
+            for item in plan_items(src, instruction, out, recursive)
+        ]
     if src.is_dir():
         if not instruction:
             raise BatchError("a folder input needs an INSTRUCTION")
@@ -120,8 +129,12 @@ def plan_items(
             image = Path(row["image"])
             image = image if image.is_absolute() else src.parent / image
             target = Path(row["output"]) if row.get("output") else Path(f"{n:06d}_{image.stem}.png")
+            mask = Path(row["mask"]) if row.get("mask") else None
+            mask = mask if mask is None or mask.is_absolute() else src.parent / mask
             items.append(
-                BatchItem(image, row["instruction"], target if target.is_absolute() else out / target)
+                BatchItem(
+                    image, row["instruction"], target if target.is_absolute() else out / target, mask=mask
+                )
             )
         if not items:
             raise BatchError(f"{src}: no items")
@@ -180,6 +193,12 @@ def check_writable(path: Path) -> None:
         raise BatchError(f"{path}: is a folder; give a .png file name")
 
 
+def mask_path(target: Path) -> Path:
+    """Where ``--save-mask`` writes an item's mask: ``out.png`` -> ``out_mask.png``."""
+    target = target if target.suffix else target.with_suffix(".png")
+    return target.with_name(f"{target.stem}_mask.png")
+
+
 def output_paths(target: Path, num_images: int) -> list[Path]:
     """``out.png`` for one image; ``out_0.png``, ``out_1.png``, ... for several."""
     target = target if target.suffix else target.with_suffix(".png")
@@ -199,6 +218,7 @@ def edit_batch(
     batch: bool = True,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
+    save_mask: bool = False,
 ) -> BatchReport:
     """Edit ``items`` with ``pipe`` at ``config`` and write their PNGs (with the edit's metadata in text chunks).
 
@@ -206,11 +226,13 @@ def edit_batch(
     fails for any reason (an image that cannot be read, an edit or a write that fails) is recorded as failed, its
     one-line error printed, and the job goes on; with ``batch=False`` (one image) the error is raised. ``warn``
     receives warnings (an image's ignored EXIF, a truncated instruction), each distinct one once; default: stderr.
-    Libraries' deprecation notices are not shown.
+    Libraries' deprecation notices are not shown. An item's ``mask`` confines its edit; ``save_mask`` writes the
+    mask each edit used (given, or automatic with ``config.auto_mask``) to :func:`mask_path`.
     """
     from tqdm.auto import tqdm
 
     from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
+    from ip2p.masking import MaskError
 
     warn = warn or (lambda text: print(f"ip2p: warning: {text}", file=sys.stderr))
     shown: set[str] = set()
@@ -241,14 +263,17 @@ def edit_batch(
                     config,
                     seed=seed,
                     callback=lambda i, n, _, bar=steps: bar.update(1),
+                    mask=item.mask,
                 )
                 for index, (picture, path) in enumerate(zip(result.images, outputs, strict=True)):
                     save_png(picture, path, result.metadata(index))
+                if save_mask and result.mask is not None:
+                    record["mask"] = str(save_png(result.mask, mask_path(item.output)))
             report.items.append({**record, "status": "ok", "seed": result.seed, **result.info})
         except Exception as exc:
             if not batch:
                 raise
-            message = str(exc) if isinstance(exc, ImageError) else _one_line(item.image, exc)
+            message = str(exc) if isinstance(exc, ImageError | MaskError) else _one_line(item.image, exc)
             report.items.append({**record, "status": "failed", "error": message})
             print(f"ip2p: error: {message}", file=sys.stderr)
         finally:
@@ -288,10 +313,17 @@ def run_edit_job(
 
     check_settings(job, overrides)
     state = PartialState(cpu=job.device == "cpu")
-    items = plan_items(job.input, job.instruction, job.output, job.recursive)
+    items = plan_items(job.input, job.instruction, job.output, job.recursive, job.mask)
     batch = len(items) > 1 or is_batch(job.input)
     for item in items:
         check_writable(item.output)
+    if job.mask is not None:  # one mask for every item: a bad file fails before the model loads
+        from ip2p.masking import MaskError, load_mask
+
+        try:
+            load_mask(job.mask)
+        except MaskError as exc:
+            raise BatchError(str(exc)) from None
     # every item's seed is --seed (or drawn at random), never a generator run through the items before it, so
     # an item's output is the same whichever process edits it
     mine = items[state.process_index :: state.num_processes]
@@ -313,6 +345,7 @@ def run_edit_job(
             overwrite=job.overwrite,
             batch=batch,
             progress=progress and state.is_main_process,
+            save_mask=job.save_mask,
         )
     if state.num_processes == 1 or not batch:  # one image: the main process edits it alone
         return report

@@ -76,6 +76,22 @@ class EditConfig:
         "zero-terminal-SNR models such as the toy one; 0: off)",
         default=0.0,
     )
+    # Region-constrained editing (ip2p.masking): a user's mask is a per-call argument (--mask FILE), these are
+    # the settings of the automatic one (DiffEdit, Couairon et al. 2023) and of the paste-back (Avrahami et al.).
+    auto_mask: bool = option(
+        "estimate where the instruction acts from the editor itself (DiffEdit: where its predictions with and "
+        "without the instruction differ) and edit only there; costs 8 UNet evaluations an input",
+        default=False,
+    )
+    mask_threshold: float = option(
+        "the automatic mask's threshold on the normalised difference, 0-1: higher, a smaller mask",
+        default=0.5,
+    )
+    mask_feather: int | None = option(
+        "pixels over which the edit fades into the input inside the mask's edge (0: a hard edge; default: the "
+        "image's long side / 64)",
+        default=None,
+    )
 
     def validate(self) -> None:
         if self.num_inference_steps < 1:
@@ -104,6 +120,10 @@ class EditConfig:
             raise ValueError(
                 f"unknown resize mode {self.resize_mode!r}; choose one of {', '.join(RESIZE_MODES)}"
             )
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            raise ValueError(f"the mask threshold must lie in [0, 1], got {self.mask_threshold}")
+        if self.mask_feather is not None and not 0 <= self.mask_feather <= 256:
+            raise ValueError(f"the mask feather must be 0 to 256 pixels, got {self.mask_feather}")
 
 
 CPU_OFFLOAD_MODES = ("model", "sequential")
@@ -277,6 +297,17 @@ class EditJob(ModelChoice, RuntimeOptions):
     recursive: bool = option(
         "folder input: also edit the images in its subfolders, the outputs mirroring them (default: the "
         "folder's own images only)",
+        default=False,
+    )
+    mask: str | None = option(
+        "a mask image: white where the edit may act, black where the input is kept exactly (or painted strokes "
+        "on a transparent canvas); resized to the input if its size differs. JSONL items may name their own "
+        'with a "mask" key',
+        default=None,
+        metavar="FILE",
+    )
+    save_mask: bool = option(
+        "write the mask each edit used (given or automatic) beside its output, as <output>_mask.png",
         default=False,
     )
     verbose: bool = option(

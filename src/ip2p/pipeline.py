@@ -10,7 +10,7 @@ import copy
 import random
 import threading
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ip2p import pipeline_options
+from ip2p import masking, pipeline_options
 from ip2p.devices import pick_device, pick_dtype
 from ip2p.edit_config import EditConfig, RuntimeOptions
 from ip2p.edit_settings import merge_settings, read_edit_settings, validate_settings
@@ -31,6 +31,7 @@ from ip2p.imaging import (
     restore_image,
     tensor_to_pil,
 )
+from ip2p.masking import MaskLike
 from ip2p.models import DEFAULT_MODEL, EditComponents, load_pipeline_components
 from ip2p.sampling import StepCallback, denoise, make_scheduler
 from ip2p.text_encoding import encode_prompts, encode_prompts_sdxl
@@ -52,9 +53,11 @@ class EditResult:
     model: str
     info: dict[str, Any] = field(default_factory=dict)
     latents: torch.Tensor | None = None  # (n, 4, h, w) final latents, before decoding
+    mask: Image.Image | None = None  # the mask used ("L", white: edited), at the images' size; None: no mask
 
     def metadata(self, index: int = 0) -> dict[str, str]:
         """What to store beside image ``index`` (PNG text chunks): enough to reproduce it."""
+        masked = {"ip2p:mask": self.info["mask"]} if "mask" in self.info else {}
         return {
             "ip2p:instruction": self.instruction,
             "ip2p:seed": "" if self.seed is None else str(self.seed),
@@ -65,6 +68,7 @@ class EditResult:
             "ip2p:scheduler": str(self.info.get("scheduler", self.config.scheduler)),
             "ip2p:resolution": str(self.config.resolution),
             "ip2p:model": self.model,
+            **masked,
         }
 
 
@@ -243,9 +247,10 @@ class EditPipeline:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         callback: StepCallback | None = None,
+        mask: MaskLike | None = None,
         **overrides: Any,
     ) -> EditResult:
-        """Edit ``image`` following ``instruction``.
+        """Edit ``image`` following ``instruction``; with a ``mask`` (or ``auto_mask=True``) only inside it.
 
         Args:
             image: a PIL image or a path.
@@ -257,11 +262,20 @@ class EditPipeline:
                 is given.
             generator: a torch generator to draw the noise from (instead of ``seed``).
             callback: ``callback(step, num_steps, latents)`` after every sampler step.
+            mask: where the edit may act (white, or 1): a file, an image, or a (H, W) array or tensor, resized to
+                the input if its size differs (:func:`ip2p.masking.load_mask`). Outside it the result keeps the
+                input's pixels exactly (blended latent diffusion: :mod:`ip2p.masking`). Without it,
+                ``auto_mask=True`` estimates one from the editor (DiffEdit); ``result.mask`` is the mask used.
+
+        Example:
+            >>> result = pipe(image, "make the circle green", mask="circle-mask.png", seed=0)
+            >>> result = pipe(image, "make the circle green", auto_mask=True, seed=0); result.mask.save("m.png")
         """
         config = self._config(config, overrides)
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
-        prepared = self.prepare(image, config)
+        original = load_image(image)
+        prepared = self.prepare(original, config)
         # A copy per call: `set_timesteps` mutates a scheduler, and the web app runs edits concurrently.
         scheduler = copy.deepcopy(self.scheduler(config.scheduler))
         info = {"scheduler": type(scheduler).__name__, "device": str(self.device), "dtype": str(self.dtype)}
@@ -281,11 +295,17 @@ class EditPipeline:
             seed = random.randrange(2**32) if seed is None else int(seed)
             generator = torch.Generator("cpu").manual_seed(seed)
 
-        latents = self._sample([prepared.image], [instruction], config, scheduler, generator, callback)
+        masks = self._edit_masks([prepared], [instruction], [mask], config, [generator], info)  # (1, H, W)
+        latents = self._sample([prepared.image], [instruction], config, scheduler, generator, callback, masks)
         pixels = self.decode(latents)
         images = [restore_image(im, prepared, config.restore_size) for im in tensor_to_pil(pixels)]
+        used = None
+        if masks is not None:
+            images, used = masking.paste_back_results(
+                images, prepared, original, masks[0].numpy(), mask, config
+            )
         return EditResult(
-            images, prepared.image, seed, instruction, config, self.components.name, info, latents
+            images, prepared.image, seed, instruction, config, self.components.name, info, latents, used
         )
 
     @torch.inference_mode()
@@ -295,9 +315,11 @@ class EditPipeline:
         instructions: list[str],
         seeds: list[int],
         config: EditConfig | None = None,
+        masks: list[MaskLike | None] | None = None,
         **overrides: Any,
     ) -> list[Image.Image]:
-        """Edit several inputs in one batch: image i by instruction i from seed i; one result each.
+        """Edit several inputs in one batch: image i by instruction i from seed i (inside ``masks[i]`` where given,
+        or its automatic mask with ``auto_mask=True``); one result each.
 
         Each result equals ``self(images[i], instructions[i], config, seed=seeds[i]).images[0]`` up to float
         rounding (every input draws its initial and per-step noise from its own generator). The inputs must
@@ -316,6 +338,9 @@ class EditPipeline:
         sizes = {p.image.size for p in prepared}
         if len(sizes) > 1:
             raise ValueError(f"edit_batch needs inputs of one prepared size, got {sorted(sizes)}")
+        masks = list(masks) if masks is not None else [None] * len(images)
+        if len(masks) != len(images):
+            raise ValueError(f"need one mask (or None) per image: {len(images)} images, {len(masks)} masks")
         out: list[Image.Image | None] = [None] * len(images)
         todo = [i for i, text in enumerate(instructions) if text.strip()]
         for i in set(range(len(images))) - set(todo):  # empty instruction: the input, as __call__
@@ -323,16 +348,19 @@ class EditPipeline:
         if todo:
             scheduler = copy.deepcopy(self.scheduler(config.scheduler))
             generators = [torch.Generator("cpu").manual_seed(int(seeds[i])) for i in todo]
-            latents = self._sample(
-                [prepared[i].image for i in todo],
-                [instructions[i] for i in todo],
-                config,
-                scheduler,
-                generators,
-                None,
-            )
-            for i, im in zip(todo, tensor_to_pil(self.decode(latents)), strict=True):
+            inputs, texts = [prepared[i].image for i in todo], [instructions[i] for i in todo]
+            edit_masks = self._edit_masks(
+                [prepared[i] for i in todo], texts, [masks[i] for i in todo], config, generators, {}
+            )  # (len(todo), H, W) or None
+            latents = self._sample(inputs, texts, config, scheduler, generators, None, edit_masks)
+            for j, (i, im) in enumerate(zip(todo, tensor_to_pil(self.decode(latents)), strict=True)):
                 out[i] = restore_image(im, prepared[i], config.restore_size)
+                if edit_masks is not None:
+                    original = load_image(images[i])
+                    pasted, _ = masking.paste_back_results(
+                        [out[i]], prepared[i], original, edit_masks[j].numpy(), masks[i], config
+                    )
+                    out[i] = pasted[0]
         return out  # type: ignore[return-value]
 
     def _config(self, config: EditConfig | None, overrides: dict[str, Any]) -> EditConfig:
@@ -343,21 +371,40 @@ class EditPipeline:
         config.validate()
         return config
 
-    def _sample(self, images, instructions, config, scheduler, generator, callback) -> torch.Tensor:
-        # B inputs of one size, each edited config.num_images times: n = B * num_images rows.
-        k = config.num_images
+    def _conditions(self, images, instructions, config, k: int):
+        """The text, null text, SDXL's added conditioning per branch and the image latents of B inputs, each
+        repeated k times (n = B * k rows), and the inputs' own (B, 4, h, w) latents as the VAE encodes them."""
         added: dict[str, torch.Tensor] = {}  # SDXL's added conditioning per branch: pooled text, size ids
         if self.components.is_sdxl:
             width, height = images[0].size
-            text, null, added = self._sdxl_conditioning(list(instructions), config, (height, width))
+            text, null, added = self._sdxl_conditioning(
+                list(instructions), replace(config, num_images=k), (height, width)
+            )
         else:
             text = self.encode_text(list(instructions)).repeat_interleave(k, dim=0)  # (n, T, D)
             null = self.encode_text([config.negative_prompt or ""]).expand(len(text), -1, -1)  # (n, T, D)
-        image_latents = (
-            self.encode_image(pil_to_tensor(list(images))).to(self.dtype).repeat_interleave(k, dim=0)
-        )  # (n, 4, h, w)
+        encoded = self.encode_image(pil_to_tensor(list(images)))  # (B, 4, h, w)
+        image_latents = encoded.to(self.dtype).repeat_interleave(k, dim=0)  # (n, 4, h, w)
         if self.components.info.get("is_cosxl_edit", False):  # CosXL Edit takes the image latents scaled
             image_latents = image_latents * self.components.vae.config.scaling_factor
+        return text, null, added, image_latents, encoded
+
+    def _sampler_latents(self, encoded: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) VAE latents -> the sampler's clean latents (the inverse of :meth:`decode`'s scaling)."""
+        vae = self.components.vae
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean, device=encoded.device, dtype=encoded.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(std, device=encoded.device, dtype=encoded.dtype).view(1, -1, 1, 1)
+            return ((encoded - mean) * vae.config.scaling_factor / std).to(self.dtype)
+        return (encoded * vae.config.scaling_factor).to(self.dtype)
+
+    def _sample(
+        self, images, instructions, config, scheduler, generator, callback, masks=None
+    ) -> torch.Tensor:
+        # B inputs of one size, each edited config.num_images times: n = B * num_images rows.
+        k = config.num_images
+        text, null, added, image_latents, encoded = self._conditions(images, instructions, config, k)
         text_scale, image_scale = config.text_guidance_scale, config.image_guidance_scale
         rescale = config.guidance_rescale
 
@@ -391,6 +438,20 @@ class EditPipeline:
                     guided = rescale_noise_cfg(guided, eps_text_image, rescale)
                 return guided
 
+        post_step = None
+        if masks is not None:
+            # blended latent diffusion: outside the mask, the input's latents noised to the sampler's level
+            factor = self.components.vae_scale_factor
+            keep = masking.latent_mask(masks.to(self.device), factor)  # (B, 1, h, w)
+            keep = keep.repeat_interleave(k, dim=0)  # (n, 1, h, w)
+            x0 = self._sampler_latents(encoded).repeat_interleave(k, dim=0)  # (n, 4, h, w)
+
+            def post_step(latents: torch.Tensor, t_next: torch.Tensor | None) -> torch.Tensor:
+                if t_next is None:  # after the last step the latents are clean
+                    return masking.blend_latents(latents, keep, x0)
+                level = t_next.reshape(1).expand(len(x0))
+                return masking.blend_latents(latents, keep, scheduler.add_noise(x0, noise, level))
+
         return denoise(
             model_fn,
             noise,
@@ -399,7 +460,75 @@ class EditPipeline:
             generator=generator,
             eta=config.eta,
             callback=callback,
+            post_step=post_step,
         )
+
+    # -- masks (ip2p.masking) --------------------------------------------------------------------------------
+    def _edit_masks(self, prepared, instructions, masks, config, generators, info) -> torch.Tensor | None:
+        """(B, H, W) 0/1 masks at the prepared size: each input's given mask, else (``auto_mask``) its estimate;
+        None where no input has either. ``info`` gets a note of which."""
+        if not config.auto_mask and all(m is None for m in masks):
+            return None
+        width, height = prepared[0].image.size
+        out = torch.ones(len(prepared), height, width)
+        for i, (p, m) in enumerate(zip(prepared, masks, strict=True)):
+            if m is not None:
+                out[i] = torch.from_numpy(masking.fit_mask(m, p, lambda im: self.prepare(im, config)))
+        todo = [i for i, m in enumerate(masks) if m is None] if config.auto_mask else []
+        if todo:
+            out[todo] = self.estimate_masks(
+                [prepared[i].image for i in todo],
+                [instructions[i] for i in todo],
+                config,
+                [generators[i] for i in todo],
+            )
+            info["mask"] = (
+                f"auto (threshold {config.mask_threshold:g}, {2 * masking.MASK_DRAWS} UNet evaluations)"
+            )
+        else:
+            info["mask"] = "given"
+        return out
+
+    @torch.inference_mode()
+    def estimate_masks(
+        self,
+        images: list[Image.Image],
+        instructions: list[str],
+        config: EditConfig,
+        generators: list[torch.Generator],
+    ) -> torch.Tensor:
+        """DiffEdit's masks of prepared inputs (:func:`ip2p.masking.diffedit_mask`): (B, H, W) 0/1, 1 where the
+        instruction acts, at ``config.mask_threshold``. The noise draws come from a generator seeded with each
+        ``generators[i]``'s seed, so that the edit's own noise is the same with and without the mask."""
+        schedule = getattr(self.components.scheduler, "alphas_cumprod", None)
+        if schedule is None:
+            raise ValueError("automatic masks need a model trained on a DDPM noise schedule (alphas_cumprod)")
+        text, null, added, image_latents, encoded = self._conditions(images, instructions, config, 1)
+        d = masking.MASK_DRAWS
+        embeds = torch.cat([text.repeat_interleave(d, 0), null.repeat_interleave(d, 0)])  # (2BD, T, D)
+        cond_image = image_latents.repeat_interleave(d, 0).repeat(2, 1, 1, 1)  # (2BD, 4, h, w)
+        cond = {
+            n: torch.cat([v[0].repeat_interleave(d, 0), v[1].repeat_interleave(d, 0)])
+            for n, v in added.items()
+        }
+
+        def predict(xt: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+            x = torch.cat([torch.cat([xt, xt]), cond_image], dim=1)  # (2BD, 8, h, w)
+            out = self.components.unet(
+                x, t, encoder_hidden_states=embeds, added_cond_kwargs=cond or None, return_dict=False
+            )[0]
+            return out.chunk(2)  # with, without the instruction: 2 x (BD, 4, h, w)
+
+        seeded = [torch.Generator("cpu").manual_seed(g.initial_seed()) for g in generators]
+        mask, _ = masking.diffedit_mask(
+            predict,
+            self._sampler_latents(encoded),
+            schedule.to(self.device),
+            seeded,
+            draws=d,
+            threshold=config.mask_threshold,
+        )  # (B, h, w)
+        return masking.upsample_mask(mask, self.components.vae_scale_factor).cpu()
 
     def _sdxl_conditioning(
         self, instructions: list[str], config: EditConfig, size: tuple[int, int]

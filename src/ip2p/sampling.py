@@ -39,6 +39,9 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]
+# post_step(latents, t_next) -> latents: called after every scheduler step with the timestep the latents are now at
+# (None after the last step, when they are clean), e.g. to blend in the input's latents noised to that level.
+PostStep = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def make_scheduler(name: str, base: SchedulerMixin) -> SchedulerMixin:
@@ -69,6 +72,7 @@ def denoise(
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     callback: StepCallback | None = None,
+    post_step: PostStep | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from unit Gaussian ``noise``.
 
@@ -84,6 +88,10 @@ def denoise(
         generator: the source of the per-step noise of stochastic samplers.
         eta: DDIM's eta (ignored by other schedulers).
         callback: ``callback(step_index, num_steps, latents)`` after every step, e.g. for a progress bar.
+        post_step: ``post_step(latents, t_next) -> latents`` after every step, before ``callback``: ``t_next`` is
+            the timestep whose noise level the latents now carry (the next step's; ``None`` after the last step),
+            so that ``scheduler.add_noise(x0, noise, t_next)`` is a sample at the same level, in the scheduler's
+            own convention (``x0 + sigma * noise`` for Euler's, ``sqrt(a) x0 + sqrt(1 - a) noise`` for DDIM's).
     """
     if num_inference_steps < 1:
         raise ValueError(f"the number of steps must be at least 1, got {num_inference_steps}")
@@ -95,6 +103,8 @@ def denoise(
         scaled = scheduler.scale_model_input(latents, t)
         noise_pred = model_fn(scaled, t)
         latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+        if post_step is not None:
+            latents = post_step(latents, timesteps[i + 1] if i + 1 < len(timesteps) else None)
         if callback is not None:
             callback(i, len(timesteps), latents)
     return latents

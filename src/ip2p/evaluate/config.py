@@ -140,6 +140,13 @@ class EvalRunConfig:
     resolution: int | None = option(
         "long side of the inputs (default: the editor's edit_settings.json, else 512)", default=None
     )
+    auto_mask: bool = option(
+        "the editor edits only inside its automatic mask (DiffEdit, as `ip2p edit --auto-mask`)",
+        default=False,
+    )
+    mask_threshold: float | None = option(
+        "the automatic mask's threshold, 0-1 (default: 0.5, as `ip2p edit`)", default=None
+    )
     clip: str | None = option(
         "CLIP for the metrics: a folder, hub id or 'toy' (default: openai/clip-vit-large-patch14; 'toy' for "
         "the toy model); 'none' skips CLIP metrics",
@@ -354,6 +361,15 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
         edit_config = EditConfig(
             num_inference_steps=cfg.steps, scheduler=cfg.scheduler, resolution=cfg.resolution
         )
+        if cfg.auto_mask:
+            edit_config.auto_mask = True
+            if cfg.mask_threshold is not None:
+                edit_config.mask_threshold = cfg.mask_threshold
+            edit_config.validate()
+    if cfg.chain_mode:  # chained edits turn by turn, in each mode (multiturn.py)
+        run.size_multiple = multiple
+        return _run_chains(config, cfg, run, pipe)
+    if "ip2p" in methods:
         settings = guidance_grid(cfg.sweep, cfg.text_guidance, cfg.image_guidance, cfg.guidance_rescale)
         chosen.append(editor_method(pipe, edit_config, settings))
     if "sdedit" in methods:
