@@ -22,6 +22,7 @@ from diffusers import (
     StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLInstructPix2PixPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -271,6 +272,22 @@ def _edit_pipeline_class(
     return StableDiffusionInstructPix2PixPipeline
 
 
+def _text_to_image_pipeline_class(
+    source: Path | None, config: str | None, hub_ids: tuple[str, ...] = ()
+) -> type[DiffusionPipeline]:
+    """SD or SDXL text-to-image: SDXL where a folder's or hub model's model_index.json names an SDXL pipeline
+    (an SDXL editor too, whose UNet the caller then refuses) or a checkpoint holds SDXL's second text encoder."""
+    folders = [
+        p for p in (source, Path(config).expanduser() if config else None) if p is not None and p.is_dir()
+    ]
+    names = [_folder_class(folder) for folder in folders] + [_hub_class(repo_id) for repo_id in hub_ids]
+    if any((name or "").startswith("StableDiffusionXL") for name in names):
+        return StableDiffusionXLPipeline
+    if source is not None and source.is_file() and _is_sdxl_checkpoint(source):
+        return StableDiffusionXLPipeline
+    return StableDiffusionPipeline
+
+
 def load_pipeline_components(
     source: str | os.PathLike,
     *,
@@ -298,9 +315,13 @@ def load_pipeline_components(
     hub_ids = tuple(
         s for s in (text, config) if s and _looks_like_hub_id(s) and not Path(s).expanduser().exists()
     )
-    pipe_cls = _edit_pipeline_class(path, config, hub_ids) if edit else StableDiffusionPipeline
+    pipe_cls = (
+        _edit_pipeline_class(path, config, hub_ids)
+        if edit
+        else _text_to_image_pipeline_class(path, config, hub_ids)
+    )
     kwargs: dict[str, Any] = pipeline_kwargs(pipe_cls)
-    if pipe_cls is StableDiffusionXLInstructPix2PixPipeline:
+    if pipe_cls in (StableDiffusionXLInstructPix2PixPipeline, StableDiffusionXLPipeline):
         kwargs["add_watermarker"] = False  # the invisible watermark would change the pixels
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype

@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from PIL import Image
 
 from ip2p.datasets import Columns, EditExample, open_edit_dataset
 from ip2p.fileio import atomic_dir, atomic_path, write_json_atomic
-from ip2p.guidance import apply_conditioning_dropout
 from ip2p.harness import (
     Deadline,
     Interrupted,
@@ -39,7 +38,7 @@ from ip2p.harness import (
     stop_requests,
 )
 from ip2p.imaging import make_grid, pil_to_tensor, save_png
-from ip2p.text_encoding import encode_prompts
+from ip2p.train_conditioning import frozen_dtypes, text_conditioning
 from ip2p.train_config import (  # noqa: F401 (the config lives torch-free; re-exported here)
     ATTENTIONS,
     LR_SCHEDULES,
@@ -236,16 +235,20 @@ class Trainer:
         )
         device = self.accelerator.device
         # the frozen modules run in the mixed-precision dtype but are exported as loaded, not rounded through it
+        frozen = frozen_dtypes(components, self.weight_dtype)  # the VAE and text encoder(s): name -> dtype
         self._frozen_originals = (
             None
             if self.weight_dtype == torch.float32
             else {
-                name: {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-                for name, module in (("vae", components.vae), ("text_encoder", components.text_encoder))
+                name: {
+                    k: v.detach().to("cpu", copy=True)
+                    for k, v in getattr(components, name).state_dict().items()
+                }
+                for name in frozen
             }
         )
-        for frozen in (components.vae, components.text_encoder):
-            frozen.requires_grad_(False).eval().to(device, self.weight_dtype)
+        for name, dtype in frozen.items():
+            getattr(components, name).requires_grad_(False).eval().to(device, dtype)
         unet = components.unet.train()
         if config.attention == "classic":
             from diffusers.models.attention_processor import AttnProcessor
@@ -284,19 +287,16 @@ class Trainer:
         self.unet, self.optimizer = self.accelerator.prepare(unet, self.optimizer)
         if self.ema is not None:
             self.ema.to(device)
-        self.null_text = self._encode_text([""])  # (1, T, D): the null text is the encoding of "", not zeros
+        # instructions -> the UNet's text conditioning and its null text (SD or SDXL: ip2p.train_conditioning)
+        self.conditioning = text_conditioning(components, device, config.resolution)
         self.cache: dict[str, torch.Tensor] | None = None
 
     # -- encoders ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode_text(self, texts: list[str]) -> torch.Tensor:
-        c = self.components
-        return encode_prompts(c.tokenizer, c.text_encoder, texts, self.accelerator.device, torch.float32)
-
-    @torch.no_grad()
     def _encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> posterior mean and std, (B, 4, h, w) each, unscaled."""
-        dist = self.components.vae.encode(pixels.to(self.accelerator.device, self.weight_dtype)).latent_dist
+        vae = self.components.vae
+        dist = vae.encode(pixels.to(self.accelerator.device, vae.dtype)).latent_dist
         return dist.mean.float(), dist.std.float()
 
     # -- data ----------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ class Trainer:
             pick = lambda a, b: torch.where(flips[:, None, None, None], b, a)  # noqa: E731
             mean, std = pick(cached["mean"], cached["mean_flip"]), pick(cached["std"], cached["std_flip"])
             image = pick(cached["image"], cached["image_flip"])
-            text = cached["text"]
+            text = {k: cached[k] for k in self.conditioning.keys}
         else:
             originals, editeds, prompts = [], [], []
             for idx, rng in zip(indices, rngs, strict=True):
@@ -348,7 +348,7 @@ class Trainer:
                 prompts.append(ex.edit_prompt)
             mean, std = self._encode_images(pil_to_tensor(editeds))
             image, _ = self._encode_images(pil_to_tensor(originals))  # posterior mode = mean for a Gaussian
-            text = self._encode_text(prompts)
+            text = self.conditioning.encode(prompts)  # name -> (B, ...)
         device = self.accelerator.device
         # Fixed order of draws per example: dropout, timestep, noise, posterior sample.
         uniform = torch.stack([torch.rand((), generator=g) for g in gens])
@@ -366,8 +366,9 @@ class Trainer:
         latents = (
             mean + std * eps.to(mean.device)
         ) * self.components.vae.config.scaling_factor  # target latents
-        text, image = apply_conditioning_dropout(
-            text.to(device), image.to(device), self.null_text, uniform.to(device), c.conditioning_dropout_prob
+        text = {k: v.to(device) for k, v in text.items()}
+        text, image = self.conditioning.dropout(
+            text, image.to(device), uniform.to(device), c.conditioning_dropout_prob
         )
         return {
             "latents": latents.to(device),
@@ -390,7 +391,8 @@ class Trainer:
             self.cache = load_file(path)
             return
         parts: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("mean", "std", "image", "mean_flip", "std_flip", "image_flip", "text")
+            k: []
+            for k in ("mean", "std", "image", "mean_flip", "std_flip", "image_flip", *self.conditioning.keys)
         }
         todo = range(len(self.dataset))
         for start in tqdm(
@@ -415,7 +417,8 @@ class Trainer:
                 parts["mean" + suffix].append(mean.cpu())
                 parts["std" + suffix].append(std.cpu())
                 parts["image" + suffix].append(self._encode_images(pil_to_tensor(o))[0].cpu())
-            parts["text"].append(self._encode_text([ex.edit_prompt for ex in exs]).cpu())
+            for k, v in self.conditioning.encode([ex.edit_prompt for ex in exs]).items():
+                parts[k].append(v.cpu())
         self.cache = {k: torch.cat(v) for k, v in parts.items()}
         if self.accelerator.is_main_process:
             from safetensors.torch import save_file
@@ -520,7 +523,8 @@ class Trainer:
             [noisy, batch["image"]], dim=1
         )  # (B, 8, h, w): noisy target latent + input-image latent
         with self.accelerator.autocast():
-            pred = self.unet(x, batch["timesteps"], encoder_hidden_states=batch["text"].to(x.dtype)).sample
+            text = self.conditioning.unet_inputs(batch["text"], x.dtype)  # hidden states (and SDXL's extras)
+            pred = self.unet(x, batch["timesteps"], **text).sample
         return F.mse_loss(pred.float(), target.float())
 
     # -- checkpoints ---------------------------------------------------------------------------------------
@@ -604,26 +608,19 @@ class Trainer:
         """The final model (EMA weights where used) in diffusers format, with the paper's sampler."""
         from diffusers import EulerAncestralDiscreteScheduler
 
-        from ip2p.models import EditComponents, save_edit_model
+        from ip2p.models import save_edit_model
 
         self.accelerator.wait_for_everyone()
         target = self.out / "model"
         if self.accelerator.is_main_process:
             c = self.components
-            vae, text_encoder = c.vae.float(), c.text_encoder.float()
-            if self._frozen_originals is not None:
-                vae.load_state_dict(self._frozen_originals["vae"])
-                text_encoder.load_state_dict(self._frozen_originals["text_encoder"])
+            frozen = {name: getattr(c, name).float() for name in frozen_dtypes(c, self.weight_dtype)}
+            for name, state in (self._frozen_originals or {}).items():
+                frozen[name].load_state_dict(state)
+            scheduler = EulerAncestralDiscreteScheduler.from_config(c.scheduler.config)
+            # the second text encoder and tokenizer, and SDXL's settings (info), travel with the components
             save_edit_model(
-                EditComponents(
-                    unet=self._final_unet(),
-                    vae=vae,
-                    text_encoder=text_encoder,
-                    tokenizer=c.tokenizer,
-                    scheduler=EulerAncestralDiscreteScheduler.from_config(c.scheduler.config),
-                    name=str(target),
-                ),
-                target,
+                replace(c, unet=self._final_unet(), scheduler=scheduler, name=str(target), **frozen), target
             )
         return target
 
@@ -632,19 +629,11 @@ class Trainer:
         """Edit the first examples with the current (EMA) weights; grid rows: input, target, edit."""
         if not self.accelerator.is_main_process or self.config.num_validation_examples < 1:
             return None
-        from ip2p.models import EditComponents
         from ip2p.pipeline import EditPipeline
 
-        c, comps = self.config, self.components
+        c = self.config
         pipe = EditPipeline(
-            EditComponents(
-                self._final_unet(),
-                comps.vae,
-                comps.text_encoder,
-                comps.tokenizer,
-                comps.scheduler,
-                name="validation",
-            ),
+            replace(self.components, unet=self._final_unet(), name="validation"),
             device=self.accelerator.device,
             dtype=self.weight_dtype
             if self.weight_dtype != torch.float16 or self.accelerator.device.type != "cpu"
