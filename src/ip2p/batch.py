@@ -27,6 +27,7 @@ from ip2p.edit_settings import SettingsError, merge_settings, read_edit_settings
 from ip2p.jsonl import iter_jsonl_objects
 
 if TYPE_CHECKING:
+    from ip2p.chain import ChainOptions
     from ip2p.pipeline import EditPipeline
 
 
@@ -59,6 +60,7 @@ class BatchItem:
     output: Path
     loaded: Any = field(default=None, compare=False, repr=False)
     mask: Path | None = None
+    chain: tuple[str, ...] = ()  # instructions applied after ``instruction``, each to the result before
 
 
 @dataclass
@@ -131,9 +133,16 @@ def plan_items(
             target = Path(row["output"]) if row.get("output") else Path(f"{n:06d}_{image.stem}.png")
             mask = Path(row["mask"]) if row.get("mask") else None
             mask = mask if mask is None or mask.is_absolute() else src.parent / mask
+            turns = row["instruction"] if isinstance(row["instruction"], list) else [row["instruction"]]
+            if not turns or not all(isinstance(t, str) for t in turns):
+                raise BatchError(f"{src}:{n}: 'instruction' is a string or a list of strings (a chain)")
             items.append(
                 BatchItem(
-                    image, row["instruction"], target if target.is_absolute() else out / target, mask=mask
+                    image,
+                    turns[0],
+                    target if target.is_absolute() else out / target,
+                    mask=mask,
+                    chain=tuple(turns[1:]),
                 )
             )
         if not items:
@@ -219,6 +228,7 @@ def edit_batch(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
     save_mask: bool = False,
+    chain: ChainOptions | None = None,
 ) -> BatchReport:
     """Edit ``items`` with ``pipe`` at ``config`` and write their PNGs (with the edit's metadata in text chunks).
 
@@ -227,10 +237,13 @@ def edit_batch(
     one-line error printed, and the job goes on; with ``batch=False`` (one image) the error is raised. ``warn``
     receives warnings (an image's ignored EXIF, a truncated instruction), each distinct one once; default: stderr.
     Libraries' deprecation notices are not shown. An item's ``mask`` confines its edit; ``save_mask`` writes the
-    mask each edit used (given, or automatic with ``config.auto_mask``) to :func:`mask_path`.
+    mask each edit used (given, or automatic with ``config.auto_mask``) to :func:`mask_path`. An item's ``chain``
+    edits the result further, turn by turn, under ``chain`` (:class:`ip2p.chain.ChainOptions`: the mode and
+    automatic guidance); turn K before the last is written to ``<output>_turnK.png``.
     """
     from tqdm.auto import tqdm
 
+    from ip2p.chain import chain_metadata, edit_turns, turn_path
     from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, load_image, save_png
     from ip2p.masking import MaskError
 
@@ -250,26 +263,35 @@ def edit_batch(
             report.items.append({**record, "status": "skipped (exists)"})
             continue
         steps = tqdm(
-            total=config.num_inference_steps, desc="steps", leave=False, disable=batch or not progress or None
+            total=config.num_inference_steps * (1 + len(item.chain)),
+            desc="steps",
+            leave=False,
+            disable=batch or not progress or None,
         )
         caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 image = item.loaded if item.loaded is not None else load_image(item.image, max_pixels=limit)
-                result = pipe(
+                turns = edit_turns(  # one edit, or a chain of them (ip2p.chain)
+                    pipe,
                     image,
-                    item.instruction,
+                    [item.instruction, *item.chain],
                     config,
+                    chain,
                     seed=seed,
                     callback=lambda i, n, _, bar=steps: bar.update(1),
                     mask=item.mask,
                 )
+                result, chained = turns[-1], "chain_mode" in turns[-1].info
+                for turn, earlier in enumerate(turns[:-1], 1):
+                    save_png(earlier.images[0], turn_path(item.output, turn), chain_metadata(earlier, turn))
                 for index, (picture, path) in enumerate(zip(result.images, outputs, strict=True)):
-                    save_png(picture, path, result.metadata(index))
+                    meta = chain_metadata(result, len(turns), index) if chained else result.metadata(index)
+                    save_png(picture, path, meta)
                 if save_mask and result.mask is not None:
                     record["mask"] = str(save_png(result.mask, mask_path(item.output)))
-            report.items.append({**record, "status": "ok", "seed": result.seed, **result.info})
+            report.items.append({**record, "status": "ok", "seed": turns[0].seed, **result.info})
         except Exception as exc:
             if not batch:
                 raise
@@ -314,6 +336,8 @@ def run_edit_job(
     check_settings(job, overrides)
     state = PartialState(cpu=job.device == "cpu")
     items = plan_items(job.input, job.instruction, job.output, job.recursive, job.mask)
+    items = [replace(item, chain=item.chain or tuple(job.chain)) for item in items]  # --chain: every item's
+    chain = _chain_options(job)  # a missing auto_guidance.json fails before the model loads
     batch = len(items) > 1 or is_batch(job.input)
     for item in items:
         check_writable(item.output)
@@ -346,10 +370,26 @@ def run_edit_job(
             batch=batch,
             progress=progress and state.is_main_process,
             save_mask=job.save_mask,
+            chain=chain,
         )
     if state.num_processes == 1 or not batch:  # one image: the main process edits it alone
         return report
     return merge_reports(report, state.process_index, state.num_processes)
+
+
+def _chain_options(job: EditJob) -> ChainOptions:
+    """The job's chaining mode and, for ``--guidance auto``, the model's guidance predictor."""
+    from ip2p.chain import ChainOptions
+
+    guidance = None
+    if job.guidance == "auto":
+        from ip2p.auto_guidance import GuidanceError, GuidancePredictor
+
+        try:
+            guidance = GuidancePredictor.from_pretrained(job.model)
+        except GuidanceError as exc:
+            raise BatchError(str(exc)) from None
+    return ChainOptions(mode=job.chain_mode, threshold=job.paste_threshold, guidance=guidance)
 
 
 def merge_reports(report: BatchReport, process: int, processes: int) -> BatchReport:
@@ -372,7 +412,19 @@ def check_settings(job: EditJob, overrides: dict[str, Any] | None = None) -> Non
     Loads no model (reads its ``edit_settings.json`` only)."""
     try:
         job.validate()
-        merge_settings(read_edit_settings(job.model), overrides).validate()
+        settings = merge_settings(read_edit_settings(job.model), overrides)
+        settings.validate()
+        given = [
+            k for k in ("text_guidance_scale", "image_guidance_scale") if (overrides or {}).get(k) is not None
+        ]
+        if job.guidance == "auto" and given:
+            raise ValueError(
+                "--guidance auto chooses the guidance scales; drop --text-guidance/--image-guidance"
+            )
+        if (job.chain or job.chain_mode != "plain" or job.guidance == "auto") and settings.num_images != 1:
+            raise ValueError(
+                "--chain, --chain-mode and --guidance auto edit one image an input: drop --num-images"
+            )
     except (ValueError, TypeError, OverflowError) as exc:
         if isinstance(exc, BatchError | SettingsError):  # a file's problem, not a flag's
             raise

@@ -137,6 +137,22 @@ class EvalRunConfig:
         default=None,
         parse=parse_floats,
     )
+    chain_mode: str | None = option(
+        "chained edits on a multi-turn test set (toy-multiturn[:N]), comma-separated modes: plain (each result "
+        "edited next), paste (only the pixels an edit changed beyond --paste-threshold kept), auto-mask (each "
+        "turn inside its automatic mask); every turn judged against the composed target, at one setting (the "
+        "editor's, or one --text-guidance and --image-guidance)",
+        default=None,
+    )
+    paste_threshold: float | None = option(
+        "the paste chain mode's threshold on |edited - input|, 0-1 (default: 0.15)", default=None
+    )
+    fit_auto_guidance: str | None = option(
+        "after the editor's sweep (--sweep grid on a validation split, e.g. toy-val), fit the predictor of "
+        "--guidance auto on its oracle success and write it to this path (auto_guidance.json beside the model)",
+        default=None,
+        metavar="PATH",
+    )
     resolution: int | None = option(
         "long side of the inputs (default: the editor's edit_settings.json, else 512)", default=None
     )
@@ -225,7 +241,8 @@ class EvalRunConfig:
 
         named = MODELS.find(self.model)
         defaults = named.eval_defaults if named is not None else {}
-        model = read_edit_settings(self.model) if "ip2p" in self.method_names() else {}
+        editor = {"ip2p", "ip2p-auto"} & set(self.method_names()) or self.chain_mode
+        model = read_edit_settings(self.model) if editor else {}
         given = defaults | {
             "steps": model.get("num_inference_steps"),
             "resolution": model.get("resolution"),
@@ -271,10 +288,15 @@ class EvalRunConfig:
         from ip2p.sampling import SCHEDULERS
 
         methods, references = self.method_names(), self.reference_names()
-        unknown = set(methods) - {"ip2p", "sdedit"}
+        unknown = set(methods) - {"ip2p", "ip2p-auto", "sdedit"}
         if unknown or not (methods or references):
             raise EvaluationError(
-                f"--methods: unknown {sorted(unknown)}; choose from ip2p, sdedit (none: only --references)"
+                f"--methods: unknown {sorted(unknown)}; choose from ip2p, ip2p-auto (--guidance auto), sdedit "
+                "(none: only --references)"
+            )
+        if self.fit_auto_guidance and "ip2p" not in methods:
+            raise EvaluationError(
+                "--fit-auto-guidance fits on the sweep of the ip2p method; add it to --methods"
             )
         unknown = set(references) - set(REFERENCES)
         if unknown:
@@ -353,7 +375,7 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
     chosen = []
     multiple = 8
     pipe = None
-    if "ip2p" in methods:
+    if {"ip2p", "ip2p-auto"} & set(methods) or cfg.chain_mode:
         pipe = EditPipeline.from_pretrained(
             cfg.model, device=device, dtype=cfg.dtype, config=cfg.model_config, options=cfg.editor_options
         )
@@ -372,6 +394,11 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
     if "ip2p" in methods:
         settings = guidance_grid(cfg.sweep, cfg.text_guidance, cfg.image_guidance, cfg.guidance_rescale)
         chosen.append(editor_method(pipe, edit_config, settings))
+    if "ip2p-auto" in methods:
+        from ip2p.auto_guidance import GuidancePredictor
+        from ip2p.evaluate.methods import auto_guidance_method
+
+        chosen.append(auto_guidance_method(pipe, edit_config, GuidancePredictor.from_pretrained(cfg.model)))
     if "sdedit" in methods:
         components = load_pipeline_components(cfg.base, edit=False)
         multiple = max(multiple, components.size_multiple)
@@ -401,6 +428,8 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
     run.size_multiple = multiple
     result = evaluate(run, chosen)
     summary = result["summary"]
+    if cfg.fit_auto_guidance and summary:
+        note(_fit_auto_guidance(cfg.fit_auto_guidance, run, pipe))
     names = [m.name for m in chosen if m.name not in REFERENCES]
     lines = [summary_table(summary)] if summary else []
     if summary and len(names) == 2:
@@ -412,3 +441,55 @@ def run_evaluation(config: EvalRunConfig, note: Callable[[str], None] = _stderr)
         "references": references,
         "report": "\n".join(lines),
     }
+
+
+def _run_chains(config: EvalRunConfig, cfg: EvalRunConfig, run, pipe) -> dict[str, Any]:
+    """``--chain-mode``: the sequences of a multi-turn test set chained in each mode (``ip2p.evaluate.multiturn``)
+    at one setting: the editor's own, under a single --text-guidance and --image-guidance where given."""
+    from ip2p.evaluate.items import EvaluationError
+    from ip2p.evaluate.multiturn import chain_table, evaluate_chains
+
+    scales = {}
+    for key, values in (
+        ("text_guidance_scale", config.text_guidance),
+        ("image_guidance_scale", config.image_guidance),
+    ):
+        if values is not None and len(values) != 1:
+            raise EvaluationError(
+                "--chain-mode runs at one setting: one --text-guidance and one --image-guidance"
+            )
+        if values:
+            scales[key] = values[0]
+    edit_config = pipe.config_for(
+        num_inference_steps=cfg.steps, scheduler=cfg.scheduler, resolution=cfg.resolution, **scales
+    )
+    modes = [m.strip() for m in (cfg.chain_mode or "").split(",") if m.strip()]
+    try:
+        result = evaluate_chains(run, pipe, edit_config, modes, threshold=cfg.paste_threshold)
+    except ValueError as exc:  # an unknown mode or threshold: one line
+        raise EvaluationError(str(exc)) from None
+    summary = result["summary"]
+    return {
+        "summary": summary,
+        "output": result["output"],
+        "methods": modes,
+        "references": [],
+        "report": chain_table(summary) if summary else "",
+    }
+
+
+def _fit_auto_guidance(path: str, run, pipe) -> str:
+    """Fit ``--guidance auto``'s predictor on the editor's sweep just measured; write it to ``path``."""
+    from ip2p.auto_guidance import fit_from_records
+    from ip2p.evaluate.items import load_test_set
+    from ip2p.evaluate.run import read_records
+
+    predictor = fit_from_records(pipe, read_records(run.output), load_test_set(run.test_set, run.limit))
+    written = predictor.save(path)
+    report = predictor.report
+    return (
+        f"auto guidance: k = {predictor.neighbours} neighbours, leave-one-out success "
+        f"{report['leave_one_out_success'][predictor.neighbours]:.1%} against "
+        f"{report['best_fixed_success']:.1%} for the best fixed setting {tuple(report['best_fixed'])}; "
+        f"written to {written}"
+    )

@@ -34,6 +34,7 @@ class EvalItem:
         None  # what a metric plug-in knows of the edit (the toy world: its exact Edit, for the oracle)
     )
     edit_type: str | None = None
+    chain: str | None = None  # multi-turn sets: the sequence it is a turn of (turns consecutive, in order)
 
 
 def _jsonl_test_set(path: Path) -> list[EvalItem]:
@@ -69,8 +70,9 @@ def load_test_set(source: str, limit: int | None = None, columns=None) -> list[E
     """Items from a registered test set (``NAME`` or ``NAME:N`` of ``ip2p.registry.TEST_SETS``; the toy world's
     plug-in gives ``toy``, ``toy-val``, ``toy-brief`` and ``toy-val-brief``), a JSONL file of {image, instruction,
     input_caption, output_caption[, target]} (paths relative to the file), or any edit dataset
-    :func:`ip2p.datasets.open_edit_dataset` reads (our Parquet shards, the official schema, original folders)."""
-    from ip2p.datasets import Columns, DatasetError, open_edit_dataset
+    :func:`ip2p.data.open_edit_dataset` reads (Parquet, a folder with metadata.jsonl, WebDataset shards, a
+    save_to_disk folder, a hub id, original folders; columns detected as in training)."""
+    from ip2p.data import Columns, DatasetError, open_edit_dataset
     from ip2p.registry import TEST_SETS, RegistryError, find_counted
 
     try:
@@ -101,6 +103,7 @@ def load_test_set(source: str, limit: int | None = None, columns=None) -> list[E
                     input_caption=ex.original_prompt,
                     output_caption=ex.edited_prompt,
                     target=ex.edited_image,
+                    edit_type=ex.extra.get("edit_type"),
                 )
             )
     if not items:

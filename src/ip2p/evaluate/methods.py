@@ -87,6 +87,36 @@ def editor_method(pipe, config, settings: list[dict[str, float]], name: str = "i
     return Method(name, settings, edit, {"model": pipe.components.name, **asdict(config)})
 
 
+def auto_guidance_method(pipe, config, predictor, name: str = "ip2p-auto") -> Method:
+    """The editor with ``--guidance auto``: each item at the scales ``predictor`` (an
+    :class:`ip2p.auto_guidance.GuidancePredictor`) chooses for its instruction; one point, the cost of one edit."""
+
+    def edit(images, items, setting, seeds):
+        chosen = predictor.choose(pipe, [it.instruction for it in items])
+        out: list[Image.Image | None] = [None] * len(items)
+        for text, image in dict.fromkeys(chosen):  # one batch per chosen setting
+            group = [i for i, scales in enumerate(chosen) if scales == (text, image)]
+            edited = pipe.edit_batch(
+                [images[i] for i in group],
+                [items[i].instruction for i in group],
+                [seeds[i] for i in group],
+                config,
+                text_guidance_scale=text,
+                image_guidance_scale=image,
+            )
+            for i, im in zip(group, edited, strict=True):
+                out[i] = im
+        return out  # type: ignore[return-value]
+
+    grid = [list(s) for s in predictor.settings]
+    describe = {
+        "model": pipe.components.name,
+        **asdict(config),
+        "auto_guidance": {"grid": grid, "k": predictor.neighbours},
+    }
+    return Method(name, [{}], edit, describe)
+
+
 def sdedit_method(
     components,
     strengths: Sequence[float] = SDEDIT_STRENGTHS,

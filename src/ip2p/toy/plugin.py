@@ -11,7 +11,8 @@
 - ``CAPTION_SOURCES["toy"]`` (held-out toy captions, 1000 by default) and ``SEED_SOURCES["toy"]`` (the 700 toy
   seed triplets);
 - ``TEST_SETS`` ``toy``, ``toy-val``, ``toy-brief``, ``toy-val-brief`` and ``METRICS["oracle"]``
-  (:mod:`ip2p.toy.testsets`).
+  (:mod:`ip2p.toy.testsets`), the multi-turn ``toy-multiturn`` and ``toy-multiturn-val``
+  (:mod:`ip2p.toy.multiturn`).
 
 Nothing heavy is imported here: each registered callable imports what it needs when called.
 """
@@ -64,6 +65,7 @@ def _relabel(triplet, rng):
 def register() -> None:
     """Fill ``ip2p.registry`` with the toy world's models, CLIP, language model, sources, test sets and oracle."""
     from ip2p import registry
+    from ip2p.toy.multiturn import TEST_SETS as MULTITURN_TEST_SETS
     from ip2p.toy.testsets import ORACLE, TEST_SETS, TOY_TEST_SIZE
 
     registry.MODELS.provide(
@@ -88,6 +90,6 @@ def register() -> None:
     registry.TRIPLET_AUGMENTATIONS.provide("relabel", _relabel)
     registry.CAPTION_SOURCES.provide(TOY_MODEL, _captions)
     registry.SEED_SOURCES.provide(TOY_MODEL, _seeds)
-    for name, load in TEST_SETS.items():
+    for name, load in {**TEST_SETS, **MULTITURN_TEST_SETS}.items():
         registry.TEST_SETS.provide(name, load)
     registry.METRICS.provide("oracle", ORACLE)
