@@ -179,6 +179,66 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- data ----------------------------------------------------------------------------------------------------
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    from ip2p.data.config import ConvertConfig, InspectConfig
+
+    p = sub.add_parser(
+        "data",
+        help="convert and inspect edit datasets in any layout",
+        description="Edit datasets in every common layout, detected from the path: Parquet (ours, the "
+        "official and diffusers' schemas), folders with metadata.jsonl, WebDataset .tar shards, save_to_disk "
+        "folders, hub dataset ids and the original repository's folders (docs/reference.md).",
+    )
+    data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    q = data.add_parser(
+        "convert",
+        help="write a dataset in another layout (image bytes copied, texts kept)",
+        description="Write SOURCE into a new folder in the layout --to, in the official schema's column names.",
+    )
+    add_config_flags(q, ConvertConfig)
+    q.set_defaults(func=cmd_data_convert)
+    q = data.add_parser(
+        "inspect",
+        help="rows, columns, a grid of examples; --validate names every bad row",
+        description="Print a dataset's layout, rows and columns (and which column each field is read from); "
+        "--grid writes its first examples; --validate reads every row and names each bad one by file and row.",
+    )
+    add_config_flags(q, InspectConfig)
+    q.set_defaults(func=cmd_data_inspect)
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from ip2p.data import convert_dataset, open_edit_dataset
+    from ip2p.data.config import ConvertConfig
+
+    c = _config(args, ConvertConfig)
+    n = convert_dataset(open_edit_dataset(c.source, c.columns(), c.data_format), c.output, c.to, c.shard_size)
+    print(f"wrote {n} examples to {c.output} ({c.to})")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from ip2p.data import inspect_dataset
+    from ip2p.data.config import InspectConfig
+
+    c = _config(args, InspectConfig)
+    report = inspect_dataset(c.source, c.columns(), c.data_format, c.grid, c.examples, c.validate)
+    if c.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['source']}: {report['format']}, {report['rows']} rows")
+        print(f"columns: {', '.join(report['columns'])}")
+        print("read as: " + ", ".join(f"{k} <- {v}" for k, v in report["fields"].items() if v))
+        if "grid" in report:
+            print(f"grid: {report['grid']}")
+        for line in report.get("problems", []):
+            print(line)
+        if c.validate:
+            print(f"{len(report['problems'])} rows with problems")
+    return 1 if report.get("problems") else 0
+
+
 # -- serve ---------------------------------------------------------------------------------------------------
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     from ip2p.app_config import ServeConfig
@@ -520,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gen_text_parser(sub)
     _finetune_text_parser(sub)
     _train_parser(sub)
+    _data_parser(sub)
     add_toy_parser(sub)
     _gen_pairs_parser(sub)
     _evaluate_parser(sub)
@@ -532,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 # was never imported cannot have raised its error, so none is imported here.
 _USER_ERRORS = (
     ("ip2p.imaging", "ImageError"),
+    ("ip2p.data.formats", "DatasetError"),
     ("ip2p.models", "ModelLoadError"),
     ("ip2p.batch", "BatchError"),
     ("ip2p.pipeline_options", "OptionError"),
