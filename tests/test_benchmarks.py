@@ -48,3 +48,24 @@ def test_gpu_edit_refuses_unknown_option(capsys):
     else:
         raise AssertionError("an unknown option was accepted")
     assert "unknown option 'turbo'" in capsys.readouterr().err
+
+
+def test_bench_train_memory_tiny_on_cpu(tmp_path, capsys):
+    import bench_train_memory  # benchmarks/bench_train_memory.py
+
+    out = tmp_path / "train_memory.json"
+    setups = "full,full+gc,lora64"
+    code = bench_train_memory.main(
+        ["--tiny", "--configs", setups, "--batches", "1,2", "--resolution", "32", "--steps", "1"]
+        + ["--out", str(out)]
+    )
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["setup"], r["batch"]) for r in rows] == [(s, b) for b in (1, 2) for s in setups.split(",")]
+    for r in rows:
+        assert r["status"] == "ok" and r["peak_gib"] > 0 and r["samples_per_s"] > 0
+        assert r["memory_vs_full"] > 0 and r["speed_vs_full"] > 0
+    full, lora = rows[0], rows[2]
+    assert full["memory_vs_full"] == 1.0 and lora["trainable_millions"] < full["trainable_millions"]
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| full", "| lora"))]
+    assert len(table) == len(rows)

@@ -32,7 +32,7 @@ from ip2p.imaging import (
     tensor_to_pil,
 )
 from ip2p.masking import MaskLike
-from ip2p.models import DEFAULT_MODEL, EditComponents, load_pipeline_components
+from ip2p.models import DEFAULT_MODEL, EditComponents
 from ip2p.sampling import StepCallback, denoise, make_scheduler
 from ip2p.text_encoding import encode_prompts, encode_prompts_sdxl
 
@@ -117,9 +117,11 @@ class EditPipeline:
     ) -> EditPipeline:
         """Load from a diffusers folder, a hub id, an original checkpoint file, ``"toy"`` or ``"tiny"``, with the
         model's recommended settings (``edit_settings.json`` in its folder, where present). ``options``: LoRA
-        adapters, memory and speed options (:class:`~ip2p.edit_config.RuntimeOptions`), applied after loading."""
+        adapters, memory and speed options (:class:`~ip2p.edit_config.RuntimeOptions`), applied after loading. With
+        an adapter trained from a text-to-image model (it carries its input convolution), ``source`` is that model:
+        it is turned into an 8-channel editor for the adapter (a named model's text-to-image one)."""
         settings = read_edit_settings(source)  # a bad file fails before the weights load
-        components = load_pipeline_components(source, edit=True, config=config)
+        components = pipeline_options.editor_components(source, config, options)
         pipe = cls(components, device=device, dtype=dtype, settings=settings)
         if options is not None:
             pipe.apply_options(options)

@@ -31,6 +31,10 @@ from ip2p.models import build_pipeline
 EditPipeline = Any
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
+# Beside an adapter trained from a text-to-image model (ip2p.train_lora): its trained 8-channel input convolution
+# ("conv_in.weight", "conv_in.bias"), and what the run recorded (base model, rank, alpha, targets).
+CONV_IN_WEIGHT_NAME = "conv_in.safetensors"
+LORA_INFO_NAME = "lora_info.json"
 LORA_PREFIXES = (
     "unet.",
     "text_encoder.",
@@ -90,9 +94,62 @@ def lora_location(path: str | Path) -> tuple[Path, str]:
     return path.parent, path.name
 
 
+def lora_conv_in(path: str | Path) -> Path | None:
+    """The trained input convolution that travels with the adapter at ``path`` (``conv_in.safetensors`` beside its
+    weights), or None."""
+    folder, _ = lora_location(path)
+    found = folder / CONV_IN_WEIGHT_NAME
+    return found if found.is_file() else None
+
+
+def load_conv_in(unet: torch.nn.Module, path: Path, source: str | Path) -> None:
+    """Put the input convolution saved at ``path`` into ``unet`` (in its dtype and device)."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+        weight, bias = state["conv_in.weight"], state["conv_in.bias"]
+    except Exception as exc:
+        raise LoraError(
+            f"LoRA {str(source)!r}: {path.name} cannot be read: {' '.join(str(exc).split())}"
+        ) from exc
+    conv = unet.conv_in
+    if weight.shape != conv.weight.shape or bias.shape != conv.bias.shape:
+        raise LoraError(
+            f"LoRA {str(source)!r}: its input convolution is {tuple(weight.shape)}, this UNet's "
+            f"{tuple(conv.weight.shape)}: it was trained on another base model"
+        )
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+
+
+def editor_components(source: str, config: str | None, options: RuntimeOptions | None):
+    """The components ``EditPipeline.from_pretrained`` edits with: the editor at ``source``, or, where an adapter
+    of ``options`` carries its trained input convolution (a LoRA trained from a text-to-image model), the text-to-
+    image model at ``source`` (a named model's base) turned into an 8-channel editor for that convolution to load
+    into (an editor at ``source`` is taken as it is)."""
+    from ip2p.models import ModelLoadError, load_pipeline_components, to_edit_unet
+
+    carries_conv_in = options is not None and any(lora_conv_in(path) for path, _ in options.lora_specs())
+    if not carries_conv_in:
+        return load_pipeline_components(source, edit=True, config=config)
+    try:
+        components = load_pipeline_components(source, edit=False, config=config)
+    except ModelLoadError as exc:
+        if "input channels" not in str(exc):
+            raise
+        return load_pipeline_components(source, edit=True, config=config)
+    to_edit_unet(components.unet)  # zeros: the adapter's conv_in replaces the whole convolution
+    return components
+
+
 def load_lora(pipe: EditPipeline, path: str | Path, scale: float = 1.0, name: str | None = None) -> str:
     """Add the LoRA adapter at ``path`` to ``pipe`` at ``scale``; the adapters loaded before stay active with
-    their own scales. Returns the adapter's name (``name``, else ``lora0``, ``lora1``, ...)."""
+    their own scales. Returns the adapter's name (``name``, else ``lora0``, ``lora1``, ...).
+
+    An adapter trained from a text-to-image model carries its input convolution (``conv_in.safetensors``): it
+    replaces the UNet's whole, at every scale (the adapter's scale applies to its low-rank layers)."""
     if pipe.options.get("cpu_offload") is not None:
         raise LoraError("load LoRA adapters before turning CPU offload on")
     folder, weight_name = lora_location(path)
@@ -102,9 +159,7 @@ def load_lora(pipe: EditPipeline, path: str | Path, scale: float = 1.0, name: st
         raise LoraError(f"LoRA {str(path)!r}: an adapter named {name!r} is already loaded")
     loader = diffusers_pipeline(pipe)
     try:
-        state_dict, alphas = loader.lora_state_dict(
-            str(folder), weight_name=weight_name, use_safetensors=True
-        )
+        state_dict, _ = loader.lora_state_dict(str(folder), weight_name=weight_name, use_safetensors=True)
     except Exception as exc:  # a corrupt file or foreign layout: diffusers' own message, on one line
         message = " ".join(str(exc).split())
         raise LoraError(f"LoRA {str(path)!r} cannot be read: {message}") from exc
@@ -115,10 +170,16 @@ def load_lora(pipe: EditPipeline, path: str | Path, scale: float = 1.0, name: st
     try:
         with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            loader.load_lora_weights(state_dict, network_alphas=alphas, adapter_name=name)
+            # from the file, not the state dict read above: the file's metadata holds the adapter's alpha
+            loader.load_lora_weights(
+                str(folder), weight_name=weight_name, use_safetensors=True, adapter_name=name
+            )
     except Exception as exc:
         message = " ".join(str(exc).split())
         raise LoraError(f"LoRA {str(path)!r} does not fit this model: {message}") from exc
+    conv_in = lora_conv_in(path)
+    if conv_in is not None:
+        load_conv_in(pipe.components.unet, conv_in, path)
     adapters[name] = float(scale)
     loader.set_adapters(list(adapters), adapter_weights=list(adapters.values()))
     return name

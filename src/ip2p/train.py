@@ -27,14 +27,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ip2p import train_checkpoint
 from ip2p.datasets import Columns, EditExample, open_edit_dataset
-from ip2p.fileio import atomic_dir, atomic_path, write_json_atomic
+from ip2p.fileio import atomic_path, write_json_atomic
 from ip2p.harness import (
     Deadline,
     Interrupted,
     StopRequest,
-    keep_newest,
-    numbered,
     stop_requests,
 )
 from ip2p.imaging import make_grid, pil_to_tensor, save_png
@@ -48,6 +47,8 @@ from ip2p.train_config import (  # noqa: F401 (the config lives torch-free; re-e
     apply_preset,
     config_fields,
 )
+from ip2p.train_lora import add_lora, export_lora, trainable_parameters
+from ip2p.train_optim import build_optimizer
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
@@ -221,8 +222,11 @@ class Trainer:
             read_sample_weights(config.sample_weights, len(self.dataset)) if config.sample_weights else None
         )
 
-        components = load_pipeline_components_for_training(config.base_model, load_pipeline_components)
-        if components.unet.config.in_channels == components.vae.config.latent_channels:
+        components = load_pipeline_components_for_training(
+            config.base_model, load_pipeline_components, config.start_from
+        )
+        surgered = components.unet.config.in_channels == components.vae.config.latent_channels
+        if surgered:  # a text-to-image start; an editor is trained on as it is
             to_edit_unet(
                 components.unet,
                 init=config.conv_in_init,
@@ -256,24 +260,20 @@ class Trainer:
             unet.set_attn_processor(AttnProcessor())
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        # torch's fused AdamW (one kernel for every parameter) where the device has it; on CPU its default is a
-        # Python loop over the parameters
-        fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in unet.parameters())
-        self.optimizer = torch.optim.AdamW(
-            unet.parameters(),
-            lr=config.learning_rate,
-            betas=(config.adam_beta1, config.adam_beta2),
-            weight_decay=config.adam_weight_decay,
-            eps=config.adam_epsilon,
-            fused=fused or None,
+        # LoRA: adapters train, the rest of the UNet is frozen (but a new input convolution: ip2p.train_lora)
+        self.lora = (
+            add_lora(unet, config.lora_rank, config.lora_alpha, config.lora_targets, surgered, config.seed)
+            if config.lora_rank
+            else None
         )
+        self.optimizer = build_optimizer(trainable_parameters(unet), config, device)
         self.lr_lambda = lambda step: lr_factor(
             step, config.lr_warmup_steps, config.max_train_steps, config.lr_schedule
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
         self.ema = (
             EMAModel(
-                unet.parameters(),
+                trainable_parameters(unet),
                 decay=config.ema_decay,
                 model_cls=type(unet),
                 model_config=unet.config,
@@ -283,7 +283,7 @@ class Trainer:
             else None
         )
         self.step = 0
-        self._resume()  # before prepare(): plain modules and optimizer
+        train_checkpoint.resume(self)  # before prepare(): plain modules and optimizer
         self.unet, self.optimizer = self.accelerator.prepare(unet, self.optimizer)
         if self.ema is not None:
             self.ema.to(device)
@@ -512,7 +512,7 @@ class Trainer:
             losses.append(loss.detach())
         self.lr_scheduler.step()
         if self.ema is not None:
-            self.ema.step(acc.unwrap_model(self.unet).parameters())
+            self.ema.step(trainable_parameters(acc.unwrap_model(self.unet)))
         self.step += 1
         return acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
 
@@ -529,65 +529,11 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
-        return [path for _, path in numbered(self.out / "checkpoints", "checkpoint-")]
+        return train_checkpoint.checkpoints(self.out)
 
     def save_checkpoint(self) -> Path | None:
-        """Weights, optimizer, EMA, LR schedule and step, written to a temporary folder and renamed."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            return None
-        from safetensors.torch import save_file
-
-        root = self.out / "checkpoints"
-        final = root / f"checkpoint-{self.step}"
-        with atomic_dir(final) as tmp:
-            unet = acc.unwrap_model(self.unet)
-            save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp / "unet.safetensors")
-            if self.ema is not None:
-                names = [n for n, _ in unet.named_parameters()]
-                save_file(
-                    {n: p.contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
-                    tmp / "ema.safetensors",
-                )
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            state = {
-                "step": self.step,
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "ema_optimization_step": self.ema.optimization_step if self.ema else None,
-                "config": asdict(self.config),
-                "sample_weights_sha256": self._sample_weights_sha256(),
-            }
-            (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
-        keep_newest(root, "checkpoint-", self.config.checkpoints_total_limit)
-        return final
-
-    def _resume(self) -> None:
-        checkpoints = self._checkpoints()
-        if not checkpoints:
-            return
-        from safetensors.torch import load_file
-
-        ckpt = checkpoints[-1]
-        unet = self.components.unet
-        unet.load_state_dict(load_file(ckpt / "unet.safetensors"))
-        # Our own checkpoint, holding tensors and numbers only: weights_only refuses anything else.
-        self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        state = json.loads((ckpt / "state.json").read_text())
-        recorded, current = state.get("sample_weights_sha256"), self._sample_weights_sha256()
-        if recorded != current:
-            raise ValueError(
-                f"{ckpt}: its run drew examples by other sample weights ({recorded or 'none'}, now "
-                f"{current or 'none'}); resuming would not continue the same run (use another --output-dir)"
-            )
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.ema is not None and (ckpt / "ema.safetensors").is_file():
-            shadows = load_file(ckpt / "ema.safetensors")
-            self.ema.shadow_params = [shadows[n].clone() for n, _ in unet.named_parameters()]
-            self.ema.optimization_step = state["ema_optimization_step"]
-        self.step = state["step"]
-        if self.accelerator.is_main_process:
-            print(f"resumed from {ckpt} at step {self.step}")
+        """What trains (weights, EMA, optimizer), LR schedule and step, atomically (ip2p.train_checkpoint)."""
+        return train_checkpoint.save_checkpoint(self)
 
     def _sample_weights_sha256(self) -> str | None:
         """A digest of the weights the data order is drawn from, so that a resume continues the same run."""
@@ -601,7 +547,7 @@ class Trainer:
     def _final_unet(self):
         unet = copy.deepcopy(self.accelerator.unwrap_model(self.unet)).float().eval()
         if self.ema is not None:
-            self.ema.copy_to(unet.parameters())
+            self.ema.copy_to(trainable_parameters(unet))
         return unet
 
     def export(self) -> Path:
@@ -611,6 +557,11 @@ class Trainer:
         from ip2p.models import save_edit_model
 
         self.accelerator.wait_for_everyone()
+        if self.lora is not None:  # the adapter alone (and the input convolution where it trained)
+            target = self.out / "lora"
+            if self.accelerator.is_main_process:
+                export_lora(self._final_unet(), target, {"base_model": self.config.base_model, **self.lora})
+            return target
         target = self.out / "model"
         if self.accelerator.is_main_process:
             c = self.components
@@ -675,14 +626,18 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
 
-def load_pipeline_components_for_training(source: str, loader) -> Any:
-    """A text-to-image model, or an editing model to continue training from."""
+def load_pipeline_components_for_training(source: str, loader, start_from: str = "auto") -> Any:
+    """The model a run starts from: a text-to-image model (surgered by the trainer), or an editor to fine-tune
+    (``start_from="editor"``; a named model's editor). ``auto``: the text-to-image model where ``source`` has one
+    (a named model's base), else the editor."""
     from ip2p.models import ModelLoadError
 
+    if start_from == "editor":
+        return loader(source, edit=True)
     try:
         return loader(source, edit=False)
     except ModelLoadError as exc:
-        if "input channels" not in str(exc):
+        if start_from == "text-to-image" or "input channels" not in str(exc):
             raise
         return loader(source, edit=True)
 

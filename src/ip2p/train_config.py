@@ -48,6 +48,11 @@ class TrainConfig:
         "after the warm-up: constant (the paper's), or linear or cosine decay to 0 at max_train_steps",
         default="constant",
     )
+    optimizer: str = option(
+        "adamw (torch's, fused where the device has it), or adamw8bit (bitsandbytes' 8-bit AdamW: its two moments "
+        "in 8 bits, a quarter of the memory; needs bitsandbytes, `pip install 'ip2p[bnb]'`)",
+        default="adamw",
+    )
     adam_beta1: float = option("AdamW beta1", default=0.9)
     adam_beta2: float = option("AdamW beta2", default=0.999)
     adam_weight_decay: float = option("AdamW weight decay (torch's default, as the original)", default=1e-2)
@@ -113,6 +118,26 @@ class TrainConfig:
         "text-to-image one) or copy (Marigold's: the latent channels' weights, halved on both)",
         default="zeros",
     )
+    start_from: str = option(
+        "what --base-model is: auto (a text-to-image model, else an editor: a named model's text-to-image one), "
+        "text-to-image (surgered to 8 input channels), or editor (8 channels already, trained on as it is: no "
+        "surgery; e.g. timbrooks/instruct-pix2pix or the bundled toy editor, --base-model toy)",
+        default="auto",
+    )
+    lora_rank: int = option(
+        "train LoRA adapters of this rank instead of every UNet weight (0: full fine-tune); the input "
+        "convolution trains in full too when the start is a text-to-image model, and is frozen on an editor; "
+        "exported to RUN/lora in diffusers' format (`ip2p edit --lora RUN/lora`)",
+        default=0,
+    )
+    lora_alpha: float | None = option(
+        "LoRA alpha, the adapters' scale alpha/rank (unset: the rank)", default=None
+    )
+    lora_targets: list[str] = option(
+        "the UNet layers that get adapters, as PEFT matches module names (attention by default; add e.g. "
+        "proj_in proj_out ff.net.0.proj ff.net.2 conv1 conv2 time_emb_proj)",
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+    )
     seed: int = option("seed of every random choice in the run", default=42)
     device: str = option("cpu to force the CPU; otherwise accelerate's choice", default="auto")
 
@@ -136,6 +161,18 @@ class TrainConfig:
 
         if self.conv_in_init not in CONV_IN_INITS:
             raise ValueError(f"conv_in_init must be {' or '.join(CONV_IN_INITS)}, got {self.conv_in_init!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be {' or '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.start_from not in STARTS:
+            raise ValueError(f"start_from must be {', '.join(STARTS)}, got {self.start_from!r}")
+        if self.lora_rank < 0 or (self.lora_alpha is not None and self.lora_alpha <= 0):
+            raise ValueError(
+                f"lora_rank must be at least 0 and lora_alpha above 0, got {self.lora_rank} and {self.lora_alpha}"
+            )
+        if self.lora_rank and not self.lora_targets:
+            raise ValueError(
+                "lora_targets is empty: name the UNet layers to adapt (e.g. to_q to_k to_v to_out.0)"
+            )
         if not self.data:
             raise ValueError("no training data: pass --data PATH")
         if self.max_minutes is not None and self.max_minutes < 0:
@@ -183,6 +220,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit")
+STARTS = ("auto", "text-to-image", "editor")  # what --base-model is (start_from)
+# the attention projections, as diffusers' LoRA examples adapt
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ATTENTIONS = ("sdpa", "classic")
 TIMESTEP_BIASES = ("none", "later", "earlier")
 
