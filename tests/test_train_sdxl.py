@@ -1,8 +1,11 @@
 """`ip2p train` from a tiny SDXL text-to-image model: surgery, one step, exact resume, the latent cache, the
 export in diffusers' SDXL InstructPix2Pix pipeline, and training's conditioning equal to editing's."""
 
+import json
 import random
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +215,19 @@ def test_an_sdxl_vae_runs_in_fp32_under_fp16_and_mismatched_encoders_are_refused
     sdxl.text_encoder_2 = tiny_text_encoder_2(sdxl.tokenizer, projection_dim=16)
     with pytest.raises(ValueError, match="do not belong together"):
         SDXLTextConditioning(sdxl, "cpu", 32)
+
+
+@pytest.mark.slow
+def test_the_sdxl_training_benchmark_runs_and_writes_its_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_train_sdxl  # benchmarks/bench_train_sdxl.py
+
+    out = tmp_path / "bench.json"
+    argv = ["bench_train_sdxl.py", "--steps", "1", "--batch", "2", "--size", "32", "--repeats", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--threads", "1", "--out", str(out)])
+    bench_train_sdxl.main()
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {bench_train_sdxl.REFERENCE, "ip2p train", "ip2p train --cache-latents"}
+    assert results[bench_train_sdxl.REFERENCE]["ratio"] == 1.0
+    assert all(r["samples_per_second"] > 0 and r["samples_per_cpu_second"] > 0 for r in results.values())
+    assert "| ip2p train --cache-latents |" in capsys.readouterr().out
