@@ -231,3 +231,20 @@ def test_the_sdxl_training_benchmark_runs_and_writes_its_table(tmp_path, monkeyp
     assert results[bench_train_sdxl.REFERENCE]["ratio"] == 1.0
     assert all(r["samples_per_second"] > 0 and r["samples_per_cpu_second"] > 0 for r in results.values())
     assert "| ip2p train --cache-latents |" in capsys.readouterr().out
+
+
+def test_sdxl_text_to_image_models_are_read_with_the_sdxl_pipeline(sdxl_base, tmp_path):
+    """A folder whose model_index.json names an SDXL pipeline, or an original-format SDXL checkpoint (its second
+    text encoder under conditioner.embedders.1), is read as SDXL; an SD checkpoint is not."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from ip2p.models import _text_to_image_pipeline_class
+
+    sdxl, sd = tmp_path / "xl.safetensors", tmp_path / "sd.safetensors"
+    save_file({"conditioner.embedders.1.model.text_projection": torch.zeros(2, 2)}, str(sdxl))
+    save_file({"cond_stage_model.transformer.text_model.final_layer_norm.bias": torch.zeros(2)}, str(sd))
+    assert _text_to_image_pipeline_class(Path(sdxl_base), None) is StableDiffusionXLPipeline
+    assert _text_to_image_pipeline_class(sdxl, None) is StableDiffusionXLPipeline
+    assert _text_to_image_pipeline_class(sd, None) is StableDiffusionPipeline
+    assert _text_to_image_pipeline_class(sd, sdxl_base) is StableDiffusionXLPipeline  # its --config folder
