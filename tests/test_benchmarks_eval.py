@@ -340,6 +340,7 @@ def test_emu_edit_pins_the_split_by_the_rows_column_and_measures_against_the_inp
     row = next(r for r in result["summary"] if r["method"] == "brighten")
     adds = [r["clip_dir"] for r in mine if r["task"] == "global"]
     assert row["n"] == 5 and row["clip_dir/global"] == pytest.approx(np.mean(adds))
+    assert not any(k.startswith("n/turn") for k in row)  # one turn each: no per-turn means
     none = next(r for r in result["summary"] if r["method"] == "input")
     assert none["l1"] == 0 and none["clip_img"] == pytest.approx(1, abs=1e-5)
     with pytest.raises(EvaluationError, match="no target images"):

@@ -332,7 +332,7 @@ def summarize(benchmark: str, records: list[dict], methods: list[Method]) -> lis
                 values = [r[c] for r in scored if r.get(c) is not None]
                 if values:
                     row[c] = float(np.mean(values))
-            if benchmark.startswith("magicbrush"):
+            if benchmark.startswith("magicbrush") and len({r["turn"] for r in mine}) > 1:
                 groups = {
                     f"turn{t}": [r for r in mine if r["turn"] == t] for t in sorted({r["turn"] for r in mine})
                 }
@@ -354,7 +354,9 @@ def summarize(benchmark: str, records: list[dict], methods: list[Method]) -> lis
 
 
 def markdown_table(summary: list[dict], columns: list[str], label: str = "method") -> str:
-    """Rows of ``summary`` as a Markdown table: ``label`` column (method and setting), ``n``, then ``columns``."""
+    """Rows of ``summary`` as a Markdown table: ``label`` column (method and setting), ``n``, then those of
+    ``columns`` that some row has."""
+    columns = [c for c in columns if any(isinstance(r.get(c), float) for r in summary)]
     lines = [f"| {label} | setting | n | " + " | ".join(columns) + " |", "|" + " --- |" * (3 + len(columns))]
     for r in summary:
         cells = " | ".join(f"{r[c]:.4f}" if isinstance(r.get(c), float) else "-" for c in columns)
