@@ -210,6 +210,47 @@ def test_readers_of_both_layouts_agree(magicbrush):
         read_magicbrush(str(magicbrush / "disk"), split="dev")
 
 
+def test_the_released_test_folder_reads_as_the_hub_rows(tmp_path, magicbrush):
+    """MagicBrush's released test set: edit_sessions.json, images/<img_id>/<img_id>-input.png, -output<k>.png,
+    -mask<k>.png, and local_captions.json beside them (found without --captions)."""
+    hub, _ = read_magicbrush(str(magicbrush / "disk"), captions=str(magicbrush / "local_captions.json"))
+    root = tmp_path / "test"
+    listing = {}
+    for session in hub:
+        img_id = session[0].session
+        folder = root / "images" / img_id
+        folder.mkdir(parents=True)
+        session[0].image.save(folder / f"{img_id}-input.png")
+        listing[img_id] = []
+        for it in session:
+            it.target.save(folder / f"{img_id}-output{it.turn}.png")
+            Image.new("RGB", it.image.size, "white").save(folder / f"{img_id}-mask{it.turn}.png")
+            source = f"{img_id}-input.png" if it.turn == 1 else f"{img_id}-output{it.turn - 1}.png"
+            listing[img_id].append(
+                {
+                    "input": source,
+                    "mask": f"{img_id}-mask{it.turn}.png",
+                    "output": f"{img_id}-output{it.turn}.png",
+                    "instruction": it.instruction,
+                }
+            )
+    (root / "edit_sessions.json").write_text(json.dumps(listing))
+    (root / "local_captions.json").write_text((magicbrush / "local_captions.json").read_text())
+    released, read = read_magicbrush(str(root / "images"))
+    assert read["format"] == "MagicBrush test folder" and read["captions"].endswith("local_captions.json")
+    for a, b in zip([it for s in hub for it in s], [it for s in released for it in s], strict=True):
+        assert (a.id, a.session, a.turn, a.instruction, a.caption) == (
+            b.id,
+            b.session,
+            b.turn,
+            b.instruction,
+            b.caption,
+        )
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert np.array_equal(np.asarray(a.target), np.asarray(b.target))
+    assert [len(s) for s in read_magicbrush(str(root), limit=2)[0]] == [2, 1]
+
+
 def test_a_dataset_of_another_schema_is_refused_in_one_line(tmp_path):
     import datasets
 
