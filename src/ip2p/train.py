@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ip2p import train_checkpoint
-from ip2p.datasets import Columns, EditExample, open_edit_dataset
+from ip2p.data.formats import Columns, EditExample
+from ip2p.data.streaming import load_stream_state, open_training_data, prune_stream_states, save_stream_states
 from ip2p.fileio import atomic_path, write_json_atomic
 from ip2p.harness import (
     Deadline,
@@ -208,14 +209,28 @@ class Trainer:
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             cpu=config.device == "cpu",
         )
-        self.dataset = (
-            dataset
-            if dataset is not None
-            else open_edit_dataset(
+        # random access, or with --streaming this process's part of a stream (ip2p.data.streaming)
+        self.stream = None
+        if dataset is None:
+            dataset, self.stream = open_training_data(
                 config.data,
-                Columns(config.original_image_column, config.edit_prompt_column, config.edited_image_column),
+                Columns(
+                    config.original_image_column,
+                    config.edit_prompt_column,
+                    config.edited_image_column,
+                    config.original_prompt_column,
+                    config.edited_prompt_column,
+                ),
+                config.data_format,
+                streaming=config.streaming,
+                validate=config.validate_data,
+                seed=config.seed,
+                buffer=config.shuffle_buffer,
+                rank=self.accelerator.process_index,
+                world=self.accelerator.num_processes,
+                head=config.num_validation_examples,
             )
-        )
+        self.dataset = dataset
         if len(self.dataset) == 0:
             raise ValueError("the training data is empty")
         self.sample_weights = (
@@ -284,6 +299,8 @@ class Trainer:
         )
         self.step = 0
         train_checkpoint.resume(self)  # before prepare(): plain modules and optimizer
+        if self.stream is not None and self.step:
+            load_stream_state(self.stream, self.out / "stream", self.step)
         self.unet, self.optimizer = self.accelerator.prepare(unet, self.optimizer)
         if self.ema is not None:
             self.ema.to(device)
@@ -320,7 +337,7 @@ class Trainer:
         c = self.config
         gens = [torch.Generator().manual_seed(example_seed(c.seed, p)) for p in positions]
         rngs = [random.Random(example_seed(c.seed, p)) for p in positions]
-        indices = [self._example_index(p) for p in positions]
+        indices = [self._example_index(p) for p in positions] if self.stream is None else []
         if self.cache is not None:
             # The same draws as the uncached path with min_resize = max_resize = resolution.
             flips = torch.tensor(
@@ -333,8 +350,10 @@ class Trainer:
             text = {k: cached[k] for k in self.conditioning.keys}
         else:
             originals, editeds, prompts = [], [], []
-            for idx, rng in zip(indices, rngs, strict=True):
-                ex = self.dataset[idx]
+            examples = (
+                [self.dataset[i] for i in indices] if self.stream is None else self.stream.take(len(rngs))
+            )
+            for ex, rng in zip(examples, rngs, strict=True):
                 o, e = joint_augment(
                     ex.original_image,
                     ex.edited_image,
@@ -533,7 +552,12 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """What trains (weights, EMA, optimizer), LR schedule and step, atomically (ip2p.train_checkpoint)."""
-        return train_checkpoint.save_checkpoint(self)
+        if self.stream is not None:  # every process's stream position, before the checkpoint that needs it
+            save_stream_states(self.stream, self.accelerator, self.out / "stream", self.step)
+        path = train_checkpoint.save_checkpoint(self)
+        if self.stream is not None and self.accelerator.is_main_process:
+            prune_stream_states(self.out / "stream", [int(p.name.split("-")[1]) for p in self._checkpoints()])
+        return path
 
     def _sample_weights_sha256(self) -> str | None:
         """A digest of the weights the data order is drawn from, so that a resume continues the same run."""

@@ -25,14 +25,45 @@ class TrainConfig:
         default="runwayml/stable-diffusion-v1-5",
     )
     data: list[str] = option(
-        "Parquet files/globs/folders (official schema) or an original-format folder", default_factory=list
+        "training data in any layout (docs/reference.md): Parquet files/globs/folders, a folder with "
+        "metadata.jsonl, .tar WebDataset shards, a save_to_disk folder, a hub dataset id, an original-format "
+        "folder",
+        default_factory=list,
+    )
+    data_format: str = option(
+        "layout of --data: auto (detected from the path), hub, disk, parquet, imagefolder, webdataset, original",
+        default="auto",
+    )
+    streaming: bool = option(
+        "read --data as a stream (sets too large to download first): split over the processes, shuffled in "
+        "blocks of --shuffle-buffer examples, resumed exactly; an unreadable row is a counted skip",
+        default=False,
+    )
+    shuffle_buffer: int = option("--streaming: examples shuffled together", default=1000)
+    validate_data: bool = option(
+        "read every example before training and stop at the first image that does not decode or empty "
+        "instruction, naming its file and row",
+        default=False,
+        flag="--validate",
     )
     output_dir: str = option(
         "where checkpoints, logs, validation grids and the final model go", default="runs/train"
     )
-    original_image_column: str = option("column of the input image", default="original_image")
-    edit_prompt_column: str = option("column of the instruction", default="edit_prompt")
-    edited_image_column: str = option("column of the edited image", default="edited_image")
+    original_image_column: str | None = option(
+        "column of the input image (unset: original_image, input_image or image)", default=None
+    )
+    edit_prompt_column: str | None = option(
+        "column of the instruction (unset: edit_prompt, instruction or edit)", default=None
+    )
+    edited_image_column: str | None = option(
+        "column of the edited image (unset: edited_image or output_image)", default=None
+    )
+    original_prompt_column: str | None = option(
+        "column of the input caption (unset: original_prompt, input_caption, input or caption)", default=None
+    )
+    edited_prompt_column: str | None = option(
+        "column of the edited caption (unset: edited_prompt, output_caption or output)", default=None
+    )
     resolution: int = option("training crop size (paper: 256)", default=256)
     min_resize: int = option("random resize lower bound before cropping (paper: 256)", default=256)
     max_resize: int = option("random resize upper bound before cropping (paper: 288)", default=288)
@@ -175,6 +206,15 @@ class TrainConfig:
             )
         if not self.data:
             raise ValueError("no training data: pass --data PATH")
+        if self.data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be {', '.join(DATA_FORMATS)}, got {self.data_format!r}")
+        if self.streaming and (self.sample_weights or self.cache_latents or self.data_format == "original"):
+            raise ValueError(
+                "--streaming reads each example once an epoch in stream order: not with --sample-weights, "
+                "--cache-latents or an original-format folder"
+            )
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}")
         if self.max_minutes is not None and self.max_minutes < 0:
             raise ValueError(f"max_minutes must be at least 0, got {self.max_minutes}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -220,6 +260,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+DATA_FORMATS = (
+    "auto",
+    "hub",
+    "disk",
+    "parquet",
+    "imagefolder",
+    "webdataset",
+    "original",
+)  # ip2p.data.FORMATS
 OPTIMIZERS = ("adamw", "adamw8bit")
 STARTS = ("auto", "text-to-image", "editor")  # what --base-model is (start_from)
 # the attention projections, as diffusers' LoRA examples adapt

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import random
 import sys
+import weakref
 from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -35,6 +36,11 @@ from ip2p.data.formats import (
     row_to_example,
     undecoded,
 )
+
+
+def _close(iterators: list) -> None:
+    while iterators:
+        iterators.pop().close()
 
 
 def _block_seed(seed: int, rank: int, epoch: int, block: int) -> int:
@@ -82,13 +88,18 @@ class EditStream:
         self._iter: Iterator[dict[str, Any]] | None = None
         self._rows: list[tuple[int, dict[str, Any]]] = []
         self._block_start: dict | None = None
+        # the reader under way, closed at exit while pyarrow is still there (else datasets' generator complains)
+        self._open: list[Iterator] = []
+        weakref.finalize(self, _close, self._open)
 
     # -- reading -----------------------------------------------------------------------------------------------
     def _start_epoch(self, state: dict | None = None) -> None:
         self.part.set_epoch(self.epoch)  # (a state saved in another epoch is not applied by datasets)
         if state is not None:
             self.part.load_state_dict(state)
+        _close(self._open)
         self._iter = iter(self.part)
+        self._open.append(self._iter)
 
     def _read_block(self) -> None:
         """The next block of this epoch (starting the next epoch when this one is done), in its shuffled order."""
