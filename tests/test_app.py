@@ -333,6 +333,50 @@ def test_api_handler_returns_png_with_metadata(pipe, picture):
     assert meta["ip2p:seed"] == "7" and meta["ip2p:scheduler"] == "DDIMScheduler"
 
 
+def test_api_masked_edit_keeps_the_rest_exactly(pipe, tmp_path):
+    app = EditorApp(pipe, FAST)
+    source = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(source)
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[8:24, 4:20] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    path, meta = app.api_edit(
+        {"path": str(source)},
+        "make it red",
+        2,
+        7.5,
+        1.5,
+        1,
+        MODEL_SCHEDULER,
+        32,
+        {"path": str(tmp_path / "mask.png")},
+    )
+    out, before = np.asarray(Image.open(path).convert("RGB")), np.asarray(Image.open(source))
+    assert meta["ip2p:mask"] == "given"
+    assert np.array_equal(out[mask == 0], before[mask == 0]) and not np.array_equal(out, before)
+    _, meta = app.api_edit(str(source), "make it red", 2, 7.5, 1.5, 1, MODEL_SCHEDULER, 32, None, True)
+    assert meta["ip2p:mask"].startswith("auto")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(gr.Error, match="not a readable mask image") as info:
+        app.api_edit(str(source), "x", 2, 7.5, 1.5, 1, MODEL_SCHEDULER, 32, str(tmp_path / "bad.png"))
+    assert str(tmp_path) not in info.value.message
+
+
+def test_brush_strokes_become_the_mask_and_an_empty_canvas_none(tmp_path):
+    from ip2p.app_requests import brush_mask
+
+    layer = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    layer.save(tmp_path / "empty.png")
+    assert brush_mask({"background": None, "layers": [{"path": str(tmp_path / "empty.png")}]}) is None
+    layer.paste((255, 255, 255, 255), (2, 2, 6, 6))
+    layer.save(tmp_path / "stroke.png")
+    mask = brush_mask(
+        {"layers": [{"path": str(tmp_path / "empty.png")}, {"path": str(tmp_path / "stroke.png")}]}
+    )
+    assert mask.sum() == 16 and mask[2:6, 2:6].all()
+    assert brush_mask(None) is None
+
+
 def test_concurrent_edits_equal_sequential_ones(pipe, picture):
     """`serve --concurrency N` runs edits on one pipeline from several threads: they must not interfere."""
     from concurrent.futures import ThreadPoolExecutor
@@ -468,6 +512,50 @@ def test_browser_edit_chain_undo_reset(server, browser, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "4-bad-file.png"), full_page=True)
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+
+
+def test_browser_masked_edit(server, browser, pipe, tmp_path):
+    """Paint a mask with the brush, edit: the mask used is shown, and the result keeps the input outside it."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    source = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(source)
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(server)
+        page.locator("#before input[type=file]").set_input_files(str(source))
+        page.locator("#before img").wait_for()
+        page.locator("#mask-panel").get_by_text("Mask: edit only part of the image").click()
+        canvas = page.locator("#mask-brush canvas").first
+        canvas.wait_for()
+        # the canvas has taken the uploaded image as its background once it can be panned
+        page.wait_for_function("() => !document.querySelector('#mask-brush button[aria-label=Pan]').disabled")
+        box = canvas.bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] * 0.3, y)
+        page.mouse.down()
+        for step in range(1, 11):
+            page.mouse.move(box["x"] + box["width"] * (0.3 + 0.04 * step), y)
+        page.mouse.up()
+        page.screenshot(path=str(ARTIFACTS / "5-mask-painted.png"), full_page=True)
+        page.locator("#instruction textarea").fill("make it blue")
+        page.locator("#edit-btn").click()
+        page.locator("#after img[src*='step01']").wait_for()
+        shown = page.locator("#mask-used img[src*='mask']")
+        shown.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "6-masked-edit.png"), full_page=True)
+        result = _download(server, page.locator("#after img").get_attribute("src"))
+        mask = np.asarray(_download(server, shown.get_attribute("src")).convert("L")) > 127
+        assert result.text["ip2p:mask"] == "given"
+        assert 0.05 < mask.mean() < 0.95  # the stroke (the default brush is wide on a 64 px image), not all
+        prepared = pipe.prepare(Image.open(source), pipe.config_for(resolution=32)).image
+        out, before = np.asarray(result.convert("RGB")), np.asarray(prepared)
+        assert np.array_equal(out[~mask], before[~mask])
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failure-mask.png"), full_page=True)
         raise
     finally:
         page.close()

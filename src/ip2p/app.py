@@ -33,6 +33,7 @@ from ip2p.app_requests import (
     MODEL_SCHEDULER,
     CheckedBlocks,
     ClientGone,
+    brush_mask,
     check_edit_size,
     client_gone,
     edit_values,
@@ -45,6 +46,7 @@ from ip2p.app_requests import (
 from ip2p.demo import resolve_demo_model
 from ip2p.edit_config import TINY_MODEL
 from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, save_png
+from ip2p.masking import MaskError
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
 from ip2p.sampling import SCHEDULERS
 from ip2p.toy.plugin import TOY_MODEL
@@ -72,11 +74,15 @@ HELP = """
 applies to it; the history below shows the chain, and **Undo** steps back one link. Every image of the chain can
 be downloaded as a PNG whose text chunks record the instruction, seed, scales, steps and model.
 **Reset** restores every setting to its default and clears the result.
+
+**Mask.** Paint over the part the edit may change (in *Mask*): the rest of the image is kept exactly. Or tick
+*Automatic mask*: the editor estimates where the instruction acts (DiffEdit) and edits only there; the mask used
+is shown beside the brush.
 """
 
 # Small results (the toy world's are 64 px) are scaled up to the frame instead of sitting in its middle.
-CSS = "#before img, #after img { width: 100%; height: 100%; object-fit: contain; }"
-CSS_PIXELATED = "#before img, #after img, #history img { image-rendering: pixelated; }"
+CSS = "#before img, #after img, #mask-used img { width: 100%; height: 100%; object-fit: contain; }"
+CSS_PIXELATED = "#before img, #after img, #history img, #mask-used img { image-rendering: pixelated; }"
 
 
 # -- settings ------------------------------------------------------------------------------------------------
@@ -187,12 +193,15 @@ class EditorApp:
         scheduler: str | None,
         resolution: Any,
         progress: Callable[[int, int], None] | None = None,
+        mask: Any = None,
+        auto_mask: bool = False,
     ) -> tuple[Image.Image, EditResult]:
         """Load the upload (with the pixel limit), edit it; every failure is a ``gr.Error`` with a clean message.
 
         A bad upload (not an image, a format this installation cannot read, truncated or corrupt, too many pixels
         or too extreme an aspect ratio) and a bad setting are refused with one line that names the problem; only
-        a fault of the server itself is "The edit failed on the server"."""
+        a fault of the server itself is "The edit failed on the server". ``mask`` (a mask file's path or a 0/1
+        array) confines the edit, as ``auto_mask`` does with the editor's own estimate (``ip2p.masking``)."""
         if not path:
             raise gr.Error("Upload an image (or pick an example) first.")
         if instruction is not None and not isinstance(instruction, str):
@@ -206,7 +215,8 @@ class EditorApp:
             resolution=resolution,
         )
         try:
-            config = self.pipeline.config_for(**values)  # the model's own settings under the controls' values
+            # the model's own settings under the controls' values
+            config = self.pipeline.config_for(**values, auto_mask=bool(auto_mask))
             config.validate()
         except ValueError as exc:  # the message names the setting and its bad value
             raise gr.Error(web_message(exc, None)) from None
@@ -219,7 +229,9 @@ class EditorApp:
                 progress(i + 1, n)
 
         try:
-            result = self.pipeline(image, instruction or "", config, seed=seed, callback=step)
+            result = self.pipeline(image, instruction or "", config, seed=seed, callback=step, mask=mask)
+        except MaskError as exc:  # a mask upload that is not an image
+            raise gr.Error(web_message(exc, mask if isinstance(mask, str) else None)) from None
         except ClientGone:
             log.info("edit stopped: its client disconnected")
             raise gr.Error("The edit was stopped: its client disconnected.") from None
@@ -262,6 +274,8 @@ class EditorApp:
         scheduler: str,
         resolution: float,
         session: dict | None,
+        brush: Any = None,
+        auto_mask: bool = False,
         progress=gr.Progress(),  # noqa: B008 (gradio's way of asking for a progress bar)
     ):
         path = upload_path(before)
@@ -281,6 +295,8 @@ class EditorApp:
             scheduler=scheduler,
             resolution=resolution,
             progress=lambda i, n: progress((i, n), desc="editing", unit="steps"),
+            mask=brush_mask(brush),  # the painted strokes, or None (then the automatic mask, if asked for)
+            auto_mask=auto_mask,
         )
         chain = list((session or {}).get("chain") or [])
         if not chain or not _same_pixels(image, chain[-1]["path"]):  # a new upload starts a new chain
@@ -290,6 +306,8 @@ class EditorApp:
         out = self._save(result.images[0], metadata, f"step{k:02d}")
         details = _details(result)
         step = {"path": out, "caption": f"{k}. {instruction} (seed {result.seed})", "details": details}
+        if result.mask is not None:  # shown beside the result (mask_preview)
+            step["mask"] = self._save(result.mask, {"ip2p:role": "mask"}, f"step{k:02d}-mask")
         session = {"chain": chain, "result": step}
         config = result.config
         return (
@@ -301,6 +319,16 @@ class EditorApp:
             session,
             *self._history(session),
         )
+
+    @staticmethod
+    def mask_preview(session: dict | None) -> str | None:
+        """The mask the shown result was edited with (white: edited), or nothing for an edit without one."""
+        return ((session or {}).get("result") or {}).get("mask")
+
+    @staticmethod
+    def mask_canvas(before: str | None) -> dict | None:
+        """The mask brush's canvas: the image to edit, no strokes (a new upload clears the old strokes)."""
+        return {"background": before, "layers": [], "composite": before} if before else None
 
     def continue_from_result(self, session: dict | None):
         """The result becomes the next link of the chain and the input of the next edit."""
@@ -366,10 +394,14 @@ class EditorApp:
         seed: float | None,
         scheduler: str,
         resolution: float,
+        mask: Any = None,
+        auto_mask: bool = False,
     ) -> tuple[str, dict[str, str]]:
         """Edit ``image`` by ``instruction``; returns the edited PNG (with metadata) and the metadata as JSON.
 
-        A negative or empty ``seed`` draws one at random; the one used is in the metadata (``ip2p:seed``)."""
+        A negative or empty ``seed`` draws one at random; the one used is in the metadata (``ip2p:seed``). A
+        ``mask`` image (white: the edit may act) keeps the rest of the input exactly; ``auto_mask`` estimates
+        one; the metadata's ``ip2p:mask`` says which was used."""
         seed = parse_seed(seed)
         _, result = self.run_edit(
             upload_path(image),
@@ -380,6 +412,8 @@ class EditorApp:
             seed=draw_seed(self._rng) if seed is None else seed,
             scheduler=scheduler,
             resolution=resolution,
+            mask=upload_path(mask),
+            auto_mask=bool(auto_mask),
         )
         metadata = result.metadata(0)
         return self._save(result.images[0], metadata, "api"), metadata
@@ -415,6 +449,29 @@ class EditorApp:
                     elem_id="after",
                 )
             details = gr.Markdown("", elem_id="details")
+            with gr.Accordion("Mask: edit only part of the image", open=False, elem_id="mask-panel"):
+                with gr.Row(equal_height=True):
+                    brush = gr.ImageMask(
+                        label="Paint over what the edit may change (the rest is kept exactly)",
+                        type="filepath",
+                        format="png",
+                        sources=[],
+                        height=320,
+                        elem_id="mask-brush",
+                    )
+                    mask_used = gr.Image(
+                        label="Mask used (white: edited)",
+                        type="filepath",
+                        format="png",
+                        interactive=False,
+                        height=320,
+                        elem_id="mask-used",
+                    )
+                auto_mask = gr.Checkbox(
+                    False,
+                    label="Automatic mask where nothing is painted: the editor finds where the instruction acts",
+                    elem_id="auto-mask",
+                )
             with gr.Row():
                 instruction = gr.Textbox(
                     label="Instruction",
@@ -512,6 +569,8 @@ class EditorApp:
                 api_seed = gr.Number(value=-1, precision=0, label="seed (negative: random)")
                 api_scheduler = gr.Dropdown(schedulers, value=d.scheduler, label="scheduler")
                 api_resolution = gr.Number(value=d.resolution, precision=0, label="resolution")
+                api_mask = gr.Image(label="mask (optional; white: edited)", type="filepath", image_mode=None)
+                api_auto_mask = gr.Checkbox(False, label="auto_mask")
                 api_result = gr.Image(label="edited", type="filepath", format="png")
                 api_metadata = gr.JSON(label="metadata")
                 api_trigger = gr.Button(visible=False)
@@ -532,6 +591,8 @@ class EditorApp:
                     scheduler,
                     resolution,
                     session,
+                    brush,
+                    auto_mask,
                 ],
                 outputs=[after, details, seed, text_guidance, image_guidance, session, history, downloads],
                 preprocess=False,
@@ -539,8 +600,18 @@ class EditorApp:
                 concurrency_id="edit",
                 api_visibility="private",
             )
-            edit_btn.click(**edit_event, api_name="ui_edit")
-            instruction.submit(**edit_event, api_name="ui_edit_submit")
+            preview = dict(fn=self.mask_preview, inputs=[session], outputs=[mask_used], queue=False)
+            edit_btn.click(**edit_event, api_name="ui_edit").then(**preview, api_visibility="private")
+            submitted = instruction.submit(**edit_event, api_name="ui_edit_submit")
+            submitted.then(**preview, api_visibility="private")
+            before.change(
+                self.mask_canvas,
+                inputs=[before],
+                outputs=[brush],
+                queue=False,
+                api_name="ui_mask_canvas",
+                api_visibility="private",
+            )
             continue_btn.click(
                 self.continue_from_result,
                 inputs=[session],
@@ -590,6 +661,8 @@ class EditorApp:
                     api_seed,
                     api_scheduler,
                     api_resolution,
+                    api_mask,
+                    api_auto_mask,
                 ],
                 outputs=[api_result, api_metadata],
                 preprocess=False,

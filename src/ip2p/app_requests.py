@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pydantic
 from gradio.exceptions import InvalidPathError
 from PIL import Image
@@ -152,3 +153,22 @@ def client_gone() -> bool:
             if event._id == event_id:
                 return not event.alive
     return False
+
+
+def brush_mask(value: Any) -> np.ndarray | None:
+    """The mask painted with the brush (an ``ImageMask``'s unprocessed value): 1 where any layer is painted, as a
+    (H, W) array; None where nothing is painted (then the edit is not confined, or the automatic mask is)."""
+    layers = [upload_path(layer) for layer in (value.get("layers") or [])] if isinstance(value, dict) else []
+    painted: np.ndarray | None = None
+    for path in filter(None, layers):
+        try:
+            with Image.open(path) as layer:
+                alpha = np.asarray(layer.convert("RGBA").getchannel("A"))
+        except (OSError, ValueError):
+            raise gr.Error("The painted mask could not be read; paint it again.") from None
+        if painted is not None and alpha.shape != painted.shape:
+            alpha = np.asarray(Image.fromarray(alpha).resize(painted.shape[::-1], Image.Resampling.NEAREST))
+        painted = alpha if painted is None else np.maximum(painted, alpha)
+    if painted is None or painted.max() < 128:
+        return None
+    return (painted >= 128).astype(np.float32)
