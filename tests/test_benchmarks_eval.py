@@ -441,3 +441,56 @@ def test_cli_benchmark_with_an_editor_and_compare(
     assert "--clip-model PATH" in capsys.readouterr().err
     with pytest.raises(EvaluationError):
         compare_runs([str(tmp_path / "nothing")])
+
+
+def test_two_processes_write_the_records_of_one(tmp_path, magicbrush, tiny_clip_dir):
+    """`accelerate launch` splits the sessions over processes (a chain stays in one); together they write what
+    one process writes."""
+    import os
+    import subprocess
+    import sys
+
+    from launch import TWO_CPU_PROCESSES
+
+    common = [
+        "evaluate",
+        "--benchmark",
+        "magicbrush-multi",
+        "--data",
+        str(magicbrush / "disk"),
+        "--methods",
+        "none",
+        "--references",
+        "input,target",
+        "--clip-model",
+        str(tiny_clip_dir),
+        "--dino-model",
+        "none",
+        "--resolution",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    runs = {}
+    for name, prefix in (("one", [sys.executable]), ("two", TWO_CPU_PROCESSES)):
+        done = subprocess.run(
+            [*prefix, "-m", "ip2p.cli", *common, "-o", str(tmp_path / name)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = {
+            (r["method"], r["item"]): r
+            for path in sorted((tmp_path / name).glob("records*.jsonl"))
+            for r in map(json.loads, path.read_text().splitlines())
+        }
+    assert len(list((tmp_path / "two").glob("records.rank*.jsonl"))) == 2
+    assert runs["one"].keys() == runs["two"].keys() and len(runs["one"]) == 2 * sum(MB_SESSIONS.values())
+    for key, row in runs["one"].items():
+        assert runs["two"][key]["clip_i"] == pytest.approx(row["clip_i"], abs=1e-5)
+        assert runs["two"][key]["seed"] == row["seed"]
+    one = (tmp_path / "one" / "summary.csv").read_text()
+    assert one.splitlines()[0] == (tmp_path / "two" / "summary.csv").read_text().splitlines()[0]

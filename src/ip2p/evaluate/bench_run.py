@@ -19,7 +19,8 @@ Layout of ``output``::
 
     run.json                 settings, the data read (format, split, counts), metric models and preprocessing
     records.jsonl            one line per (method, setting, item): the metrics and the output's path; append-only,
-                             so a rerun continues where it stopped
+                             so a rerun continues where it stopped (records.rank{r}.jsonl per process under
+                             `accelerate launch`, which splits the sessions over its processes)
     images/<method>/<setting>/<item>.png   every output (a multi-turn chain resumes from them)
     summary.jsonl/.csv/.md   one row per (method, setting): means overall and per turn or task
 """
@@ -140,6 +141,11 @@ def output_path(out: Path, method: str, key: str, item: str) -> Path:
     return out / "images" / method / safe / f"{item}.png"
 
 
+def read_records(out: str | Path) -> list[dict]:
+    """Every record of a run: ``records.jsonl``, or each process's ``records.rank{r}.jsonl``."""
+    return [r for path in sorted(Path(out).glob("records*.jsonl")) for r in _records(path)]
+
+
 def _records(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -163,6 +169,7 @@ def run_benchmark(
         clip, dino: metric models (default: loaded from ``config.clip_model`` / ``config.dino_model``).
         sessions: the items (default: read from ``config.data``).
     """
+    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from ip2p.evaluate.bench_metrics import PREPROCESSING, ClipEncoder, DinoEncoder
@@ -192,29 +199,36 @@ def run_benchmark(
         clip = ClipEncoder.from_pretrained(config.clip_model, device=config.device)
     if dino is None and config.dino_model:
         dino = DinoEncoder.from_pretrained(config.dino_model, device=config.device)
-    write_json_atomic(
-        run_file,
-        {
-            "identity": identity,
-            "read": config.read,
-            "benchmark": BENCHMARKS[config.benchmark],
-            "metric_models": {"clip": getattr(clip, "name", None), "dino": getattr(dino, "name", None)},
-            "preprocessing": PREPROCESSING,
-            "item_seeds": f"item_seed(seed={config.seed}, index over the turns in order)",
-            "settings": {m.name: m.settings for m in methods},
-        },
-        default=str,
-    )
-    flat = [it for s in sessions for it in s]
-    seeds = {it.id: item_seed(config.seed, i) for i, it in enumerate(flat)}
+    # under `accelerate launch` the sessions are split over the processes (a chain stays in one)
+    state = PartialState(cpu=config.device == "cpu")
+    if state.is_main_process:
+        write_json_atomic(
+            run_file,
+            {
+                "identity": identity,
+                "read": config.read,
+                "benchmark": BENCHMARKS[config.benchmark],
+                "metric_models": {"clip": getattr(clip, "name", None), "dino": getattr(dino, "name", None)},
+                "preprocessing": PREPROCESSING,
+                "item_seeds": f"item_seed(seed={config.seed}, index over the turns in order)",
+                "settings": {m.name: m.settings for m in methods},
+            },
+            default=str,
+        )
+    state.wait_for_everyone()
+    seeds = {it.id: item_seed(config.seed, i) for i, it in enumerate(it for s in sessions for it in s)}
     last_turn = {s[-1].id for s in sessions}
-    log = JsonlLog(out / "records.jsonl")
-    log.open()
-    done = {(r["method"], r["setting"], r["item"]) for r in _records(out / "records.jsonl")}
+    sessions = sessions[state.process_index :: state.num_processes]
+    flat = [it for s in sessions for it in s]
+    name = "records.jsonl" if state.num_processes == 1 else f"records.rank{state.process_index}.jsonl"
+    log = JsonlLog(out / name)
+    log.open()  # cuts a partial last line a kill left
+    done = {(r["method"], r["setting"], r["item"]) for r in read_records(out)}  # every process's records
     todo = sum(
         1 for m in methods for s in m.settings for it in flat if (m.name, setting_key(s), it.id) not in done
     )
-    bar = tqdm(total=todo, desc=config.benchmark, unit="edit", disable=not config.progress or None)
+    show = config.progress and state.is_main_process
+    bar = tqdm(total=todo, desc=config.benchmark, unit="edit", disable=not show or None)
 
     def prepared(image: Image.Image) -> Image.Image:
         return prepare_image(
@@ -278,15 +292,18 @@ def run_benchmark(
         for method in methods:
             for setting in method.settings:
                 if multi:  # one pass per turn index: turn k of a chain needs the output of turn k-1
-                    for t in range(max(len(s) for s in sessions)):
+                    for t in range(max((len(s) for s in sessions), default=0)):
                         run_wave(method, setting, [s[t] for s in sessions if len(s) > t])
-                else:
+                elif flat:
                     run_wave(method, setting, flat)
     finally:
         bar.close()
         log.close()
-    summary = summarize(config.benchmark, _records(out / "records.jsonl"), methods)
-    write_summary(out, summary, config.benchmark)
+    state.wait_for_everyone()
+    summary: list[dict] = []  # empty on the other processes
+    if state.is_main_process:
+        summary = summarize(config.benchmark, read_records(out), methods)
+        write_summary(out, summary, config.benchmark)
     return {"summary": summary, "output": str(out), "read": config.read}
 
 
