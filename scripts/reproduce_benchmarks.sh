@@ -13,17 +13,20 @@
 # Usage: MB_TEST=/data/magicbrush/test scripts/reproduce_benchmarks.sh [OUT]
 #   MB_TEST: MagicBrush's released test folder (edit_sessions.json, images/<img_id>/..., local_captions.json);
 #   the hub's osunlp/MagicBrush holds only train and dev.
+#   IP2P: the command (default ip2p); on several GPUs, e.g.
+#   IP2P="accelerate launch --multi_gpu --num_processes 8 -m ip2p.cli" (the sessions are split over them).
 set -euo pipefail
 
 OUT=${1:-runs/benchmarks}
-MB_TEST=${MB_TEST:?set MB_TEST to MagicBrush's released test folder (edit_sessions.json, images/, local_captions.json)}
+MB_TEST=${MB_TEST:?set MB_TEST to the released MagicBrush test folder: edit_sessions.json, images/, local_captions.json}
 MODEL=${MODEL:-timbrooks/instruct-pix2pix}
+read -r -a IP2P <<< "${IP2P:-ip2p}"
 COMMON=(--model "$MODEL" --methods ip2p --text-guidance 7.5 --image-guidance 1.5 --steps 100
         --scheduler euler_ancestral --resolution 512 --dtype fp16 --seed 0
         --clip-model openai/clip-vit-base-patch32 --dino-model facebook/dino-vits16)
 
-ip2p evaluate --benchmark magicbrush --data "$MB_TEST" "${COMMON[@]}" -o "$OUT/magicbrush-single"
-ip2p evaluate --benchmark magicbrush-multi --data "$MB_TEST" "${COMMON[@]}" -o "$OUT/magicbrush-multi"
-ip2p evaluate --benchmark emu-edit --data facebook/emu_edit_test_set --split test "${COMMON[@]}" \
+"${IP2P[@]}" evaluate --benchmark magicbrush --data "$MB_TEST" "${COMMON[@]}" -o "$OUT/magicbrush-single"
+"${IP2P[@]}" evaluate --benchmark magicbrush-multi --data "$MB_TEST" "${COMMON[@]}" -o "$OUT/magicbrush-multi"
+"${IP2P[@]}" evaluate --benchmark emu-edit --data facebook/emu_edit_test_set --split test "${COMMON[@]}" \
     -o "$OUT/emu-edit-test"
 ip2p evaluate --compare "$OUT/magicbrush-single" "$OUT/magicbrush-multi" "$OUT/emu-edit-test"
