@@ -5,7 +5,9 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import datasets
 import pytest
@@ -491,3 +493,22 @@ def test_streamed_training_on_two_processes_resumed_equals_uninterrupted(base_mo
     b = load_file(tmp_path / "cut" / "checkpoints" / "checkpoint-3" / "unet.safetensors")
     for key in a:
         assert (a[key] == b[key]).all(), key
+
+
+def test_read_benchmark_runs_both_readers_on_the_same_files(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_read
+
+    out = tmp_path / "read.json"
+    assert (
+        bench_read.main(
+            ["--examples", "12", "--size", "16", "--per-file", "4", "--reads", "6", "--out", str(out)]
+        )
+        == 0
+    )
+    rows = json.loads(out.read_text())
+    assert [(r["layout"], r["decode"]) for r in rows] == [
+        (a, d) for a in ("ours", "official") for d in (False, True)
+    ]
+    assert all(r["before_reads"] == r["datasets_reads"] == 6 and r["ratio"] > 0 for r in rows)
+    assert capsys.readouterr().out.count("| ours |") == 2

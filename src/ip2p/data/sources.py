@@ -92,7 +92,12 @@ def detect_format(sources: Sequence[str]) -> str:
 
 
 def _quiet_datasets():
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(
+            "reading edit datasets needs Hugging Face datasets: pip install 'ip2p[data]'"
+        ) from None
 
     datasets.utils.logging.set_verbosity_error()
     return datasets
