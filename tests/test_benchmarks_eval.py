@@ -391,6 +391,21 @@ def test_emu_edit_pins_the_split_by_the_rows_column_and_measures_against_the_inp
         )
 
 
+def test_emu_edit_split_falls_back_to_the_hub_name_and_refuses_an_unknown_one(tmp_path, emu_edit):
+    import datasets
+
+    data = datasets.load_from_disk(str(emu_edit))
+    relabelled = datasets.DatasetDict(
+        {name: rows.map(lambda r: {"split": ""}) for name, rows in data.items()}
+    )
+    relabelled.save_to_disk(str(tmp_path / "unlabelled"))
+    items, read = read_emu_edit(str(tmp_path / "unlabelled"), "test")
+    assert [it.id for it in items] == ["5", "6"] and read["selected_by"] == "the hub split's name"
+    assert read["expected_rows"] == 3589 and read["rows"] == 2
+    with pytest.raises(EvaluationError, match="--split: no row of .* is in split 'dev'"):
+        read_emu_edit(str(emu_edit), "dev")
+
+
 def test_metric_models_offline_name_their_flag():
     with pytest.raises(ModelLoadError, match="--clip-model PATH"):
         ClipEncoder.from_pretrained("no-such-org/no-such-clip")
