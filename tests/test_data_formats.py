@@ -432,20 +432,25 @@ FAST = dict(
 )
 
 
-def test_one_training_step_on_an_imagefolder_with_metadata_jsonl(base_model, tmp_path):
+@pytest.mark.parametrize("layout", ["imagefolder", "webdataset", "disk"])
+def test_one_training_step_with_no_data_flags(base_model, tmp_path, layout):
+    """An imagefolder with metadata.jsonl (diffusers' users), WebDataset shards, a save_to_disk folder (a hub id's
+    form on disk): found and read with no flags."""
     from ip2p.train import TrainConfig, train
 
-    root = _imagefolder(tmp_path / "folder")
-    folder = train(
-        TrainConfig(
-            base_model=base_model,
-            data=[str(root)],
-            output_dir=str(tmp_path / "run"),
-            max_train_steps=1,
-            **FAST,
-        )
+    if layout == "imagefolder":
+        root = _imagefolder(tmp_path / "folder")
+    elif layout == "webdataset":
+        root = _webdataset(tmp_path / "wds")
+    else:
+        root = tmp_path / "disk"
+        datasets.Dataset.from_list(_official_rows(), features=_features()).save_to_disk(str(root))
+    config = TrainConfig(
+        base_model=base_model, data=[str(root)], output_dir=str(tmp_path / "run"), max_train_steps=1, **FAST
     )
+    folder = train(config)
     assert (folder / "unet" / "config.json").is_file()
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["data_format"] == "auto"
 
 
 def test_streamed_training_resumed_equals_uninterrupted(base_model, tmp_path):
