@@ -249,6 +249,9 @@ def test_the_released_test_folder_reads_as_the_hub_rows(tmp_path, magicbrush):
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
         assert np.array_equal(np.asarray(a.target), np.asarray(b.target))
     assert [len(s) for s in read_magicbrush(str(root), limit=2)[0]] == [2, 1]
+    (root / "images" / "202" / "202-input.png").unlink()
+    with pytest.raises(ValueError, match="202-input.png"):
+        read_magicbrush(str(root))
 
 
 def test_a_dataset_of_another_schema_is_refused_in_one_line(tmp_path):

@@ -157,29 +157,36 @@ def read_magicbrush(
     local = _read_captions(caption_file)
     sessions: dict[str, list[BenchItem]] = {}
     if folder is not None:
-        listing = json.loads(folder[0].read_text(encoding="utf-8"))
+        from ip2p.imaging import load_image  # a missing or broken file is one line naming it
+
+        try:
+            listing = json.loads(folder[0].read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EvaluationError(f"{folder[0]}: not JSON ({exc})") from None
         for img_id, turns in listing.items():
             if limit is not None and len(sessions) >= limit:
                 break
             items = []
             for k, turn in enumerate(turns, start=1):
                 where = folder[1] / str(img_id)
+                if not isinstance(turn, dict) or "input" not in turn or "instruction" not in turn:
+                    raise EvaluationError(f"{folder[0]}: turn {k} of {img_id} lacks 'input' or 'instruction'")
                 output = where / turn.get("output", f"{img_id}-output{k}.png")
                 items.append(
                     BenchItem(
                         id=f"{img_id}-{k}",
-                        image=_rgb(Image.open(where / turn["input"])),
+                        image=load_image(where / turn["input"]),
                         instruction=str(turn["instruction"]),
                         session=str(img_id),
                         turn=k,
-                        target=_rgb(Image.open(output)) if output.is_file() else None,
+                        target=load_image(output) if output.is_file() else None,
                         caption=_caption(local, str(img_id), k),
                     )
                 )
             sessions[str(img_id)] = items
         read = {"format": "MagicBrush test folder", "edit_sessions": str(folder[0]), "split": split or "test"}
     else:
-        rows, chosen, names = open_split(source, split, default="test" if split is None else split)
+        rows, chosen, names = open_split(source, split)
         _check_fields(rows, MAGICBRUSH_FIELDS, source)
         for row in rows:
             img_id = str(row["img_id"])
