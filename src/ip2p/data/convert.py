@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from ip2p.data.formats import DatasetError, decode_image
+from ip2p.data.formats import DatasetError
 from ip2p.fileio import atomic_dir, atomic_path
 
 WRITABLE = ("parquet", "imagefolder", "webdataset", "disk", "original")
@@ -43,27 +43,24 @@ def image_to_cell(image: Image.Image, format: str = "PNG") -> dict[str, Any]:
 
 
 def image_bytes(cell: Any, where: str, base: Path | None = None) -> bytes:
-    """The encoded bytes of an image cell ({bytes, path}, bytes, a path or a PIL image), read but not decoded; a
-    cell that is not an image is the :class:`DatasetError` of :func:`decode_image`."""
+    """The encoded bytes of an image cell ({bytes, path}, bytes, a path or a PIL image) as stored, not decoded
+    (:func:`records` has read the example first, so the cell is known to decode)."""
     if isinstance(cell, dict):
         data, path = cell.get("bytes"), cell.get("path")
         cell = path if data is None and path else data
     if isinstance(cell, (bytes, bytearray)):
-        data = bytes(cell)
-    elif isinstance(cell, str):
+        return bytes(cell)
+    if isinstance(cell, str):
         path = Path(cell) if Path(cell).is_absolute() or base is None else base / cell
         try:
-            data = path.read_bytes()
-        except OSError:
-            decode_image(str(path), where)  # the named error
-            raise
-    elif isinstance(cell, Image.Image):
+            return path.read_bytes()
+        except OSError as exc:
+            raise DatasetError(
+                f"{where}: the image {path} cannot be read ({exc.strerror})", kind="missing"
+            ) from None
+    if isinstance(cell, Image.Image):
         return image_to_cell(cell)["bytes"]
-    else:
-        decode_image(cell, where)
-        raise DatasetError(f"{where}: unsupported image cell")
-    decode_image(data, where)  # refuse what does not decode, with its row named
-    return data
+    raise DatasetError(f"{where}: unsupported image cell of type {type(cell).__name__}")
 
 
 def _extension(data: bytes) -> str:
