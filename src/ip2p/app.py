@@ -43,8 +43,9 @@ from ip2p.app_requests import (
     upload_path,
     web_message,
 )
+from ip2p.chain import chain_turn
 from ip2p.demo import resolve_demo_model
-from ip2p.edit_config import TINY_MODEL
+from ip2p.edit_config import CHAIN_MODES, TINY_MODEL
 from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, save_png
 from ip2p.masking import MaskError
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 RANDOM_SEED, FIXED_SEED = "Random seed", "Fixed seed"
 FIXED_GUIDANCE, RANDOM_GUIDANCE = "Fixed guidance", "Randomize guidance"
+AUTO_GUIDANCE = "Automatic guidance"  # the model's auto_guidance.json chooses (ip2p.auto_guidance)
+# what an edit keeps of its input (ip2p.chain): the modes of chained edits
+CHAIN_CHOICES = [("Plain", "plain"), ("Keep unchanged pixels", "paste"), ("Automatic mask", "auto-mask")]
 TINY_NOTE = (
     "NOTE: this is the tiny RANDOMLY INITIALISED test model: it exercises the whole editing path, "
     "but its output is noise, not an edit."
@@ -74,6 +78,11 @@ HELP = """
 applies to it; the history below shows the chain, and **Undo** steps back one link. Every image of the chain can
 be downloaded as a PNG whose text chunks record the instruction, seed, scales, steps and model.
 **Reset** restores every setting to its default and clears the result.
+
+**Chains drift** a little with every edit (each turn goes through the autoencoder again). *Keep unchanged pixels*
+takes only the pixels an edit changed beyond a threshold and keeps the rest of its input exactly (as Emu Edit);
+*Automatic mask* edits each turn only where the editor finds the instruction acts. *Automatic guidance* (where the
+model carries one) picks both scales from the instruction, as learned on its validation edits.
 
 **Mask.** Paint over the part the edit may change (in *Mask*): the rest of the image is kept exactly. Or tick
 *Automatic mask*: the editor estimates where the instruction acts (DiffEdit) and edits only there; the mask used
@@ -137,8 +146,10 @@ class EditorApp:
         note: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         examples: int = 4,
+        guidance: Any = None,
     ):
         self._source = pipeline
+        self.guidance = guidance  # a GuidancePredictor: "Automatic guidance" is offered with one
         self._pipeline = pipeline if isinstance(pipeline, EditPipeline) else None
         self._load_lock = threading.Lock()
         name = self._pipeline.components.name if self._pipeline else None
@@ -195,6 +206,7 @@ class EditorApp:
         progress: Callable[[int, int], None] | None = None,
         mask: Any = None,
         auto_mask: bool = False,
+        chain_mode: str = "plain",
     ) -> tuple[Image.Image, EditResult]:
         """Load the upload (with the pixel limit), edit it; every failure is a ``gr.Error`` with a clean message.
 
@@ -229,7 +241,16 @@ class EditorApp:
                 progress(i + 1, n)
 
         try:
-            result = self.pipeline(image, instruction or "", config, seed=seed, callback=step, mask=mask)
+            result = chain_turn(  # with chain_mode "plain": exactly the pipeline's edit
+                self.pipeline,
+                image,
+                instruction or "",
+                config,
+                mode=chain_mode,
+                seed=seed,
+                callback=step,
+                mask=mask,
+            )
         except MaskError as exc:  # a mask upload that is not an image
             raise gr.Error(web_message(exc, mask if isinstance(mask, str) else None)) from None
         except ClientGone:
@@ -276,6 +297,7 @@ class EditorApp:
         session: dict | None,
         brush: Any = None,
         auto_mask: bool = False,
+        chain_mode: str = "plain",
         progress=gr.Progress(),  # noqa: B008 (gradio's way of asking for a progress bar)
     ):
         path = upload_path(before)
@@ -284,6 +306,14 @@ class EditorApp:
         seed = draw_seed(self._rng) if seed is None else seed
         if guidance_mode == RANDOM_GUIDANCE:
             text_guidance, image_guidance = randomized_guidance(self._rng)
+        if chain_mode not in CHAIN_MODES:
+            raise gr.Error(f"Unknown chaining mode {shown(chain_mode)}; choose {', '.join(CHAIN_MODES)}.")
+        if guidance_mode == AUTO_GUIDANCE and instruction.strip():
+            if self.guidance is None:
+                raise gr.Error(
+                    "This model carries no auto_guidance.json: automatic guidance is not available."
+                )
+            text_guidance, image_guidance = self.guidance.choose(self.pipeline, [instruction])[0]
         progress(0, desc="editing")
         image, result = self.run_edit(
             path,
@@ -297,6 +327,7 @@ class EditorApp:
             progress=lambda i, n: progress((i, n), desc="editing", unit="steps"),
             mask=brush_mask(brush),  # the painted strokes, or None (then the automatic mask, if asked for)
             auto_mask=auto_mask,
+            chain_mode=chain_mode,
         )
         chain = list((session or {}).get("chain") or [])
         if not chain or not _same_pixels(image, chain[-1]["path"]):  # a new upload starts a new chain
@@ -486,6 +517,9 @@ class EditorApp:
                 continue_btn = gr.Button("Edit the result next", elem_id="continue-btn")
                 undo_btn = gr.Button("Undo", elem_id="undo-btn")
                 reset_btn = gr.Button("Reset", elem_id="reset-btn")
+            chain_mode = gr.Radio(
+                CHAIN_CHOICES, value="plain", label="What an edit keeps of its input", elem_id="chain-mode"
+            )
             with gr.Accordion("Settings", open=True):
                 with gr.Row():
                     steps = gr.Slider(
@@ -512,7 +546,7 @@ class EditorApp:
                     seed = gr.Number(value=d.seed, precision=0, label="Seed", elem_id="seed")
                 with gr.Row():
                     guidance_mode = gr.Radio(
-                        [FIXED_GUIDANCE, RANDOM_GUIDANCE],
+                        [FIXED_GUIDANCE, RANDOM_GUIDANCE, *([AUTO_GUIDANCE] if self.guidance else [])],
                         value=RANDOM_GUIDANCE if d.random_guidance else FIXED_GUIDANCE,
                         show_label=False,
                         elem_id="guidance-mode",
@@ -593,6 +627,7 @@ class EditorApp:
                     session,
                     brush,
                     auto_mask,
+                    chain_mode,
                 ],
                 outputs=[after, details, seed, text_guidance, image_guidance, session, history, downloads],
                 preprocess=False,
@@ -709,14 +744,16 @@ def build_app(
     *,
     note: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    guidance: Any = None,
 ) -> gr.Blocks:
-    """The web app's ``gr.Blocks`` for ``pipeline`` (an ``EditPipeline``, or a factory called on first edit).
+    """The web app's ``gr.Blocks`` for ``pipeline`` (an ``EditPipeline``, or a factory called on first edit);
+    ``guidance``: a :class:`ip2p.auto_guidance.GuidancePredictor` offered as "Automatic guidance".
 
     Example:
         >>> demo = build_app(EditPipeline.from_pretrained("toy"))
         >>> demo.queue(default_concurrency_limit=1, max_size=16).launch(server_name="127.0.0.1")
     """
-    return EditorApp(pipeline, defaults, note=note, max_pixels=max_pixels).blocks()
+    return EditorApp(pipeline, defaults, note=note, max_pixels=max_pixels, guidance=guidance).blocks()
 
 
 def launch(demo: gr.Blocks, config: ServeConfig, *, block: bool = True, quiet: bool = False) -> str:
@@ -761,6 +798,12 @@ def serve(config: ServeConfig, *, block: bool = True) -> gr.Blocks:
     pipe = EditPipeline.from_pretrained(
         name, device=config.device, dtype=config.dtype, config=config.config, options=config
     )
-    demo = build_app(pipe, note=note, max_pixels=config.max_pixels)
+    from ip2p.auto_guidance import GuidanceError, GuidancePredictor
+
+    try:  # automatic guidance is offered where the model carries its predictor
+        guidance = GuidancePredictor.from_pretrained(name)
+    except GuidanceError:
+        guidance = None
+    demo = build_app(pipe, note=note, max_pixels=config.max_pixels, guidance=guidance)
     launch(demo, config, block=block)
     return demo
