@@ -104,18 +104,21 @@ def test_the_bundled_toy_editor_carries_a_predictor_within_its_grid(toy_pipe):
     assert all(c in guide.settings for c in chosen)
 
 
-def test_cli_edit_with_automatic_guidance(tmp_path):
+def test_cli_edit_with_automatic_guidance(tmp_path, capsys):
+    import json
+
     from ip2p.toy import random_scene, render
 
     src, out = tmp_path / "in.png", tmp_path / "out.png"
     render(random_scene(random.Random(2)), size=64).save(src)
-    assert (
-        main(["edit", str(src), "remove the circle", "--guidance", "auto", "--model", "toy", "-o", str(out)])
-        == 0
-    )
+    args = ["edit", str(src), "remove the circle", "--guidance", "auto", "--model", "toy", "-o", str(out)]
+    assert main([*args, "--json"]) == 0
     text = Image.open(out).text
     scales = (float(text["ip2p:text_guidance_scale"]), float(text["ip2p:image_guidance_scale"]))
     assert scales in GuidancePredictor.from_pretrained("toy").settings
+    (item,) = json.loads(capsys.readouterr().out)["items"]
+    assert item["auto_guidance"]["unet_evaluations"] == 4 * 3  # the toy editor's 4 steps, 3 branches
+    assert item["auto_guidance"]["extra_unet_evaluations"] == 0
     # explicit scales contradict --guidance auto; a model without a predictor is refused before it loads
     assert main(["edit", str(src), "x", "--guidance", "auto", "--text-guidance", "5", "-o", str(out)]) == 2
     assert (

@@ -210,6 +210,10 @@ def edit_chain(
             mask=mask,
         )
         result.info["chain_turn"] = k + 1
+        if turn_config is not config:  # the scales --guidance auto chose, and what they cost
+            from ip2p.auto_guidance import guidance_info
+
+            result.info["auto_guidance"] = guidance_info(turn_config, guidance)
         results.append(result)
         current = result.images[0]
     return results
