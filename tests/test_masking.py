@@ -283,3 +283,17 @@ def test_jsonl_items_name_their_own_masks(tmp_path):
     assert items[0].mask == tmp_path / "m.png" and items[1].mask is None
     items = plan_items(listing, None, tmp_path / "out", mask=tmp_path / "all.png")
     assert items[0].mask == tmp_path / "m.png" and items[1].mask == tmp_path / "all.png"
+
+
+def test_masks_on_an_sdxl_editor():
+    """SDXL editors (pooled text and size ids in the UNet call): a given mask and the automatic one."""
+    from ip2p.tiny import tiny_sdxl_components
+
+    pipe = EditPipeline(tiny_sdxl_components(), device="cpu", dtype="fp32")
+    image, mask = _image(), _square_mask()
+    result = pipe(image, "make it blue", seed=1, mask=mask, **FAST)
+    outside = mask == 0
+    assert np.array_equal(np.asarray(result.images[0])[outside], np.asarray(image)[outside])
+    auto = pipe(image, "make it blue", seed=1, auto_mask=True, **FAST)
+    kept = np.asarray(auto.mask) == 0
+    assert np.array_equal(np.asarray(auto.images[0])[kept], np.asarray(image)[kept])
