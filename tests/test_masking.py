@@ -297,3 +297,50 @@ def test_masks_on_an_sdxl_editor():
     auto = pipe(image, "make it blue", seed=1, auto_mask=True, **FAST)
     kept = np.asarray(auto.mask) == 0
     assert np.array_equal(np.asarray(auto.images[0])[kept], np.asarray(image)[kept])
+
+
+def test_cli_evaluate_with_the_automatic_mask(tmp_path):
+    import json
+
+    from ip2p.cli import main
+
+    _image().save(tmp_path / "a.png")
+    row = {"image": "a.png", "instruction": "make it blue", "input": "noise", "output": "blue noise"}
+    (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n")
+    out = tmp_path / "eval"
+    argv = [
+        "evaluate",
+        "--model",
+        "tiny",
+        "--methods",
+        "ip2p",
+        "--test-set",
+        str(tmp_path / "t.jsonl"),
+        "-o",
+        str(out),
+    ]
+    argv += [
+        "--clip",
+        "none",
+        "--steps",
+        "2",
+        "--resolution",
+        "32",
+        "--sweep",
+        "grid",
+        "--text-guidance",
+        "7.5",
+    ]
+    argv += [
+        "--image-guidance",
+        "1.5",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--auto-mask",
+        "--mask-threshold",
+        "0.3",
+    ]
+    assert main(argv) == 0
+    described = json.dumps(json.loads((out / "run.json").read_text()))
+    assert '"auto_mask": true' in described and '"mask_threshold": 0.3' in described
