@@ -172,3 +172,25 @@ def test_app_automatic_guidance_writes_the_chosen_scales_back(fitted, toy_pipe, 
         without.edit(
             {"path": str(src)}, "make the shapes hollow", *settings, None, progress=lambda *a, **k: None
         )
+
+
+def test_app_http_api_takes_automatic_guidance_and_the_chain_mode(fitted, toy_pipe, tmp_path):
+    import gradio as gr
+    import numpy as np
+
+    from ip2p.app import MODEL_SCHEDULER, EditorApp
+    from ip2p.chain import paste_changed
+    from ip2p.toy import random_scene, render
+
+    src = tmp_path / "scene.png"
+    scene = render(random_scene(random.Random(4)), size=64)
+    scene.save(src)
+    app = EditorApp(toy_pipe, guidance=fitted)
+    settings = [4, 9.0, 1.1, 3, MODEL_SCHEDULER, 64, None, False]
+    out, meta = app.api_edit(str(src), "remove the circle", *settings, "paste", "auto")
+    assert (float(meta["ip2p:text_guidance_scale"]), float(meta["ip2p:image_guidance_scale"])) == GRID[0]
+    raw = toy_pipe(scene, "remove the circle", seed=3, text_guidance_scale=3.0, image_guidance_scale=2.0)
+    expected = paste_changed(scene, raw.images[0])[0]
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(expected))
+    with pytest.raises(gr.Error, match="guidance must be"):
+        app.api_edit(str(src), "remove the circle", *settings, "plain", "sometimes")

@@ -45,7 +45,7 @@ from ip2p.app_requests import (
 )
 from ip2p.chain import chain_turn
 from ip2p.demo import resolve_demo_model
-from ip2p.edit_config import CHAIN_MODES, TINY_MODEL
+from ip2p.edit_config import CHAIN_MODES, GUIDANCE_MODES, TINY_MODEL
 from ip2p.imaging import DEFAULT_MAX_PIXELS, ImageError, save_png
 from ip2p.masking import MaskError
 from ip2p.pipeline import EditConfig, EditPipeline, EditResult
@@ -216,6 +216,8 @@ class EditorApp:
         array) confines the edit, as ``auto_mask`` does with the editor's own estimate (``ip2p.masking``)."""
         if not path:
             raise gr.Error("Upload an image (or pick an example) first.")
+        if chain_mode not in CHAIN_MODES:
+            raise gr.Error(f"Unknown chaining mode {shown(chain_mode)}; choose {', '.join(CHAIN_MODES)}.")
         if instruction is not None and not isinstance(instruction, str):
             raise gr.Error(f"The instruction must be text, got {shown(instruction)}.")
         image = load_upload(path, self.max_pixels)
@@ -263,6 +265,15 @@ class EditorApp:
             raise gr.Error("The edit failed on the server (the details are in the server's log).") from None
         return image, result
 
+    def auto_scales(self, instruction: Any, text_guidance: Any, image_guidance: Any) -> tuple[Any, Any]:
+        """The (text, image) scales the model's ``auto_guidance.json`` chooses for ``instruction`` (the given ones
+        for an empty instruction, which edits nothing)."""
+        if self.guidance is None:
+            raise gr.Error("This model carries no auto_guidance.json: automatic guidance is not available.")
+        if not isinstance(instruction, str) or not instruction.strip():
+            return text_guidance, image_guidance
+        return self.guidance.choose(self.pipeline, [instruction])[0]
+
     def _save(self, image: Image.Image, metadata: dict[str, str], stem: str) -> str:
         self._prune()
         handle = tempfile.NamedTemporaryFile(dir=self.outputs, prefix=f"{stem}-", suffix=".png", delete=False)
@@ -306,14 +317,8 @@ class EditorApp:
         seed = draw_seed(self._rng) if seed is None else seed
         if guidance_mode == RANDOM_GUIDANCE:
             text_guidance, image_guidance = randomized_guidance(self._rng)
-        if chain_mode not in CHAIN_MODES:
-            raise gr.Error(f"Unknown chaining mode {shown(chain_mode)}; choose {', '.join(CHAIN_MODES)}.")
-        if guidance_mode == AUTO_GUIDANCE and instruction.strip():
-            if self.guidance is None:
-                raise gr.Error(
-                    "This model carries no auto_guidance.json: automatic guidance is not available."
-                )
-            text_guidance, image_guidance = self.guidance.choose(self.pipeline, [instruction])[0]
+        if guidance_mode == AUTO_GUIDANCE:
+            text_guidance, image_guidance = self.auto_scales(instruction, text_guidance, image_guidance)
         progress(0, desc="editing")
         image, result = self.run_edit(
             path,
@@ -427,12 +432,20 @@ class EditorApp:
         resolution: float,
         mask: Any = None,
         auto_mask: bool = False,
+        chain_mode: str = "plain",
+        guidance: str = "fixed",
     ) -> tuple[str, dict[str, str]]:
         """Edit ``image`` by ``instruction``; returns the edited PNG (with metadata) and the metadata as JSON.
 
         A negative or empty ``seed`` draws one at random; the one used is in the metadata (``ip2p:seed``). A
         ``mask`` image (white: the edit may act) keeps the rest of the input exactly; ``auto_mask`` estimates
-        one; the metadata's ``ip2p:mask`` says which was used."""
+        one; the metadata's ``ip2p:mask`` says which was used. ``chain_mode`` ``paste`` keeps every pixel the
+        edit did not change beyond the threshold (``ip2p.chain``); ``guidance`` ``auto`` lets the model's
+        ``auto_guidance.json`` choose both scales (the metadata records them)."""
+        if guidance not in GUIDANCE_MODES:
+            raise gr.Error(f"guidance must be one of {', '.join(GUIDANCE_MODES)}, got {shown(guidance)}.")
+        if guidance == "auto":
+            text_guidance, image_guidance = self.auto_scales(instruction, text_guidance, image_guidance)
         seed = parse_seed(seed)
         _, result = self.run_edit(
             upload_path(image),
@@ -445,6 +458,7 @@ class EditorApp:
             resolution=resolution,
             mask=upload_path(mask),
             auto_mask=bool(auto_mask),
+            chain_mode=chain_mode,
         )
         metadata = result.metadata(0)
         return self._save(result.images[0], metadata, "api"), metadata
@@ -605,6 +619,8 @@ class EditorApp:
                 api_resolution = gr.Number(value=d.resolution, precision=0, label="resolution")
                 api_mask = gr.Image(label="mask (optional; white: edited)", type="filepath", image_mode=None)
                 api_auto_mask = gr.Checkbox(False, label="auto_mask")
+                api_chain_mode = gr.Dropdown(list(CHAIN_MODES), value="plain", label="chain_mode")
+                api_guidance = gr.Dropdown(list(GUIDANCE_MODES), value="fixed", label="guidance")
                 api_result = gr.Image(label="edited", type="filepath", format="png")
                 api_metadata = gr.JSON(label="metadata")
                 api_trigger = gr.Button(visible=False)
@@ -698,6 +714,8 @@ class EditorApp:
                     api_resolution,
                     api_mask,
                     api_auto_mask,
+                    api_chain_mode,
+                    api_guidance,
                 ],
                 outputs=[api_result, api_metadata],
                 preprocess=False,
