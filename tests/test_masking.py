@@ -344,3 +344,12 @@ def test_cli_evaluate_with_the_automatic_mask(tmp_path):
     assert main(argv) == 0
     described = json.dumps(json.loads((out / "run.json").read_text()))
     assert '"auto_mask": true' in described and '"mask_threshold": 0.3' in described
+
+
+def test_every_image_of_several_keeps_the_outside(pipe):
+    image, mask = _image(), _square_mask()
+    result = pipe(image, "make it blue", seed=4, mask=mask, num_images=2, **FAST)
+    first, second = (np.asarray(im) for im in result.images)
+    assert np.array_equal(first[mask == 0], np.asarray(image)[mask == 0])
+    assert np.array_equal(second[mask == 0], np.asarray(image)[mask == 0])
+    assert not np.array_equal(first, second)  # two noise draws, one mask
