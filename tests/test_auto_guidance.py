@@ -163,6 +163,8 @@ def test_app_automatic_guidance_writes_the_chosen_scales_back(fitted, toy_pipe, 
     render(random_scene(random.Random(4)), size=64).save(src)
     settings = [4, FIXED_SEED, 1, AUTO_GUIDANCE, 9.0, 1.1, MODEL_SCHEDULER, 64]
     app = EditorApp(toy_pipe, guidance=fitted)
+    radios = [b for b in app.blocks().blocks.values() if getattr(b, "elem_id", None) == "guidance-mode"]
+    assert [c[1] for c in radios[0].choices][-1] == AUTO_GUIDANCE  # offered where the model has a predictor
     out, details, seed, text, image, *_ = app.edit(
         {"path": str(src)}, "make the shapes hollow", *settings, None, progress=lambda *a, **k: None
     )
