@@ -81,6 +81,7 @@ def test_the_bundled_toy_editor_carries_the_toy_preset():
             "text_guidance_scale": 3.0,
             "image_guidance_scale": 2.0,
             "scheduler": "euler_ancestral",
+            "mask_threshold": 0.1,
         }
     )
 

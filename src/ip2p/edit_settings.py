@@ -37,6 +37,7 @@ SETTING_KEYS = (
     "guidance_rescale",
     "eta",
     "negative_prompt",
+    "mask_threshold",
 )
 _TYPES: dict[str, tuple[type, ...]] = {
     "num_inference_steps": (int,),
@@ -48,6 +49,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "scheduler": (str, type(None)),
     "resize_mode": (str,),
     "negative_prompt": (str, type(None)),
+    "mask_threshold": (int, float),
 }
 # The tiny random model is for trying the code paths: small and quick, like the toy world it stands in for.
 BUILTIN_SETTINGS: dict[str, dict[str, Any]] = {TINY_MODEL: {"num_inference_steps": 20, "resolution": 64}}

@@ -40,4 +40,8 @@ def test_an_editor_is_bundled_with_its_edit_settings(tmp_path):
     write_edit_settings(tmp_path / "editor", {"num_inference_steps": 8})
     out = bundle({"editor": tmp_path / "editor"}, root=tmp_path / "weights")
     assert read_edit_settings(out["editor"]) == {"num_inference_steps": 8}  # its own, kept
+    assert not (out["editor"] / "auto_guidance.json").exists()
+    (tmp_path / "editor" / "auto_guidance.json").write_text('{"grid": []}')
+    out = bundle({"editor": tmp_path / "editor"}, root=tmp_path / "weights")
+    assert (out["editor"] / "auto_guidance.json").read_text() == '{"grid": []}'  # the guidance predictor travels
     assert main(["toy", "bundle"]) == 1  # nothing named: a one-line error
