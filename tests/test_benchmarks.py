@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_edit  # noqa: E402 (benchmarks/gpu_edit.py)
 
@@ -50,6 +52,7 @@ def test_gpu_edit_refuses_unknown_option(capsys):
     assert "unknown option 'turbo'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # six fresh processes, each importing torch and diffusers
 def test_bench_train_memory_tiny_on_cpu(tmp_path, capsys):
     import bench_train_memory  # benchmarks/bench_train_memory.py
 
