@@ -231,6 +231,21 @@ def test_the_export_loads_in_ip2p_and_diffusers_and_edits_as_the_trained_unet(ba
         output_type="latent",
     ).images
     torch.testing.assert_close(latents, ours.latents, rtol=1e-5, atol=1e-5)
+    # and `ip2p edit --model BASE --lora RUN/lora` on the command line
+    from ip2p.cli import main
+
+    _image().save(tmp_path / "in.png")
+    argv = [
+        "edit",
+        str(tmp_path / "in.png"),
+        "make it blue",
+        "-o",
+        str(tmp_path / "out.png"),
+        "--model",
+        base_model,
+    ]
+    assert main([*argv, "--lora", str(folder), "--device", "cpu", "--steps", "2", "--resolution", "32"]) == 0
+    assert Image.open(tmp_path / "out.png").size == (32, 32)
 
 
 def test_lora_settings_are_checked_in_one_line(base_model, pairs, tmp_path):
