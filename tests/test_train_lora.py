@@ -324,10 +324,16 @@ def test_lora_trains_under_gradient_checkpointing_and_bf16(
     base_model, tiny_model_dir, pairs, tmp_path, start_from
 ):
     source = base_model if start_from == "auto" else str(tiny_model_dir)
+    from accelerate.state import AcceleratorState
+
     settings = dict(gradient_checkpointing=True, mixed_precision="bf16", start_from=start_from)
-    trainer = Trainer(_config(source, pairs, tmp_path, **settings))
-    unet = _unet(trainer)
-    before = {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_B" in n}
-    trainer.train_step()
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+    try:
+        trainer = Trainer(_config(source, pairs, tmp_path, **settings))
+        unet = _unet(trainer)
+        before = {n: p.detach().clone() for n, p in unet.named_parameters() if "lora_B" in n}
+        trainer.train_step()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     # the adapters learn even where the checkpointed blocks' inputs need no gradient (conv_in frozen on an editor)
     assert all(not torch.equal(p, before[n]) for n, p in unet.named_parameters() if n in before)
