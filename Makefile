@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[app,data,dev,text]"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[app,bnb,data,dev,text]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install ip2p with pinned dependencies
