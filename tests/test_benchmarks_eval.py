@@ -461,6 +461,7 @@ def test_cli_benchmark_with_an_editor_and_compare(
         compare_runs([str(tmp_path / "nothing")])
 
 
+@pytest.mark.slow  # three fresh processes (one alone, two under accelerate), as the other two-process tests
 def test_two_processes_write_the_records_of_one(tmp_path, magicbrush, tiny_clip_dir):
     """`accelerate launch` splits the sessions over processes (a chain stays in one); together they write what
     one process writes."""
