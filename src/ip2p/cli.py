@@ -32,7 +32,8 @@ class CLIError(Exception):
 def _command(
     sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], **kw: Any
 ) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, **kw)
+    # no abbreviated flags: `ip2p evaluate --guidance auto` must not be read as --guidance-rescale
+    p = sub.add_parser(name, allow_abbrev=False, **kw)
     p.set_defaults(func=func)
     return p
 
@@ -193,6 +194,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     q = data.add_parser(
         "convert",
+        allow_abbrev=False,
         help="write a dataset in another layout (image bytes copied, texts kept)",
         description="Write SOURCE into a new folder in the layout --to, in the official schema's column names.",
     )
@@ -200,6 +202,7 @@ def _data_parser(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_data_convert)
     q = data.add_parser(
         "inspect",
+        allow_abbrev=False,
         help="rows, columns, a grid of examples; --validate names every bad row",
         description="Print a dataset's layout, rows and columns (and which column each field is read from); "
         "--grid writes its first examples; --validate reads every row and names each bad one by file and row.",

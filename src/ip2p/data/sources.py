@@ -100,6 +100,10 @@ def _quiet_datasets():
         ) from None
 
     datasets.utils.logging.set_verbosity_error()
+    # huggingface_hub warns of each failed request on its own; a failure becomes one DatasetError line here
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
     return datasets
 
 

@@ -367,6 +367,7 @@ def add_toy_parser(sub: argparse._SubParsersAction) -> None:
     toy = p.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
     q = toy.add_parser(
         "train-base",
+        allow_abbrev=False,
         help="train the toy VAE, CLIP and UNet from scratch (resumable)",
         description="Train the toy world's miniature Stable Diffusion: the VAE, then CLIP, then the UNet, with "
         "fixed seeds; run the same command again to resume. --export DIR writes the models for `ip2p toy bundle`.",
@@ -375,7 +376,7 @@ def add_toy_parser(sub: argparse._SubParsersAction) -> None:
     add_config_flags(q.add_argument_group("training settings"), TrainSettings)
     q.set_defaults(func=train_base)
     for name, (cls, command, text, description) in COMMANDS.items():
-        q = toy.add_parser(name, help=text, description=description or text)
+        q = toy.add_parser(name, help=text, description=description or text, allow_abbrev=False)
         add_config_flags(q, cls)
         q.set_defaults(
             func=lambda args, cls=cls, command=command: command(cls(**config_overrides(args, cls)))
