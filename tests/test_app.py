@@ -517,6 +517,7 @@ def test_browser_edit_chain_undo_reset(server, browser, tmp_path):
         page.close()
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_browser_masked_edit(server, browser, pipe, tmp_path):
     """Paint a mask with the brush, edit: the mask used is shown, and the result keeps the input outside it."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# a server in a subprocess (about 20 s to start on a 2-core CPU): kept out of the default suite; CI runs it
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`ip2p serve --model tiny` on a free loopback port: (base url, process, log path)."""

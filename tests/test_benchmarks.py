@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_edit  # noqa: E402 (benchmarks/gpu_edit.py)
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_gpu_edit_tiny_on_cpu(tmp_path, capsys):
     out = tmp_path / "gpu_edit.json"
     assert gpu_edit.main(["--tiny", "--device", "cpu", "--out", str(out)]) == 0

@@ -139,6 +139,7 @@ def test_the_oracle_judges_a_chained_turn_against_the_composed_target():
     assert late[0]["oracle_success"] == 0.0
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_evaluate_chain_modes_turn_by_turn(tmp_path):
     from ip2p.evaluate.config import EvalRunConfig, run_evaluation
     from ip2p.evaluate.run import read_records

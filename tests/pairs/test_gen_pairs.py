@@ -139,6 +139,7 @@ def test_one_batch_across_triplets_keeps_the_same_pairs(straight, triplets_file,
         assert a["clip_sim_dir"] == pytest.approx(b["clip_sim_dir"], abs=1e-4)
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_killed_run_resumes_to_the_uninterrupted_result(straight, triplets_file, tiny_clip_dir, tmp_path):
     out = tmp_path / "resumed"
     proc = subprocess.Popen(
@@ -160,6 +161,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(straight, triplets_file,
     assert _content(out) == _content(straight[0])
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_job_array_shards_union_to_the_single_run(straight, triplets_file, tiny_clip_dir, tmp_path):
     out = tmp_path / "array"
     first = generate_pairs(_config(triplets_file, tiny_clip_dir, out, shard=0, num_shards=2), progress=False)
@@ -284,6 +286,7 @@ def _write_report(path):
     return plot_histograms(rows, {SCORE_NAMES[0]: 0.2}, path)
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_workers_writing_the_report_at_once_do_not_collide(tmp_path):
     # Job-array workers each write the report of the shards done so far; a shared temporary name made one fail.
     import multiprocessing

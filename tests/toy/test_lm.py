@@ -150,6 +150,7 @@ def test_the_plugin_gives_the_core_its_toy_sources_builder_and_augmentations():
     assert model.config.hidden_size == 16 and len(tokenizer) == model.config.vocab_size
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_lm_validity_measures_a_saved_model_on_captions_held_out_from_its_seeds(tmp_path):
     from ip2p.toy.lm import lm_validity
 

@@ -443,6 +443,7 @@ def _parses(text: str) -> bool:
     return True
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_unet_fine_tune_starts_from_a_pipeline_and_keeps_its_companions(trained, tmp_path):
     """--unet-init: the UNet stage starts from a pipeline's UNet (lr 0 leaves it as it was) and saves the
     pipeline with that pipeline's VAE, text encoder, tokenizer and scheduler; no VAE or CLIP stage needed."""
@@ -479,6 +480,7 @@ def test_unet_fine_tune_starts_from_a_pipeline_and_keeps_its_companions(trained,
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
 
 
+@pytest.mark.slow  # kept out of the default suite for its time; CI runs it
 def test_a_fine_tune_resumes_exactly_and_refuses_another_start(trained, tmp_path):
     from ip2p.toy.base import SettingsError
 
