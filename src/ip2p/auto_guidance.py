@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,10 @@ class GuidancePredictor:
     neighbours: int = 10
     source: str = ""
     report: dict[str, Any] = field(default_factory=dict)
-    _features: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    # the validation instructions' features per pipeline, dropped with the pipeline (an id could be reused)
+    _features: weakref.WeakKeyDictionary = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.settings = [(float(t), float(i)) for t, i in self.settings]
@@ -131,10 +135,9 @@ class GuidancePredictor:
         return self.settings[int(self.prior().argmax())]
 
     def _train_features(self, pipe: EditPipeline) -> torch.Tensor:
-        key = id(pipe)
-        if key not in self._features:
-            self._features[key] = instruction_features(pipe, self.instructions)  # (N, D)
-        return self._features[key]
+        if pipe not in self._features:
+            self._features[pipe] = instruction_features(pipe, self.instructions)  # (N, D)
+        return self._features[pipe]
 
     def choose(self, pipe: EditPipeline, instructions: list[str]) -> list[tuple[float, float]]:
         """The (text, image) scales for each instruction, always a setting of the grid."""
