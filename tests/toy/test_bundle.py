@@ -43,5 +43,7 @@ def test_an_editor_is_bundled_with_its_edit_settings(tmp_path):
     assert not (out["editor"] / "auto_guidance.json").exists()
     (tmp_path / "editor" / "auto_guidance.json").write_text('{"grid": []}')
     out = bundle({"editor": tmp_path / "editor"}, root=tmp_path / "weights")
-    assert (out["editor"] / "auto_guidance.json").read_text() == '{"grid": []}'  # the guidance predictor travels
+    assert (
+        out["editor"] / "auto_guidance.json"
+    ).read_text() == '{"grid": []}'  # the guidance predictor travels
     assert main(["toy", "bundle"]) == 1  # nothing named: a one-line error

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ip2p.cli import main
 from ip2p.datasets import write_parquet_shard
 from ip2p.pairs.clip_score import ClipThresholds
@@ -194,3 +196,26 @@ def test_pairs_without_edited_captions_have_unknown_validity(tmp_path, capsys):
     assert report["overall"]["faithful"] == 1.0 and report["overall"]["triplet_valid"] is None
     assert main(["toy", "judge-pairs", str(tmp_path), "--no-progress"]) == 0
     assert "n/a" in capsys.readouterr().out
+
+
+def test_the_oracle_filter_keeps_the_faithful_pairs_whole(tmp_path):
+    from ip2p.datasets import open_edit_dataset
+    from ip2p.toy.judge_pairs import oracle_filter
+
+    rows = seed_triplets(8, seed=7)
+
+    def tamper(i, before, after):  # the odd pairs show no edit
+        return (before, before) if i % 2 else (before, after)
+
+    pairs = [{**pair, "seed": i} for i, pair in enumerate(_pairs(rows, tamper))]
+    write_parquet_shard(pairs, tmp_path / "all" / "shard-00000.parquet")
+    assert oracle_filter(tmp_path / "all", tmp_path / "kept", progress=False) == {"pairs": 8, "kept": 4}
+    kept = open_edit_dataset(str(tmp_path / "kept"))
+    assert [example.extra["seed"] for example in kept] == [0, 2, 4, 6]  # every column kept
+    assert judge_pairs(tmp_path / "kept", progress=False)["overall"]["faithful"] == 1.0
+
+    only_broken = [pair for i, pair in enumerate(pairs) if i % 2]
+    write_parquet_shard(only_broken, tmp_path / "broken" / "shard-00000.parquet")
+    with pytest.raises(ValueError, match="judges none of its 4 pairs faithful"):
+        oracle_filter(tmp_path / "broken", tmp_path / "none", progress=False)
+    assert not (tmp_path / "none").exists()  # nothing half-written

@@ -109,7 +109,7 @@ class ExperimentConfig:
     )
     root: str = option("folder of the experiments", default="runs/experiments")
     recipe: str | None = option(
-        "JSON recipe {stage: {field: value}} over the default recipe (stages: text, pairs, train, eval)",
+        "JSON recipe {stage: {field: value}} over the default recipe (stages: text, pairs, judge, train, eval)",
         default=None,
     )
     set: list[str] = option(
@@ -126,8 +126,9 @@ class ExperimentConfig:
         default=None,
     )
     stages: str = option(
-        "comma-separated stages to run, in order (text, pairs, judge, train, eval)",
-        default="text,pairs,judge,train,eval",
+        "comma-separated stages to run, in order (text, pairs, judge, train, eval, sdedit: SDEdit on the base, "
+        "shared by every experiment with the same evaluation settings)",
+        default="text,pairs,judge,train,eval,sdedit",
     )
     show_recipe: bool = option("print the resolved recipe as JSON and exit", default=False)
     progress: bool = option("progress bars", default=True)

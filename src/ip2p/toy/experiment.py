@@ -33,28 +33,33 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from ip2p.fileio import write_json_atomic, write_text_atomic
 
-STAGES = ("text", "pairs", "judge", "train", "eval")
-# the recipe stages each stage's outputs depend on (judge reads the pairs)
+STAGES = ("text", "pairs", "judge", "train", "eval", "sdedit")
+# the recipe stages each stage's outputs depend on (judge reads the pairs). SDEdit runs on the base, not on the
+# editor: its stage depends on the evaluation's settings alone, so every experiment with the same test set and
+# strengths shares one run of it (the most UNet evaluations of an evaluation) instead of repeating it.
 UPSTREAM = {
     "text": ("text",),
     "pairs": ("text", "pairs"),
-    "judge": ("text", "pairs"),
-    "train": ("text", "pairs", "train"),
-    "eval": ("text", "pairs", "train", "eval"),
+    "judge": ("text", "pairs", "judge"),
+    "train": ("text", "pairs", "judge", "train"),
+    "eval": ("text", "pairs", "judge", "train", "eval"),
+    "sdedit": ("eval",),
 }
+# evaluation settings that concern the editor alone, not SDEdit's shared stage
+EDITOR_ONLY = ("model", "methods", "text_guidance", "image_guidance", "steps", "sweep")
 
 # The default recipe: each stage's settings over its command's defaults (the keys are the fields of GenTextConfig,
 # PairsConfig (+ "preset"), TrainConfig (+ "preset") and EvalRunConfig). The training settings are those of
 # scripts/toy_editor.sh with a shorter schedule.
 DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
-    "text": {"captions": "toy:3000", "backend": "hf", "model": "toy", "batch_size": 64},
-    "pairs": {"preset": "toy-fast", "model": "toy", "clip": "toy", "batch_size": 64, "shard_size": 32},
+    "text": {"captions": "toy:600", "backend": "hf", "model": "toy", "batch_size": 64},
+    "pairs": {"preset": "toy-fast", "model": "toy", "clip": "toy", "batch_size": 16, "shard_size": 32},
     "train": {
         "preset": "toy",
         "base_model": "toy",
@@ -63,12 +68,12 @@ DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
         "attention": "classic",
         "learning_rate": 1e-3,
         "lr_schedule": "cosine",
-        "lr_warmup_steps": 200,
+        "lr_warmup_steps": 100,
         "timestep_bias": "later",
         "timestep_bias_multiplier": 3.0,
         "timestep_bias_portion": 0.3,
-        "max_train_steps": 2000,
-        "checkpointing_steps": 250,
+        "max_train_steps": 850,
+        "checkpointing_steps": 100,
         "validation_steps": 0,
         "num_validation_examples": 0,
     },
@@ -92,6 +97,14 @@ class ExperimentError(ValueError):
     """A bad recipe, name or baseline: one line, exit status 1."""
 
 
+@dataclass
+class JudgeRecipe:
+    """The judge stage's settings: the oracle reads every pair; with ``oracle_filter`` the editor trains only on
+    the pairs it judges faithful (the upper bound of any filter)."""
+
+    oracle_filter: bool = False
+
+
 # -- the recipe ------------------------------------------------------------------------------------------------
 def _stage_config_class(stage: str):
     if stage == "text":
@@ -106,11 +119,13 @@ def _stage_config_class(stage: str):
         from ip2p.train_config import TrainConfig
 
         return TrainConfig
+    if stage == "judge":
+        return JudgeRecipe
     if stage == "eval":
         from ip2p.evaluate.config import EvalRunConfig
 
         return EvalRunConfig
-    raise ExperimentError(f"unknown stage {stage!r}; the recipe's stages are text, pairs, train, eval")
+    raise ExperimentError(f"unknown stage {stage!r}; the recipe's stages are text, pairs, judge, train, eval")
 
 
 def _parse_value(text: str, annotation: Any) -> Any:
@@ -215,7 +230,11 @@ class Experiment:
         and of every stage before it, so that experiments that differ only downstream share it."""
         import hashlib
 
-        upstream = {s: self.recipe.get(s, {}) for s in UPSTREAM[stage]}
+        # a stage without settings stays out of the digest, so that adding a stage to the recipe's keys keeps the
+        # folders of the experiments that ran before it
+        upstream = {s: self.recipe[s] for s in UPSTREAM[stage] if self.recipe.get(s)}
+        if stage == "sdedit":
+            upstream = {"eval": {k: v for k, v in upstream.get("eval", {}).items() if k not in EDITOR_ONLY}}
         digest = hashlib.sha256(json.dumps(upstream, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return self.root / "stages" / f"{stage}-{digest}"
 
@@ -296,9 +315,23 @@ class Experiment:
     def run_judge(self, progress: bool) -> dict[str, Any]:
         from ip2p.toy.judge_pairs import judge_pairs
 
-        report = judge_pairs(str(self.stage_dir("pairs") / "data"), progress=progress)
+        source = str(self.stage_dir("pairs") / "data")
+        report = judge_pairs(source, progress=progress)
         write_json_atomic(self.stage_dir("judge") / "judge.json", report)
-        return {"faithful": report["overall"]["faithful"], "pairs": report["overall"]["n"]}
+        out = {"faithful": report["overall"]["faithful"], "pairs": report["overall"]["n"]}
+        if self.recipe.get("judge", {}).get("oracle_filter"):
+            from ip2p.toy.judge_pairs import oracle_filter
+
+            kept = self.stage_dir("judge") / "data"
+            if not kept.is_dir():  # written atomically: a folder that exists is whole
+                out["kept"] = oracle_filter(source, kept, progress=progress)["kept"]
+        return out
+
+    def training_data(self) -> Path:
+        """The pairs the editor trains on: the oracle's faithful ones with ``judge.oracle_filter``, else all."""
+        if self.recipe.get("judge", {}).get("oracle_filter"):
+            return self.stage_dir("judge") / "data"
+        return self.stage_dir("pairs") / "data"
 
     def run_train(self, progress: bool) -> dict[str, Any]:
         from ip2p.edit_settings import write_edit_settings
@@ -313,7 +346,7 @@ class Experiment:
             preset,
             {
                 **values,
-                "data": [str(self.stage_dir("pairs") / "data")],
+                "data": [str(self.training_data())],
                 "output_dir": str(self.stage_dir("train")),
             },
         )
@@ -324,21 +357,36 @@ class Experiment:
         examples = config.max_train_steps * config.train_batch_size * config.gradient_accumulation_steps
         return {"model": str(folder), "steps": config.max_train_steps, "training_examples": examples}
 
-    def run_eval(self, progress: bool) -> dict[str, Any]:
+    def _evaluate(self, stage: str, model: str, methods: str, progress: bool) -> dict[str, Any]:
         from ip2p.evaluate.config import EvalRunConfig, run_evaluation
 
-        values = dict(self.recipe["eval"])
+        values = {k: v for k, v in self.recipe["eval"].items() if k not in ("model", "methods")}
+        if methods == "sdedit":
+            values = {k: v for k, v in values.items() if k not in EDITOR_ONLY}
         config = EvalRunConfig(
             **{
                 **values,
-                "output": str(self.stage_dir("eval")),
-                "model": str(self.stage_dir("train") / "model"),
+                "output": str(self.stage_dir(stage)),
+                "model": model,
+                "methods": methods,
                 "progress": progress,
             }
         )
         result = run_evaluation(config, note=lambda text: print(text))
-        identity = json.loads((self.stage_dir("eval") / "run.json").read_text())["identity"]
+        identity = json.loads((self.stage_dir(stage) / "run.json").read_text())["identity"]
         return {"unet_evaluations": _evaluation_cost(result["summary"], identity), "report": result["report"]}
+
+    def run_eval(self, progress: bool) -> dict[str, Any]:
+        # eval.model names an editor made elsewhere (``toy``: the bundled one), judged on the same edits as a
+        # reference; by default the one this experiment trained
+        model = self.recipe["eval"].get("model") or str(self.stage_dir("train") / "model")
+        return self._evaluate("eval", model, "ip2p", progress)
+
+    def run_sdedit(self, progress: bool) -> dict[str, Any]:
+        methods = [m.strip() for m in str(self.recipe["eval"].get("methods", "ip2p,sdedit")).split(",")]
+        if "sdedit" not in methods:
+            return {"skipped": "eval.methods has no sdedit"}
+        return self._evaluate("sdedit", "toy", "sdedit", progress)
 
     def run(
         self,
@@ -361,13 +409,17 @@ class Experiment:
             "judge": self.run_judge,
             "train": self.run_train,
             "eval": self.run_eval,
+            "sdedit": self.run_sdedit,
         }
         for k, stage in enumerate(stages, 1):
             folder = self.stage_dir(stage)
             finished = folder / "stage.json"  # written when the stage completes: others may then share it
+            shared = False
             if finished.is_file():
                 entry = json.loads(finished.read_text())
-                mine = self.records().get(stage, {}).get("folder") == str(folder)
+                previous = self.records().get(stage, {})
+                mine = previous.get("folder") == str(folder)
+                shared = previous.get("shared", False) if mine else True
                 how = "done" if mine else "shared with an earlier experiment, done"
                 say(f"== {self.name} stage {k}/{len(stages)} {stage}: {how} in {entry['seconds']:.0f} s")
             else:
@@ -377,7 +429,8 @@ class Experiment:
                 outputs = runners[stage](progress)
                 entry = {"seconds": round(time.perf_counter() - start, 1), **outputs}
                 write_json_atomic(finished, entry)
-            self.record(stage, {**entry, "folder": str(folder)})
+            # a stage another experiment ran costs this one nothing: the report counts it apart
+            self.record(stage, {**entry, "folder": str(folder), "shared": shared})
         report = build_report(self.dir, baseline)
         write_json_atomic(self.dir / "report.json", report)
         other = build_report(baseline) if baseline is not None else None
@@ -482,9 +535,11 @@ def format_report(report: dict[str, Any], baseline: dict[str, Any] | None = None
             if entry.get("training_examples")
             else ""
         )
-        lines.append(f"| {stage} | {entry['seconds']:.0f} | {cost} |")
-    total = sum(e["seconds"] for e in report["stages"].values())
-    lines += [f"| all | {total:.0f} ({total / 60:.1f} min) | |", ""]
+        if entry.get("shared"):
+            cost += " (shared: run by an earlier experiment)"
+        lines.append(f"| {stage} | {entry['seconds']:.0f} | {cost.strip()} |")
+    total = sum(e["seconds"] for e in report["stages"].values() if not e.get("shared"))
+    lines += [f"| this experiment's own | {total:.0f} ({total / 60:.1f} min) | |", ""]
     other = baseline or {}
     if "data" in report:
         lines += ["## Data quality (the oracle on the pairs)", ""]
@@ -514,13 +569,12 @@ def format_report(report: dict[str, Any], baseline: dict[str, Any] | None = None
         lines.append("")
     if "baseline" in report:
         lines += ["## Against the baseline", "", report["baseline"]["text"], ""]
-    evaluation = report["stages"].get("eval", {}).get("report")
-    if evaluation:
+    evaluations = [report["stages"].get(s, {}).get("report") for s in ("eval", "sdedit")]
+    if any(evaluations):
         lines += [
-            "## The evaluation (CLIP plane against SDEdit; `ip2p evaluate`'s summary)",
+            "## The evaluation (the CLIP plane: the editor, then SDEdit; `ip2p evaluate`'s summaries)",
             "",
-            "```",
-            evaluation,
         ]
-        lines += ["```", ""]
+        for evaluation in filter(None, evaluations):
+            lines += ["```", evaluation, "```", ""]
     return "\n".join(lines)

@@ -39,6 +39,37 @@ class _Judged:
     extra: dict  # the row's other columns (seed, CLIP scores, ...)
 
 
+def _judge_example(example) -> tuple[str, dict[str, bool | None] | None] | None:
+    """``(edit type, verdict)`` of one pair; None where the toy grammar cannot read its caption or instruction,
+    and a verdict of None where it has no edited image."""
+    from .captions import parse_caption
+    from .edits import Edit, apply_instruction, edit_type_of
+    from .oracle import judge_edit
+
+    try:
+        before = parse_caption(str(example.original_prompt))
+        after = apply_instruction(before, example.edit_prompt)
+        kind = edit_type_of(example.edit_prompt)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if example.edited_image is None:
+        return kind, None
+    valid: bool | None = None  # unknown where the dataset has no edited caption
+    if example.edited_prompt is not None:
+        try:
+            valid = parse_caption(str(example.edited_prompt)) == after
+        except (ValueError, KeyError, TypeError):
+            valid = False
+    verdict = judge_edit(
+        example.original_image, example.edited_image, Edit(kind, example.edit_prompt, before, after)
+    )
+    verdict["faithful"] = (
+        verdict["input_correct"] and verdict["edit_correct"] and verdict["preserved_vs_input"]
+    )
+    verdict["triplet_valid"] = valid
+    return kind, verdict
+
+
 def _judged_rows(
     source, progress: bool, counts: dict[str, int], unreadable: list[_Judged] | None = None
 ) -> Iterator[_Judged]:
@@ -46,39 +77,16 @@ def _judged_rows(
     (without a verdict) in ``unreadable`` when given."""
     from tqdm.auto import tqdm
 
-    from .captions import parse_caption
-    from .edits import Edit, apply_instruction, edit_type_of
-    from .oracle import judge_edit
-
     data = open_edit_dataset(source)
     for example in tqdm(data, desc="judging pairs", unit="pair", disable=not progress or None):
         triplet = (str(example.original_prompt), str(example.edit_prompt), str(example.edited_prompt))
-        try:
-            before = parse_caption(str(example.original_prompt))
-            after = apply_instruction(before, example.edit_prompt)
-            kind = edit_type_of(example.edit_prompt)
-        except (ValueError, KeyError, TypeError):
+        judged = _judge_example(example)
+        if judged is None or judged[1] is None:
             counts["unjudged"] += 1
-            if unreadable is not None:
+            if judged is None and unreadable is not None:
                 unreadable.append(_Judged("", {}, triplet, example.extra))
             continue
-        if example.edited_image is None:
-            counts["unjudged"] += 1
-            continue
-        valid: bool | None = None  # unknown where the dataset has no edited caption
-        if example.edited_prompt is not None:
-            try:
-                valid = parse_caption(str(example.edited_prompt)) == after
-            except (ValueError, KeyError, TypeError):
-                valid = False
-        verdict = judge_edit(
-            example.original_image, example.edited_image, Edit(kind, example.edit_prompt, before, after)
-        )
-        verdict["faithful"] = (
-            verdict["input_correct"] and verdict["edit_correct"] and verdict["preserved_vs_input"]
-        )
-        verdict["triplet_valid"] = valid
-        yield _Judged(kind, verdict, triplet, example.extra)
+        yield _Judged(judged[0], judged[1], triplet, example.extra)
 
 
 def _rates(judged: Sequence[_Judged]) -> dict:
@@ -304,3 +312,47 @@ def format_filter_report(report: dict) -> str:
         )
     )
     return "\n".join(lines)
+
+
+class _Subset:
+    """The rows ``indices`` of an opened dataset, as :func:`ip2p.data.convert.records` reads one."""
+
+    def __init__(self, data, indices: Sequence[int]):
+        self.data, self.indices = data, list(indices)
+        self.columns = data.columns
+        self.base = getattr(data, "base", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.data[self.indices[i]]
+
+    def row(self, i: int):
+        return self.data.row(self.indices[i])
+
+    def where(self, i: int) -> str:
+        return self.data.where(self.indices[i])
+
+
+def oracle_filter(
+    source: str | os.PathLike | Sequence[str], output: str | os.PathLike, progress: bool = True
+) -> dict:
+    """The oracle as the filter: write the pairs of ``source`` that it judges faithful (the input image shows its
+    caption, the edit is right, the rest unchanged) into ``output`` as Parquet shards, atomically, every column
+    kept. What no CLIP filter can exceed: the upper bound of filtering. Returns ``{"pairs": n in, "kept": n out}``.
+    """
+    from tqdm.auto import tqdm
+
+    from ip2p.data.convert import convert_dataset
+
+    data = open_edit_dataset(source)
+    keep = []
+    for i in tqdm(range(len(data)), desc="oracle filter", unit="pair", disable=not progress or None):
+        judged = _judge_example(data[i])
+        if judged is not None and judged[1] is not None and judged[1]["faithful"]:
+            keep.append(i)
+    if not keep:
+        raise ValueError(f"{source}: the oracle judges none of its {len(data)} pairs faithful")
+    convert_dataset(_Subset(data, keep), output, "parquet")
+    return {"pairs": len(data), "kept": len(keep)}
