@@ -172,6 +172,9 @@ def test_a_named_model_brings_its_evaluation_defaults():
     ).resolved()
     assert (mine.steps, mine.sdedit_steps, mine.test_set, mine.resolution) == (5, 5, "toy-val:10", 64)
     assert mine.text_guidance == [7.5]
+    # SDEdit alone reads no editor: the named model's resolution and steps stand (not the paper's 512 px, 100)
+    sdedit = EvalRunConfig(output="o", model="toy", methods="sdedit").resolved()
+    assert (sdedit.resolution, sdedit.steps, sdedit.sdedit_steps) == (64, 20, 20)
     other = EvalRunConfig(output="o", model="some/folder").resolved()
     assert (other.steps, other.resolution, other.base, other.test_set) == (100, 512, None, None)
     assert other.clip == "openai/clip-vit-large-patch14"

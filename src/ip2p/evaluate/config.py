@@ -243,12 +243,15 @@ class EvalRunConfig:
         defaults = named.eval_defaults if named is not None else {}
         editor = {"ip2p", "ip2p-auto"} & set(self.method_names()) or self.chain_mode
         model = read_edit_settings(self.model) if editor else {}
-        given = defaults | {
+        carried = {
             "steps": model.get("num_inference_steps"),
             "resolution": model.get("resolution"),
             "scheduler": model.get("scheduler"),
         }
-        given = {k: v for k, v in given.items() if v is not None}
+        # what the editor's model carries over the named model's defaults; without an editor (SDEdit alone) the
+        # defaults stand
+        given = {k: v for k, v in defaults.items() if v is not None}
+        given |= {k: v for k, v in carried.items() if v is not None}
         given |= {
             k: v
             for k in ("steps", "resolution", "clip", "base", "test_set", "scheduler")
