@@ -165,3 +165,16 @@ def test_an_experiment_runs_every_stage_resumes_and_compares_with_a_baseline(tmp
     bundled = Experiment(tmp_path, "bundled", resolve_recipe(None, [*TINY, "eval.model=toy"]))
     report = bundled.run(stages=["eval"], baseline=tmp_path / "first", progress=False, say=said.append)
     assert report["editor"]["overall"]["n"] == 8 and report["baseline"]["n"] == 8
+
+
+def test_a_stopped_experiment_says_how_to_resume_in_one_line(tmp_path, monkeypatch, capsys):
+    from ip2p.cli import main
+    from ip2p.harness import Interrupted
+
+    def stopped(self, *args, **kwargs):
+        raise Interrupted("training stopped at step 5 of 850 (SIGTERM), checkpoint saved: run the same command")
+
+    monkeypatch.setattr(Experiment, "run", stopped)
+    assert main(["toy", "experiment", "x", "--root", str(tmp_path), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run the same command" in err

@@ -235,6 +235,7 @@ def experiment(config: ExperimentConfig) -> int:
     """``toy experiment``: every stage of one recipe, then its report (printed and written)."""
     from pathlib import Path
 
+    from ip2p.harness import Interrupted
     from ip2p.toy.experiment import Experiment, ExperimentError, resolve_recipe
 
     try:
@@ -252,6 +253,9 @@ def experiment(config: ExperimentConfig) -> int:
         report = run.run(stages, baseline=baseline, progress=config.progress)
     except ExperimentError as exc:
         raise ToyCommandError(str(exc)) from exc
+    except Interrupted as exc:  # SIGINT/SIGTERM in training, after a checkpoint: the same command resumes
+        print(f"ip2p toy experiment {config.name}: {exc}", file=sys.stderr)
+        return 130
     print((run.dir / "report.md").read_text(encoding="utf-8"))
     print(f"report in {run.dir / 'report.md'} ({report['name']})")
     return 0
