@@ -427,6 +427,7 @@ def server(pipe):
     demo.close()
 
 
+@pytest.mark.slow
 def test_browser_edit_chain_undo_reset(server, browser, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     source = tmp_path / "photo.png"

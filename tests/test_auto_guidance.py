@@ -127,6 +127,7 @@ def test_cli_edit_with_automatic_guidance(tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_evaluate_the_automatic_guidance_method_and_fit_a_predictor(tmp_path):
     from ip2p.evaluate.config import EvalRunConfig, run_evaluation
 

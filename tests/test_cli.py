@@ -229,6 +229,7 @@ def _random_flags():
     )
 
 
+@pytest.mark.slow
 def test_random_flag_values_give_a_config_or_one_line_error(tmp_path):
     import contextlib
     import io

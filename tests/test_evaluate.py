@@ -332,6 +332,7 @@ def test_jsonl_test_set(tmp_path):
         load_test_set("toy:many")
 
 
+@pytest.mark.slow
 def test_cli_evaluate_tiny(tmp_path, tiny_model_dir, tiny_clip_dir, capsys):
     from ip2p.cli import main
     from ip2p.models import save_edit_model

@@ -185,6 +185,7 @@ def test_a_checkpoint_of_other_trained_weights_is_refused_in_one_line(base_model
         Trainer(_config(base_model, pairs, tmp_path / "r4", lora_rank=8))
 
 
+@pytest.mark.slow
 def test_the_export_loads_in_ip2p_and_diffusers_and_edits_as_the_trained_unet(base_model, pairs, tmp_path):
     trainer = Trainer(_config(base_model, pairs, tmp_path, max_train_steps=2))
     trainer.train()
@@ -294,6 +295,7 @@ def test_adamw8bit_that_cannot_run_on_the_device_is_a_one_line_error(
     assert "\n" not in str(caught.value) and "no kernel for this device" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_adamw8bit_trains_and_a_stopped_run_resumes_exactly(base_model, pairs, tmp_path):
     pytest.importorskip("bitsandbytes")
     from ip2p.train_optim import bitsandbytes_adamw8bit

@@ -121,6 +121,7 @@ def test_bundle_fits_its_budget():
     assert size <= 40e6, f"bundled toy weights are {size / 1e6:.1f} MB (budget 40 MB)"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (EDITOR / "model_index.json").is_file(), reason="the toy editor is not bundled")
 def test_bundled_editor_loads_in_diffusers_and_follows_background_instructions():
     """Measured on 300 held-out scenes at text guidance 3 and image guidance 2: success (edit right, rest
