@@ -13,18 +13,19 @@ Layout of ``ROOT``::
     NAME/stages.json       per stage: seconds, cost (UNet evaluations or training examples), its folder
     NAME/report.md/.json   data quality and editor success per edit type with 95% intervals, cost per stage, and
                            the paired comparison with a baseline experiment
-    stages/STAGE-DIGEST/   each stage's outputs (triplets.jsonl; pairs' shards and manifest; judge.json; the
-                           editor's checkpoints and model; the evaluation's records), named by a digest of the
-                           recipe of that stage and every stage before it: an experiment that changes only the
-                           training shares the triplets and pairs of one that ran before (stage.json marks a
-                           finished stage)
+    stages/STAGE-DIGEST/   each stage's outputs (triplets.jsonl; pairs' shards and manifest; judge.json and, with
+                           judge.oracle_filter, the faithful pairs; the editor's checkpoints and model; the
+                           evaluations' records), named by a digest of the recipe of that stage and every stage
+                           before it: an experiment that changes only the training shares the triplets and pairs of
+                           one that ran before; SDEdit's stage, by the evaluation's settings alone, is shared by
+                           every experiment (stage.json marks a finished stage)
 
 Two experiments that run at the same time must not share an unfinished stage (run the baseline first).
 
 Example::
 
     ip2p toy experiment no-filter --set pairs.clip_threshold=-1 --set pairs.clip_dir_threshold=-1 \\
-        --set pairs.clip_img_threshold=-1 --baseline default
+        --set pairs.clip_img_threshold=-1 --set pairs.top_k=2 --baseline default
 """
 
 from __future__ import annotations
@@ -320,10 +321,13 @@ class Experiment:
         write_json_atomic(self.stage_dir("judge") / "judge.json", report)
         out = {"faithful": report["overall"]["faithful"], "pairs": report["overall"]["n"]}
         if self.recipe.get("judge", {}).get("oracle_filter"):
+            from ip2p.datasets import open_edit_dataset
             from ip2p.toy.judge_pairs import oracle_filter
 
             kept = self.stage_dir("judge") / "data"
-            if not kept.is_dir():  # written atomically: a folder that exists is whole
+            if kept.is_dir():  # written atomically: a folder that exists is whole (a resumed stage)
+                out["kept"] = len(open_edit_dataset(str(kept)))
+            else:
                 out["kept"] = oracle_filter(source, kept, progress=progress)["kept"]
         return out
 
